@@ -1,0 +1,35 @@
+"""keras-tfkd: teacher-free knowledge distillation for Keras 3.
+
+Implements *Revisiting Knowledge Distillation via Label Smoothing
+Regularization* (Yuan et al., CVPR 2020) on TensorFlow, JAX and PyTorch.
+
+Public API:
+
+* `keras_tfkd.Distiller` - a `keras.Model` mixing hard CE with soft targets.
+* `keras_tfkd.losses` - `SoftTargetKL`, `SoftTargetCrossEntropy`,
+  `LabelSmoothingCrossEntropy`.
+* `keras_tfkd.teachers` - `VirtualTeacher`, `UniformTeacher`, `CachedTeacher`.
+* `keras_tfkd.recipes` - `baseline`, `label_smoothing`, `kd`, `tfkd_self`,
+  `tfkd_reg`.
+* `keras_tfkd.models`, `keras_tfkd.data`, `keras_tfkd.schedules`,
+  `keras_tfkd.callbacks`, `keras_tfkd.experiments` (imported on first use).
+"""
+
+import importlib
+
+from keras_tfkd import losses, recipes, teachers
+from keras_tfkd.distiller import Distiller
+
+__version__ = "0.1.0"
+
+_LAZY = {"models", "data", "schedules", "callbacks", "experiments", "cli", "study"}
+
+__all__ = ["Distiller", "losses", "recipes", "teachers", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f"keras_tfkd.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'keras_tfkd' has no attribute {name!r}")

@@ -1,0 +1,291 @@
+"""Soft-target losses of the Tf-KD paper, as standalone `keras.losses.Loss` objects.
+
+Every loss here takes *logits* and computes in float32 (whatever the mixed
+precision policy), through `log_softmax`, so it stays finite for logits of
+magnitude 1e4 and temperatures up to 100.
+
+Two parametrisations of the KL term exist (see PAPER.md):
+
+* the reference code's `nn.KLDivLoss()` averages over all N*K elements
+  (``KLm``); its hyper-parameters (`multiplier`, `alpha`) are tuned for K = 100.
+* the clean *batch-mean* KL sums over classes and averages over the batch
+  (``KL = K * KLm``); a weight means the same at any number of classes.
+
+The building blocks here use the batch-mean form. `keras_tfkd.recipes`
+reproduces the reference by folding ``1/K`` into `scale`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+__all__ = [
+    "SoftTargetKL",
+    "SoftTargetCrossEntropy",
+    "LabelSmoothingCrossEntropy",
+    "kl_divergence_with_logits",
+    "label_smoothing_targets",
+]
+
+
+def _float32(x):
+    x = ops.convert_to_tensor(x)
+    if x.dtype != "float32":
+        x = ops.cast(x, "float32")
+    return x
+
+
+def _check_temperature(name, value):
+    if isinstance(value, keras.Variable):
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a number, got {name}={value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {name}={value!r}.")
+
+
+def _temperature_variable(name, value):
+    _check_temperature(name, value)
+    if isinstance(value, keras.Variable):
+        return value
+    return keras.Variable(
+        float(value), dtype="float32", trainable=False, name=name, aggregation="none"
+    )
+
+
+def kl_divergence_with_logits(
+    teacher_logits, student_logits, teacher_temperature=1.0, student_temperature=1.0
+):
+    """Per-sample ``KL(softmax(z_t / T_t) || softmax(z_s / T_s))``, summed over classes.
+
+    ``sum_k p_t[k] * (log p_t[k] - log p_s[k])`` computed from `log_softmax` of
+    both sides in float32. Returns a tensor of shape ``(N,)``.
+    """
+    t = _float32(teacher_logits) / _float32(teacher_temperature)
+    s = _float32(student_logits) / _float32(student_temperature)
+    log_p_t = ops.log_softmax(t, axis=-1)
+    log_p_s = ops.log_softmax(s, axis=-1)
+    return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+
+
+def label_smoothing_targets(labels, num_classes, epsilon):
+    """Smoothed targets ``q``: ``1 - eps`` on the label, ``eps / (K - 1)`` elsewhere.
+
+    `labels` are integer class ids of shape ``(N,)``. This is the paper's LSR
+    (and the reference code's), not Keras's ``eps / K`` smoothing.
+    """
+    one_hot = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+    off = epsilon / (num_classes - 1)
+    return one_hot * (1.0 - epsilon - off) + off
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class SoftTargetKL(keras.losses.Loss):
+    """KL divergence between a teacher's soft targets and the student's logits.
+
+    For teacher logits ``z_t`` (passed as ``y_true``) and student logits
+    ``z_s`` (``y_pred``), per sample::
+
+        loss = scale * T_s**2 * sum_k p_t[k] * (log p_t[k] - log p_s[k])
+        p_t = softmax(z_t / T_t)        T_t = teacher_temperature
+        p_s = softmax(z_s / T_s)        T_s = temperature
+
+    reduced like every Keras loss: weighted sum over the batch divided by the
+    batch size (``"sum_over_batch_size"``), i.e. the *batch-mean* KL. The
+    ``T_s**2`` factor (Hinton et al.; drop it with ``temperature_squared=False``)
+    keeps the gradient magnitude independent of the temperature, and follows
+    the temperature when a schedule changes it.
+
+    Written with it:
+
+    * normal KD / Tf-KD_self, clean form:
+      ``SoftTargetKL(temperature=T)``.
+    * the same term as the reference code (element-wise mean ``KLm``):
+      ``SoftTargetKL(temperature=T, scale=multiplier / K)``.
+    * Tf-KD_reg as the reference code computes it (teacher softened, student
+      not, no ``T^2``): ``SoftTargetKL(temperature=1, teacher_temperature=T,
+      scale=multiplier / K, temperature_squared=False)``, with a
+      `VirtualTeacher` producing ``z_t``.
+    * the paper's Eq. 9 (both sides softened): ``SoftTargetKL(temperature=T)``
+      with a `VirtualTeacher`.
+
+    Both temperatures are held in non-trainable variables, so a schedule
+    (`keras_tfkd.callbacks.TemperatureScheduler`) can change them during
+    `fit` without retracing.
+
+    Args:
+        temperature: student temperature ``T_s`` (> 0).
+        teacher_temperature: teacher temperature ``T_t``; defaults to
+            `temperature` (one shared variable).
+        scale: constant factor in front of the KL (>= 0), default 1.
+        temperature_squared: also multiply by ``T_s ** 2`` (default True).
+        reduction, name: as for any `keras.losses.Loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = SoftTargetKL(temperature=4.0)
+    >>> z_t = np.array([[2.0, 0.0, -1.0]], "float32")
+    >>> float(loss(z_t, z_t))  # identical distributions
+    0.0
+    """
+
+    def __init__(
+        self,
+        temperature=1.0,
+        teacher_temperature=None,
+        scale=1.0,
+        temperature_squared=True,
+        reduction="sum_over_batch_size",
+        name="soft_target_kl",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        tied = teacher_temperature is None
+        self._tied = tied
+        self.temperature = _temperature_variable(f"{name}_temperature", temperature)
+        self.teacher_temperature = (
+            self.temperature
+            if tied
+            else _temperature_variable(
+                f"{name}_teacher_temperature", teacher_temperature
+            )
+        )
+        if (
+            not isinstance(scale, (int, float))
+            or isinstance(scale, bool)
+            or not math.isfinite(scale)
+            or scale < 0
+        ):
+            raise ValueError(
+                f"`scale` must be a finite number >= 0, got scale={scale!r}."
+            )
+        self.scale = float(scale)
+        self.temperature_squared = bool(temperature_squared)
+
+    @property
+    def variables(self):
+        """The temperature variables (one when both sides share a temperature)."""
+        if self._tied:
+            return [self.temperature]
+        return [self.temperature, self.teacher_temperature]
+
+    def factor(self):
+        """The weight in front of the KL: ``scale`` times ``T_s ** 2`` if asked."""
+        if self.temperature_squared:
+            return self.scale * ops.square(_float32(self.temperature))
+        return self.scale
+
+    def call(self, y_true, y_pred):
+        kl = kl_divergence_with_logits(
+            y_true, y_pred, self.teacher_temperature, self.temperature
+        )
+        return self.factor() * kl
+
+    def get_config(self):
+        return {
+            "temperature": float(ops.convert_to_numpy(self.temperature)),
+            "teacher_temperature": None
+            if self._tied
+            else float(ops.convert_to_numpy(self.teacher_temperature)),
+            "scale": self.scale,
+            "temperature_squared": self.temperature_squared,
+            "reduction": self.reduction,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class SoftTargetCrossEntropy(SoftTargetKL):
+    """Cross-entropy ``-sum_k p_t[k] log p_s[k]`` against the teacher's soft targets.
+
+    Equal to `SoftTargetKL` plus the (constant) entropy of the teacher, so the
+    two have the same gradient with respect to the student. Same arguments as
+    `SoftTargetKL`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = SoftTargetCrossEntropy()
+    >>> z = np.zeros((1, 4), "float32")
+    >>> round(float(loss(z, z)), 4)  # log(4)
+    1.3863
+    """
+
+    def __init__(self, *args, name="soft_target_cross_entropy", **kwargs):
+        super().__init__(*args, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        log_p_t = ops.log_softmax(
+            _float32(y_true) / _float32(self.teacher_temperature), axis=-1
+        )
+        log_p_s = ops.log_softmax(
+            _float32(y_pred) / _float32(self.temperature), axis=-1
+        )
+        return -self.factor() * ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class LabelSmoothingCrossEntropy(keras.losses.Loss):
+    """Cross-entropy on labels smoothed as in the paper's LSR.
+
+    ``loss = -sum_k q[k] * log softmax(z_s)[k]`` with ``q = 1 - epsilon`` on the
+    true class and ``epsilon / (K - 1)`` on each of the other ``K - 1`` classes
+    (Keras's `CategoricalCrossentropy(label_smoothing=...)` uses ``epsilon / K``
+    instead, and its sparse version has no smoothing at all).
+
+    `y_true` holds integer labels, shape ``(N,)`` or ``(N, 1)``, or one-hot rows
+    ``(N, K)``; `y_pred` holds logits ``(N, K)``.
+
+    Args:
+        epsilon: smoothing mass in [0, 1), 0.1 in the paper.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = LabelSmoothingCrossEntropy(epsilon=0.1)
+    >>> logits = np.zeros((2, 10), "float32")
+    >>> round(float(loss(np.array([3, 7]), logits)), 4)  # log(10)
+    2.3026
+    """
+
+    def __init__(
+        self,
+        epsilon=0.1,
+        reduction="sum_over_batch_size",
+        name="lsr_cross_entropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if (
+            not isinstance(epsilon, (int, float))
+            or not math.isfinite(epsilon)
+            or not 0 <= epsilon < 1
+        ):
+            raise ValueError(f"`epsilon` must be in [0, 1), got epsilon={epsilon!r}.")
+        self.epsilon = float(epsilon)
+
+    def call(self, y_true, y_pred):
+        y_pred = _float32(y_pred)
+        num_classes = y_pred.shape[-1]
+        if num_classes < 2:
+            raise ValueError(f"Label smoothing needs >= 2 classes, got {num_classes}.")
+        labels = _labels_from(y_true, num_classes)
+        q = label_smoothing_targets(labels, num_classes, self.epsilon)
+        return -ops.sum(q * ops.log_softmax(y_pred, axis=-1), axis=-1)
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, "reduction": self.reduction, "name": self.name}
+
+
+def _labels_from(y_true, num_classes):
+    """Integer labels ``(N,)`` from ``(N,)``, ``(N, 1)`` or one-hot ``(N, K)``."""
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+        return ops.argmax(y_true, axis=-1)
+    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.cast(y_true, "int32")

@@ -1,0 +1,186 @@
+"""The paper's methods as ready `Distiller`s.
+
+Each recipe returns an uncompiled `Distiller` whose `compute_loss` is, after
+`compile`, the PAPER.md formula of its method. ``N`` is the batch size, ``K``
+the number of classes, ``CE`` the mean cross-entropy on the student logits
+``z_s`` and ``S`` the softmax.
+
+==============  ==============================================================
+recipe          total loss (``kl_reduction="elementwise_mean"``, the default)
+==============  ==============================================================
+baseline        ``CE``
+label_smoothing ``-(1/N) sum_n sum_k q[n,k] log S(z_s)[n,k]``, ``q = 1-eps`` on
+                ``y``, ``eps/(K-1)`` elsewhere
+kd              ``(1-alpha) CE + alpha T^2 KLm(S(z_t/T) || S(z_s/T))``
+tfkd_self       ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))``
+tfkd_reg        ``(1-alpha) CE + alpha m KLm(S(p_d/T) || S(z_s))``, ``p_d = a`` on
+                ``y``, ``(1-a)/(K-1)`` elsewhere
+==============  ==============================================================
+
+**Reference vs clean KL.** The reference code's ``nn.KLDivLoss()`` divides by
+``N*K`` (``KLm``), so its `multiplier`/`alpha` values were tuned for ``K = 100``;
+copied to ``K = 10`` the soft term weighs 10x more. The recipes reproduce the
+reference exactly by default (``kl_reduction="elementwise_mean"``: the loss is
+`SoftTargetKL` with ``scale = multiplier / K``). With
+``kl_reduction="batchmean"`` the KL is summed over classes (``KL = K * KLm``),
+which means the same at any ``K``; to carry a published setting tuned at
+``K_ref = 100`` to another ``K`` with unchanged meaning, use
+``multiplier_batchmean = multiplier / K_ref`` — `translate_multiplier` does this,
+and `keras_tfkd.experiments` applies it.
+"""
+
+from __future__ import annotations
+
+from keras_tfkd.distiller import Distiller
+from keras_tfkd.losses import LabelSmoothingCrossEntropy, SoftTargetKL
+from keras_tfkd.teachers import VirtualTeacher
+
+__all__ = [
+    "baseline",
+    "label_smoothing",
+    "kd",
+    "tfkd_self",
+    "tfkd_reg",
+    "translate_multiplier",
+    "KL_REDUCTIONS",
+    "REFERENCE_NUM_CLASSES",
+]
+
+KL_REDUCTIONS = ("elementwise_mean", "batchmean")
+REFERENCE_NUM_CLASSES = 100
+
+
+def _num_classes(student):
+    if not student.built:
+        raise ValueError("The student must be built (call it once or give an Input).")
+    return int(student.output_shape[-1])
+
+
+def _kl_scale(kl_reduction, num_classes):
+    if kl_reduction not in KL_REDUCTIONS:
+        raise ValueError(
+            f"`kl_reduction` must be one of {KL_REDUCTIONS}, got "
+            f"kl_reduction={kl_reduction!r}."
+        )
+    return 1.0 / num_classes if kl_reduction == "elementwise_mean" else 1.0
+
+
+def _check_multiplier(multiplier):
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+        raise TypeError(
+            f"`multiplier` must be a number, got multiplier={multiplier!r}."
+        )
+    if not multiplier >= 0:
+        raise ValueError(f"`multiplier` must be >= 0, got multiplier={multiplier!r}.")
+    return float(multiplier)
+
+
+def translate_multiplier(multiplier, reference_num_classes=REFERENCE_NUM_CLASSES):
+    """A reference (``KLm``) multiplier as a batch-mean one with the same meaning.
+
+    ``m * KLm`` at ``K_ref`` classes equals ``(m / K_ref) * KL_batchmean``.
+
+    >>> translate_multiplier(100.0)
+    1.0
+    """
+    return _check_multiplier(multiplier) / reference_num_classes
+
+
+def baseline(student):
+    """Plain training: ``loss = CE``.
+
+    >>> distiller = baseline(student)  # doctest: +SKIP
+    """
+    return Distiller(student, None, alpha=0.0, name="baseline")
+
+
+def label_smoothing(student, num_classes=None, epsilon=0.1):
+    """LSR: cross-entropy on ``q = 1-eps`` on ``y`` and ``eps/(K-1)`` elsewhere.
+
+    >>> distiller = label_smoothing(student, num_classes=100, epsilon=0.1)  # doctest: +SKIP
+    """
+    k = _num_classes(student)
+    if num_classes is not None and num_classes != k:
+        raise ValueError(
+            f"`num_classes`={num_classes} but the student predicts {k} classes."
+        )
+    return Distiller(
+        student,
+        None,
+        alpha=0.0,
+        hard_loss=LabelSmoothingCrossEntropy(epsilon),
+        name="label_smoothing",
+    )
+
+
+def kd(student, teacher, alpha, temperature, kl_reduction="elementwise_mean"):
+    """Normal KD (also Re-KD and De-KD: only the teacher differs).
+
+    ``(1-alpha) CE + alpha T^2 KLm(S(z_t/T) || S(z_s/T))`` by default;
+    with ``kl_reduction="batchmean"``, ``KLm`` becomes the batch-mean KL.
+
+    >>> distiller = kd(student, teacher, alpha=0.95, temperature=20.0)  # doctest: +SKIP
+    """
+    scale = _kl_scale(kl_reduction, _num_classes(student))
+    loss = SoftTargetKL(temperature=temperature, scale=scale, name="kd_kl")
+    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="kd")
+
+
+def tfkd_self(
+    student,
+    teacher,
+    alpha,
+    temperature,
+    multiplier=1.0,
+    kl_reduction="elementwise_mean",
+):
+    """Tf-KD_self: KD from a trained, frozen copy of the same architecture.
+
+    ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` (``m = multiplier``).
+
+    >>> distiller = tfkd_self(fresh_student, trained_copy, 0.95, 6.0, 50.0)  # doctest: +SKIP
+    """
+    scale = _kl_scale(kl_reduction, _num_classes(student))
+    loss = SoftTargetKL(
+        temperature=temperature,
+        scale=_check_multiplier(multiplier) * scale,
+        name="tfkd_self_kl",
+    )
+    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="tfkd_self")
+
+
+def tfkd_reg(
+    student,
+    num_classes,
+    alpha,
+    temperature,
+    multiplier=1.0,
+    correct_prob=0.99,
+    kl_reduction="elementwise_mean",
+):
+    """Tf-KD_reg: a virtual teacher built from the labels, no teacher model.
+
+    ``(1-alpha) CE + alpha m KLm(S(p_d/T) || S(z_s))`` with ``p_d = a`` on the
+    label and ``(1-a)/(K-1)`` elsewhere (``a = correct_prob``). As in the
+    reference code the temperature softens the virtual teacher's
+    *probabilities* only; the student is not softened and there is no ``T^2``
+    (the paper's Eq. 9 softens both: build it with `SoftTargetKL` directly).
+
+    >>> distiller = tfkd_reg(student, 100, alpha=0.1, temperature=20.0,
+    ...                      multiplier=100.0)  # doctest: +SKIP
+    """
+    k = _num_classes(student)
+    if num_classes != k:
+        raise ValueError(
+            f"`num_classes`={num_classes} but the student predicts {k} classes: "
+            "the virtual teacher must have as many classes as the student."
+        )
+    teacher = VirtualTeacher(num_classes, correct_prob=correct_prob)
+    loss = SoftTargetKL(
+        temperature=1.0,
+        teacher_temperature=temperature,
+        scale=_check_multiplier(multiplier) * _kl_scale(kl_reduction, k),
+        temperature_squared=False,
+        name="tfkd_reg_kl",
+    )
+    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="tfkd_reg")

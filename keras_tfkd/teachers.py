@@ -1,0 +1,300 @@
+"""Teachers: whatever produces soft targets (as logits) for a batch.
+
+A teacher is one of:
+
+* any `keras.Model` that outputs logits (normal KD, Re-KD, De-KD,
+  Tf-KD_self). The `Distiller` freezes it, runs it in inference mode
+  (BatchNorm statistics untouched, dropout off) and stops its gradient.
+* a `Teacher` layer defined here: `VirtualTeacher` (Tf-KD_reg),
+  `UniformTeacher` (label smoothing as a virtual teacher) or `CachedTeacher`
+  (logits computed once ahead of time and fed with the batches).
+
+Every teacher returns *logits* ``z_t``; a soft-target loss turns them into a
+distribution with ``softmax(z_t / T)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = [
+    "Teacher",
+    "VirtualTeacher",
+    "UniformTeacher",
+    "CachedTeacher",
+    "TEACHER_LOGITS_KEY",
+    "teacher_logits",
+    "teacher_num_classes",
+    "check_logits_teacher",
+    "check_logits_values",
+]
+
+TEACHER_LOGITS_KEY = "teacher_logits"
+INPUTS_KEY = "inputs"
+
+
+def _check_num_classes(num_classes):
+    if (
+        not isinstance(num_classes, (int, np.integer))
+        or isinstance(num_classes, bool)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            f"`num_classes` must be an integer >= 2, got num_classes={num_classes!r}."
+        )
+    return int(num_classes)
+
+
+def _integer_labels(labels, num_classes):
+    labels = ops.convert_to_tensor(labels)
+    if len(labels.shape) == 2 and labels.shape[-1] == num_classes:
+        return ops.argmax(labels, axis=-1)
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, axis=-1)
+    return ops.cast(labels, "int32")
+
+
+class Teacher(keras.layers.Layer):
+    """Base class of teachers that are not plain models.
+
+    Subclasses implement ``call(inputs, labels)`` returning float32 logits of
+    shape ``(N, num_classes)``. `requires_inputs` is False for teachers that
+    look only at the labels (no forward pass at all).
+    """
+
+    requires_inputs = True
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = _check_num_classes(num_classes)
+        self.built = True
+
+    def student_inputs(self, inputs):
+        """The part of a batch's inputs the student sees (all of it, by default)."""
+        return inputs
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_classes"] = self.num_classes
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class VirtualTeacher(Teacher):
+    """The hand-designed teacher of Tf-KD_reg, built from the labels alone.
+
+    For label ``y``::
+
+        p_d[k] = a                  if k == y
+        p_d[k] = (1 - a) / (K - 1)  otherwise        (a = correct_prob)
+
+    As in the reference code, the teacher's *logits* are ``p_d`` itself, so a
+    loss that softens them with ``softmax(p_d / T)`` reproduces the reference
+    target (``logits="probabilities"``, the default). With
+    ``logits="log_probabilities"`` the logits are ``log p_d``, so that
+    ``softmax(logits) == p_d`` exactly at ``T = 1``.
+
+    Built as a closed form of the one-hot labels: no model, no per-sample
+    loop, nothing but an ``(N, K)`` tensor per step.
+
+    Args:
+        num_classes: K, the number of classes (>= 2).
+        correct_prob: ``a``, the probability on the true class, in (1/K, 1].
+            The code uses 0.99; the paper asks for ``a >= 0.9``.
+        logits: ``"probabilities"`` (reference) or ``"log_probabilities"``.
+
+    Example:
+
+    >>> teacher = VirtualTeacher(num_classes=4, correct_prob=0.97)
+    >>> teacher(None, labels=np.array([2])).numpy().round(2).tolist()  # doctest: +SKIP
+    [[0.01, 0.01, 0.97, 0.01]]
+    """
+
+    requires_inputs = False
+
+    def __init__(
+        self, num_classes, correct_prob=0.99, logits="probabilities", **kwargs
+    ):
+        super().__init__(num_classes, **kwargs)
+        if (
+            not isinstance(correct_prob, (int, float))
+            or not math.isfinite(correct_prob)
+            or not (1.0 / self.num_classes) < correct_prob <= 1.0
+        ):
+            raise ValueError(
+                f"`correct_prob` must be in (1/num_classes, 1] = "
+                f"({1.0 / self.num_classes:.4g}, 1], got correct_prob={correct_prob!r}."
+            )
+        if logits not in ("probabilities", "log_probabilities"):
+            raise ValueError(
+                "`logits` must be 'probabilities' or 'log_probabilities', "
+                f"got logits={logits!r}."
+            )
+        self.correct_prob = float(correct_prob)
+        self.logits_form = logits
+
+    def distribution(self):
+        """``(on, off)``: the probabilities on the true and on every other class."""
+        return self.correct_prob, (1.0 - self.correct_prob) / (self.num_classes - 1)
+
+    def call(self, inputs, labels=None):
+        if labels is None:
+            raise ValueError("VirtualTeacher needs the labels of the batch.")
+        on, off = self.distribution()
+        if self.logits_form == "log_probabilities":
+            on, off = math.log(on), math.log(off) if off > 0 else -1e4
+        labels = _integer_labels(labels, self.num_classes)
+        one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
+        return one_hot * (on - off) + off
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(correct_prob=self.correct_prob, logits=self.logits_form)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class UniformTeacher(Teacher):
+    """Label smoothing as a virtual teacher: the uniform distribution ``1/K``.
+
+    Its logits are all zero, so ``softmax(z_t / T)`` is uniform at any ``T``.
+    Mixed as ``(1 - a) * CE + a * KL(u || softmax(z_s))`` it has the same
+    gradient as cross-entropy on labels smoothed to ``(1 - a) * one_hot + a / K``
+    (the two differ by the constant entropy of ``u``).
+
+    Example:
+
+    >>> teacher = UniformTeacher(num_classes=10)
+    """
+
+    requires_inputs = False
+
+    def call(self, inputs, labels=None):
+        if labels is None:
+            raise ValueError("UniformTeacher needs the labels of the batch.")
+        labels = _integer_labels(labels, self.num_classes)
+        return ops.zeros((ops.shape(labels)[0], self.num_classes), dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class CachedTeacher(Teacher):
+    """Teacher logits computed once, ahead of training, and fed with the batches.
+
+    For data that is *not* randomly augmented the teacher's output for a
+    sample never changes, so running it at every step wastes a forward pass.
+    `precompute` runs the teacher once over the data; `attach` packs the
+    inputs with their logits as ``{"inputs": x, "teacher_logits": z_t}``, which
+    `Distiller.fit` takes like any input. The student sees ``x`` only, and
+    `predict`/`evaluate` also accept plain ``x`` (the soft term is then 0).
+
+    Example:
+
+    >>> cached = CachedTeacher.from_model(teacher_model, x_train)  # doctest: +SKIP
+    >>> distiller = Distiller(student, cached, soft_loss=SoftTargetKL(4.0))
+    >>> distiller.fit(cached.attach(x_train), y_train)  # doctest: +SKIP
+    """
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(num_classes, **kwargs)
+        self._logits = None
+
+    @classmethod
+    def from_model(cls, model, x, batch_size=256, verbose=0):
+        """Run `model` once over `x` (in inference mode) and keep its logits."""
+        check_logits_teacher(model)
+        logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=verbose))
+        teacher = cls(num_classes=logits.shape[-1])
+        teacher._logits = logits.astype("float32")
+        return teacher
+
+    @property
+    def logits(self):
+        """The precomputed logits (a NumPy array), or None."""
+        return self._logits
+
+    def attach(self, x, logits=None):
+        """Pack inputs with their teacher logits for `fit`."""
+        logits = self._logits if logits is None else np.asarray(logits, "float32")
+        if logits is None:
+            raise ValueError("No logits: build with `CachedTeacher.from_model` first.")
+        n = len(x) if not isinstance(x, dict) else len(next(iter(x.values())))
+        if len(logits) != n:
+            raise ValueError(
+                f"`logits` has {len(logits)} rows but `x` has {n} samples: cached "
+                "logits must be computed on exactly the training inputs."
+            )
+        return {INPUTS_KEY: x, TEACHER_LOGITS_KEY: logits}
+
+    def student_inputs(self, inputs):
+        if isinstance(inputs, dict) and TEACHER_LOGITS_KEY in inputs:
+            return inputs[INPUTS_KEY]
+        return inputs
+
+    def call(self, inputs, labels=None):
+        if isinstance(inputs, dict) and TEACHER_LOGITS_KEY in inputs:
+            return ops.cast(inputs[TEACHER_LOGITS_KEY], "float32")
+        return None
+
+
+def teacher_num_classes(teacher):
+    """The number of classes a teacher (model or `Teacher`) predicts."""
+    if isinstance(teacher, Teacher):
+        return teacher.num_classes
+    shape = teacher.output_shape if hasattr(teacher, "output_shape") else None
+    return None if shape is None else shape[-1]
+
+
+def teacher_logits(teacher, inputs, labels):
+    """Float32, gradient-stopped teacher logits for a batch (None if unavailable)."""
+    if isinstance(teacher, Teacher):
+        logits = teacher(inputs, labels=labels)
+    else:
+        logits = teacher(inputs, training=False)
+    if logits is None:
+        return None
+    return ops.stop_gradient(ops.cast(logits, "float32"))
+
+
+def _is_softmax(activation):
+    name = getattr(activation, "__name__", "") or ""
+    return name in ("softmax", "log_softmax")
+
+
+def check_logits_teacher(model, argument="teacher"):
+    """Raise if a model's last layer visibly ends in a softmax (probabilities)."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax) or _is_softmax(
+        getattr(last, "activation", None)
+    ):
+        raise ValueError(
+            f"{argument}={model.name!r} ends in a softmax (layer {last.name!r}): it "
+            f"outputs probabilities, but the {argument} must output logits. Remove "
+            "the softmax from its last layer (e.g. `activation=None`)."
+        )
+
+
+def check_logits_values(logits, argument="teacher"):
+    """Raise if a batch of outputs looks like probabilities rather than logits."""
+    values = np.asarray(ops.convert_to_numpy(logits), dtype="float64")
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] < 2:
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"The {argument} produced NaN or Inf logits on the first batch: check "
+            "its weights and the inputs."
+        )
+    rows_sum_to_one = np.allclose(values.sum(axis=1), 1.0, atol=1e-4)
+    if rows_sum_to_one and values.min() >= 0.0 and values.max() <= 1.0:
+        raise ValueError(
+            f"The {argument}'s outputs are non-negative and every row sums to 1: "
+            "they look like probabilities (a softmax output), but logits are "
+            "expected. Remove the final softmax, or wrap the model to return "
+            "`log(probabilities)`."
+        )
