@@ -246,7 +246,7 @@ class Distiller(keras.Model):
 
     # ------------------------------------------------------------ keras.Model
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Like `keras.Model.compile`; `loss` is the hard loss (default: CE on logits)."""
+        """`keras.Model.compile`; `loss` is the hard loss (default: CE on logits)."""
         if loss is not None:
             self.hard_loss = _resolve_hard_loss(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)

@@ -97,7 +97,7 @@ def baseline(student):
 def label_smoothing(student, num_classes=None, epsilon=0.1):
     """LSR: cross-entropy on ``q = 1-eps`` on ``y`` and ``eps/(K-1)`` elsewhere.
 
-    >>> distiller = label_smoothing(student, num_classes=100, epsilon=0.1)  # doctest: +SKIP
+    >>> distiller = label_smoothing(student, epsilon=0.1)  # doctest: +SKIP
     """
     k = _num_classes(student)
     if num_classes is not None and num_classes != k:
@@ -138,7 +138,7 @@ def tfkd_self(
 
     ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` (``m = multiplier``).
 
-    >>> distiller = tfkd_self(fresh_student, trained_copy, 0.95, 6.0, 50.0)  # doctest: +SKIP
+    >>> distiller = tfkd_self(student, trained_copy, 0.95, 6.0, 50.0)  # doctest: +SKIP
     """
     scale = _kl_scale(kl_reduction, _num_classes(student))
     loss = SoftTargetKL(
