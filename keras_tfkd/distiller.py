@@ -201,7 +201,7 @@ class Distiller(keras.Model):
     @property
     def alpha(self):
         """The weight of the soft term (a float); assignable."""
-        return float(ops.convert_to_numpy(self._alpha))
+        return float(self._alpha.numpy())
 
     @alpha.setter
     def alpha(self, value):
@@ -227,7 +227,7 @@ class Distiller(keras.Model):
     @property
     def temperature(self):
         var = self.temperature_variable
-        return None if var is None else float(ops.convert_to_numpy(var))
+        return None if var is None else float(var.numpy())
 
     @temperature.setter
     def temperature(self, value):
@@ -250,6 +250,14 @@ class Distiller(keras.Model):
         if loss is not None:
             self.hard_loss = _resolve_hard_loss(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compile after loading (optimizer, metrics; the hard loss is in config)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
         if isinstance(self.teacher, teachers_lib.Teacher):

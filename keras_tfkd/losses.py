@@ -187,10 +187,10 @@ class SoftTargetKL(keras.losses.Loss):
 
     def get_config(self):
         return {
-            "temperature": float(ops.convert_to_numpy(self.temperature)),
+            "temperature": float(self.temperature.numpy()),
             "teacher_temperature": None
             if self._tied
-            else float(ops.convert_to_numpy(self.teacher_temperature)),
+            else float(self.teacher_temperature.numpy()),
             "scale": self.scale,
             "temperature_squared": self.temperature_squared,
             "reduction": self.reduction,

@@ -1,0 +1,119 @@
+"""Every recipe's `compute_loss` equals its PAPER.md formula (NumPy reference)."""
+
+import keras
+import numpy as np
+import pytest
+import reference as ref
+from keras import ops
+
+from keras_tfkd import recipes
+
+
+class FixedLogits(keras.layers.Layer):
+    """Returns the logits stored for the current batch (inputs are row indices)."""
+
+    def __init__(self, logits, **kwargs):
+        super().__init__(**kwargs)
+        self.table = ops.convert_to_tensor(logits)
+
+    def call(self, idx):
+        return ops.take(self.table, ops.cast(ops.squeeze(idx, -1), "int32"), axis=0)
+
+
+def _model(logits, name):
+    inp = keras.Input((1,))
+    return keras.Model(inp, FixedLogits(logits)(inp), name=name)
+
+
+def _case(rng, k, n=24):
+    z_s = (rng.normal(size=(n, k)) * 4).astype("float32")
+    z_t = (rng.normal(size=(n, k)) * 4).astype("float32")
+    y = rng.integers(0, k, n)
+    x = np.arange(n, dtype="float32")[:, None]
+    return x, y, z_s, z_t
+
+
+def _loss(distiller, x, y, sample_weight=None):
+    distiller.compile(optimizer="sgd")
+    value = distiller.compute_loss(
+        x, ops.convert_to_tensor(y), distiller(x), sample_weight=sample_weight
+    )
+    return float(ops.convert_to_numpy(value))
+
+
+K_T = [(2, 1.0), (10, 4.0), (100, 20.0), (100, 40.0), (10, 40.0), (2, 6.0)]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("k,t", K_T)
+def test_kd_and_tfkd_self(rng, k, t, weighted):
+    x, y, z_s, z_t = _case(rng, k)
+    w = rng.uniform(size=len(y)).astype("float32") if weighted else None
+    student, teacher = _model(z_s, "student"), _model(z_t, "teacher")
+    got = _loss(recipes.kd(student, teacher, alpha=0.9, temperature=t), x, y, w)
+    np.testing.assert_allclose(got, ref.kd(z_s, z_t, y, 0.9, t, 1.0, w), rtol=1e-4)
+    self_kd = recipes.tfkd_self(
+        _model(z_s, "s2"), _model(z_t, "t2"), alpha=0.95, temperature=t, multiplier=50.0
+    )
+    expected = ref.kd(z_s, z_t, y, 0.95, t, 50.0, w)
+    np.testing.assert_allclose(_loss(self_kd, x, y, w), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("k,t", K_T)
+def test_tfkd_reg(rng, k, t, weighted):
+    x, y, z_s, _ = _case(rng, k)
+    w = rng.uniform(size=len(y)).astype("float32") if weighted else None
+    distiller = recipes.tfkd_reg(
+        _model(z_s, "s"), k, alpha=0.1, temperature=t, multiplier=100.0
+    )
+    expected = ref.tfkd_reg(z_s, y, 0.1, t, 100.0, 0.99, w)
+    np.testing.assert_allclose(_loss(distiller, x, y, w), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("k", [2, 10, 100])
+def test_baseline_and_label_smoothing(rng, k, weighted):
+    x, y, z_s, _ = _case(rng, k)
+    w = rng.uniform(size=len(y)).astype("float32") if weighted else None
+    got = _loss(recipes.baseline(_model(z_s, "s")), x, y, w)
+    np.testing.assert_allclose(got, ref.ce(z_s, y, w), rtol=1e-5)
+    got = _loss(recipes.label_smoothing(_model(z_s, "s2"), k, epsilon=0.1), x, y, w)
+    np.testing.assert_allclose(got, ref.lsr(z_s, y, 0.1, w), rtol=1e-5)
+
+
+def test_batchmean_is_k_times_elementwise_soft_term(rng):
+    k, t = 10, 4.0
+    x, y, z_s, z_t = _case(rng, k)
+    ref_kd = recipes.kd(_model(z_s, "a"), _model(z_t, "b"), 1.0, t)
+    clean = recipes.kd(_model(z_s, "c"), _model(z_t, "d"), 1.0, t, "batchmean")
+    np.testing.assert_allclose(_loss(clean, x, y), k * _loss(ref_kd, x, y), rtol=1e-5)
+
+
+def test_translated_multiplier_keeps_the_k100_meaning(rng):
+    """At K = 100, batch-mean with m/100 equals the reference KLm with m."""
+    x, y, z_s, _ = _case(rng, 100)
+    reference = recipes.tfkd_reg(_model(z_s, "a"), 100, 0.1, 20.0, multiplier=100.0)
+    clean = recipes.tfkd_reg(
+        _model(z_s, "b"),
+        100,
+        0.1,
+        20.0,
+        multiplier=recipes.translate_multiplier(100.0),
+        kl_reduction="batchmean",
+    )
+    np.testing.assert_allclose(_loss(clean, x, y), _loss(reference, x, y), rtol=1e-5)
+
+
+def test_recipe_argument_errors(rng):
+    _, _, z_s, _ = _case(rng, 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        recipes.tfkd_reg(_model(z_s, "s"), 100, 0.1, 20.0)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        recipes.kd(_model(z_s, "a"), _model(z_s, "b"), 0.5, 4.0, kl_reduction="sum")
+    with pytest.raises(ValueError, match="multiplier"):
+        recipes.tfkd_self(_model(z_s, "c"), _model(z_s, "d"), 0.5, 4.0, multiplier=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        recipes.kd(_model(z_s, "e"), _model(z_s, "f"), alpha=1.5, temperature=4.0)
+    with pytest.raises(ValueError, match="temperature"):
+        recipes.kd(_model(z_s, "g"), _model(z_s, "h"), alpha=0.5, temperature=0.0)
