@@ -13,7 +13,7 @@ def pytest_report_header(config):
 def _reset_keras_state():
     """Each test starts from a clean Keras session and float32 policy."""
     keras.config.set_dtype_policy("float32")
-    keras.utils.clear_session()
+    keras.utils.clear_session(free_memory=False)
     yield
     keras.config.set_dtype_policy("float32")
 
