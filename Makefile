@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-ci.txt -e ".[dev]"
+	$(BIN)/pip install -q --no-deps keras-hub==0.32.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_labels", "check_fit_data"]
+__all__ = ["check_labels", "check_fit_data", "is_dataset"]
 
 
 def _is_array_like(value):
@@ -18,11 +18,11 @@ def _is_array_like(value):
         hasattr(value, "shape")
         and hasattr(value, "dtype")
         and hasattr(value, "__len__")
-        and not _is_dataset(value)
+        and not is_dataset(value)
     )
 
 
-def _is_dataset(value):
+def is_dataset(value):
     return type(value).__module__.startswith("tensorflow") and hasattr(
         value, "element_spec"
     )
@@ -153,7 +153,7 @@ def _tf_dataset_with_checks(dataset, num_classes):
 def check_fit_data(distiller, x, y, kwargs, training=True):
     """Validate `fit`/`evaluate` data; return possibly wrapped ``(x, y, kwargs)``."""
     num_classes = distiller.num_classes
-    if _is_dataset(x):
+    if is_dataset(x):
         spec = x.element_spec
         if isinstance(spec, tuple) and len(spec) >= 2:
             x = _tf_dataset_with_checks(x, num_classes)
