@@ -12,23 +12,41 @@ Public API:
 * `keras_tfkd.recipes` - `baseline`, `label_smoothing`, `kd`, `tfkd_self`,
   `tfkd_reg`.
 * `keras_tfkd.models`, `keras_tfkd.data`, `keras_tfkd.schedules`,
-  `keras_tfkd.callbacks`, `keras_tfkd.experiments` (imported on first use).
+  `keras_tfkd.callbacks`, `keras_tfkd.experiments`, `keras_tfkd.workflows`.
+
+Every name is imported on first use, so `import keras_tfkd` does not import
+Keras: the `keras-tfkd` command can still choose the backend.
 """
 
 import importlib
 
-from keras_tfkd import losses, recipes, teachers
-from keras_tfkd.distiller import Distiller
-
 __version__ = "0.1.0"
 
-_LAZY = {"models", "data", "schedules", "callbacks", "experiments", "cli", "study"}
+_MODULES = {
+    "losses",
+    "recipes",
+    "teachers",
+    "models",
+    "data",
+    "schedules",
+    "callbacks",
+    "experiments",
+    "workflows",
+    "study",
+    "cli",
+    "distribution",
+}
 
-__all__ = ["Distiller", "losses", "recipes", "teachers", *sorted(_LAZY)]
+__all__ = ["Distiller", *sorted(_MODULES)]
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name == "Distiller":
+        from keras_tfkd.distiller import Distiller
+
+        globals()[name] = Distiller
+        return Distiller
+    if name in _MODULES:
         module = importlib.import_module(f"keras_tfkd.{name}")
         globals()[name] = module
         return module

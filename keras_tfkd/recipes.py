@@ -113,15 +113,26 @@ def label_smoothing(student, num_classes=None, epsilon=0.1):
     )
 
 
-def kd(student, teacher, alpha, temperature, kl_reduction="elementwise_mean"):
+def kd(
+    student,
+    teacher,
+    alpha,
+    temperature,
+    *,
+    multiplier=1.0,
+    kl_reduction="elementwise_mean",
+):
     """Normal KD (also Re-KD and De-KD: only the teacher differs).
 
-    ``(1-alpha) CE + alpha T^2 KLm(S(z_t/T) || S(z_s/T))`` by default;
-    with ``kl_reduction="batchmean"``, ``KLm`` becomes the batch-mean KL.
+    ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` by default
+    (``m = multiplier``, 1 in every published KD row); with
+    ``kl_reduction="batchmean"``, ``KLm`` becomes the batch-mean KL.
 
     >>> distiller = kd(student, teacher, alpha=0.95, temperature=20.0)  # doctest: +SKIP
     """
-    scale = _kl_scale(kl_reduction, _num_classes(student))
+    scale = _check_multiplier(multiplier) * _kl_scale(
+        kl_reduction, _num_classes(student)
+    )
     loss = SoftTargetKL(temperature=temperature, scale=scale, name="kd_kl")
     return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="kd")
 

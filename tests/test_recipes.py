@@ -86,7 +86,9 @@ def test_batchmean_is_k_times_elementwise_soft_term(rng):
     k, t = 10, 4.0
     x, y, z_s, z_t = _case(rng, k)
     ref_kd = recipes.kd(_model(z_s, "a"), _model(z_t, "b"), 1.0, t)
-    clean = recipes.kd(_model(z_s, "c"), _model(z_t, "d"), 1.0, t, "batchmean")
+    clean = recipes.kd(
+        _model(z_s, "c"), _model(z_t, "d"), 1.0, t, kl_reduction="batchmean"
+    )
     np.testing.assert_allclose(_loss(clean, x, y), k * _loss(ref_kd, x, y), rtol=1e-5)
 
 

@@ -1,0 +1,815 @@
+"""Every reference experiment of the paper as data, and how to run it at any K.
+
+An :class:`Experiment` is one row of the paper: a method, a student, a teacher
+and the published hyper-parameters (PAPER.md). The registry holds
+
+* every row of the two CIFAR-100 hyper-parameter tables of PAPER.md (normal KD,
+  Re-KD, Tf-KD_self, Tf-KD_reg),
+* a baseline and an LSR (``epsilon = 0.1``) entry for every model,
+* the De-KD rows: the teacher is the checkpoint after ``teacher_epochs`` epochs
+  of normal training (ResNet18 after 1, ResNet50 after 50, ResNeXt29 after 50),
+* the ImageNet experiments (90 epochs, batch 512, ``lr = 0.1 * bs / 256``,
+  weight decay 1e-4, x0.1 at epochs 30/60/80) on the `keras.applications`
+  students ResNet50, MobileNetV2 and DenseNet121 (model names
+  ``imagenet_resnet50``, ``imagenet_mobilenet_v2``, ``imagenet_densenet121``,
+  built with ``weights=None``).
+
+Ids are ``<method>/<student>`` for one-model methods (``tfkd_reg/resnet18``,
+``lsr/mobilenet_v2``, ``baseline/resnet18``) and
+``<method>/<student>_from_<teacher>`` otherwise
+(``kd/mobilenet_v2_from_resnet18``, ``tfkd_self/resnet18_from_resnet18``,
+``dekd/mobilenet_v2_from_resnet18``, ``rekd/resnet18_from_mobilenet_v2``).
+The model names are those of `keras_tfkd.models`.
+
+Translating the hyper-parameters across K
+-----------------------------------------
+The published ``alpha``, ``T`` and ``multiplier`` were tuned on CIFAR-100
+(``K = 100``) with the reference code's element-wise-mean KL
+(``KLm = batch-mean KL / K``). Copied as they are to ``K = 10``, ``KLm`` is
+10x larger for the same distributions, the soft term weighs 10x more, and
+training can diverge. So an experiment keeps the *meaning* of its published
+setting, whatever the number of classes of the data it runs on
+(:meth:`Experiment.kl_translation`, applied by :meth:`Experiment.build`):
+
+* ``K = 100``: the reference recipe, unchanged
+  (``kl_reduction="elementwise_mean"``, the published multiplier).
+* ``K != 100``: the batch-mean KL (``kl_reduction="batchmean"``) with the
+  multiplier translated by `keras_tfkd.recipes.translate_multiplier`
+  (``m -> m / 100``). The weight in front of the batch-mean KL is then
+  ``alpha * m * T^2 / 100`` for kd, rekd, dekd and tfkd_self and
+  ``alpha * m / 100`` for tfkd_reg -- exactly the weight the reference gives
+  it at ``K = 100``, where the two forms coincide.
+
+``translation="none"`` builds the reference recipe verbatim at any ``K``
+(to reproduce the reference code itself on CIFAR-10, say). The workflows
+record which translation was applied with every result.
+
+Example:
+
+>>> from keras_tfkd import experiments
+>>> exp = experiments.get("tfkd_reg/resnet18")
+>>> exp.alpha, exp.temperature, exp.multiplier, exp.batch_size
+(0.1, 20.0, 100.0, 128)
+>>> quick = exp.replace(student="cnn_tiny", dataset="digits", epochs=5)
+>>> quick.id, quick.based_on
+('tfkd_reg/cnn_tiny', 'tfkd_reg/resnet18')
+>>> quick.kl_translation(num_classes=10)["multiplier"]
+1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+from collections.abc import Mapping
+
+__all__ = [
+    "Experiment",
+    "METHODS",
+    "ONE_MODEL_METHODS",
+    "IMAGENET_APPLICATIONS",
+    "REGISTRY",
+    "UnknownNameError",
+    "available",
+    "experiment_id",
+    "get",
+]
+
+#: Every method, in the order of the paper's comparison.
+METHODS = ("baseline", "lsr", "kd", "rekd", "dekd", "tfkd_self", "tfkd_reg")
+#: Methods that train one model and take no teacher model.
+ONE_MODEL_METHODS = ("baseline", "lsr", "tfkd_reg")
+#: Methods whose loss has a KL term to a teacher (model or virtual).
+KL_METHODS = ("kd", "rekd", "dekd", "tfkd_self", "tfkd_reg")
+#: How each method gets its teacher: trained normally first (``"trained"``),
+#: the checkpoint after ``teacher_epochs`` epochs of normal training
+#: (``"early"``), the best checkpoint of a normal run of the student's own
+#: architecture (``"self"``), or none (virtual teachers are built from labels).
+TEACHER_SOURCE = types.MappingProxyType(
+    {
+        "baseline": None,
+        "lsr": None,
+        "kd": "trained",
+        "rekd": "trained",
+        "dekd": "early",
+        "tfkd_self": "self",
+        "tfkd_reg": None,
+    }
+)
+PROTOCOLS = ("cifar", "imagenet")
+#: K the published hyper-parameters were tuned at (`recipes.REFERENCE_NUM_CLASSES`;
+#: this module imports Keras only when it builds a Distiller).
+REFERENCE_NUM_CLASSES = 100
+
+#: ImageNet students: registry name -> `keras.applications` builder name.
+IMAGENET_APPLICATIONS = types.MappingProxyType(
+    {
+        "imagenet_resnet50": "ResNet50",
+        "imagenet_mobilenet_v2": "MobileNetV2",
+        "imagenet_densenet121": "DenseNet121",
+    }
+)
+
+
+class UnknownNameError(ValueError):
+    """An unknown experiment, model or data-set name; `valid` lists the known ones."""
+
+    def __init__(self, message, name=None, valid=()):
+        super().__init__(message)
+        self.name = name
+        self.valid = list(valid)
+
+
+def experiment_id(method, student, teacher=None):
+    """``<method>/<student>`` or ``<method>/<student>_from_<teacher>``.
+
+    >>> experiment_id("kd", "mobilenet_v2", "resnet18")
+    'kd/mobilenet_v2_from_resnet18'
+    """
+    if teacher is None:
+        return f"{method}/{student}"
+    return f"{method}/{student}_from_{teacher}"
+
+
+# --------------------------------------------------------------- validation
+_FLOAT = "a number"
+_INT = "an integer"
+_STR = "a string"
+# name -> (kind, may be None)
+_FIELD_TYPES = {
+    "method": (_STR, False),
+    "student": (_STR, False),
+    "teacher": (_STR, True),
+    "alpha": (_FLOAT, False),
+    "temperature": (_FLOAT, True),
+    "multiplier": (_FLOAT, False),
+    "batch_size": (_INT, False),
+    "dataset": (_STR, False),
+    "epochs": (_INT, False),
+    "teacher_epochs": (_INT, True),
+    "teacher_batch_size": (_INT, True),
+    "correct_prob": (_FLOAT, False),
+    "epsilon": (_FLOAT, False),
+    "protocol": (_STR, False),
+    "published_accuracy": (_FLOAT, True),
+    "teacher_accuracy": (_FLOAT, True),
+    "source": (_STR, False),
+    "based_on": (_STR, True),
+}
+
+
+def _coerce(name, value):
+    """Check the type of one field; ints become floats where a number is meant."""
+    kind, nullable = _FIELD_TYPES[name]
+    if value is None:
+        if nullable:
+            return None
+        raise TypeError(f"`{name}` must be {kind}, got {name}=None.")
+    bad = TypeError(
+        f"`{name}` must be {kind}{' or None' if nullable else ''}, got "
+        f"{name}={value!r} ({type(value).__name__})."
+    )
+    if kind == _STR:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        if kind == _INT or not hasattr(value, "__float__") or isinstance(value, bool):
+            raise bad
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must be finite, got {name}={value!r}.")
+        return value
+    return int(value) if kind == _INT else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One reference experiment: a method, its models and hyper-parameters.
+
+    Fields (see PAPER.md for the formulas):
+
+    * ``id``: ``<method>/<student>`` or ``<method>/<student>_from_<teacher>``,
+      derived from the three fields below (never set by hand).
+    * ``method``: one of `METHODS`. ``student``/``teacher``: model names of
+      `keras_tfkd.models` (or `IMAGENET_APPLICATIONS`); ``teacher`` is None for
+      baseline, lsr and tfkd_reg, and equals ``student`` for tfkd_self.
+    * ``alpha``, ``temperature``, ``multiplier``: the soft term's weight,
+      temperature and multiplier as published (tuned at ``K = 100``, see
+      the module docstring); ``alpha = 0`` and ``temperature = None`` for
+      baseline and lsr.
+    * ``batch_size``, ``dataset``, ``epochs``, ``protocol`` (``"cifar"``:
+      SGD + warm-up + x0.2 at 60/120/160; ``"imagenet"``: x0.1 at 30/60/80).
+    * ``teacher_epochs``: De-KD stops the teacher's normal training after this
+      many epochs (for other methods, if set, the teacher trains this long
+      instead of ``epochs``); ``teacher_batch_size``: batch size the teacher
+      is trained with (None: ``batch_size``).
+    * ``correct_prob`` (Tf-KD_reg's ``a``), ``epsilon`` (LSR).
+    * ``published_accuracy`` / ``teacher_accuracy``: CIFAR-100 top-1 % from
+      the paper, where published; ``source``: where the row comes from;
+      ``based_on``: the registry id an overridden experiment started from.
+
+    Construct it from the registry (`get`) and change it with `replace`.
+
+    Example:
+
+    >>> exp = get("kd/mobilenet_v2_from_resnet18").replace(epochs=20)
+    >>> exp.alpha, exp.temperature, exp.epochs
+    (0.95, 20.0, 20)
+    """
+
+    method: str
+    student: str
+    teacher: str | None = None
+    alpha: float = 0.0
+    temperature: float | None = None
+    multiplier: float = 1.0
+    batch_size: int = 128
+    dataset: str = "cifar100"
+    epochs: int = 200
+    teacher_epochs: int | None = None
+    teacher_batch_size: int | None = None
+    correct_prob: float = 0.99
+    epsilon: float = 0.1
+    protocol: str = "cifar"
+    published_accuracy: float | None = None
+    teacher_accuracy: float | None = None
+    source: str = "PAPER.md"
+    based_on: str | None = None
+    id: str = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        for name in _FIELD_TYPES:
+            object.__setattr__(self, name, _coerce(name, getattr(self, name)))
+        self._check()
+        object.__setattr__(
+            self, "id", experiment_id(self.method, self.student, self.teacher)
+        )
+
+    def _check(self):
+        def fail(name, why):
+            raise ValueError(
+                f"`{name}` {why}, got {name}={getattr(self, name)!r} "
+                f"(method={self.method!r})."
+            )
+
+        if self.method not in METHODS:
+            raise UnknownNameError(
+                f"Unknown method {self.method!r}; valid methods: {', '.join(METHODS)}.",
+                self.method,
+                METHODS,
+            )
+        if self.protocol not in PROTOCOLS:
+            fail("protocol", f"must be one of {PROTOCOLS}")
+        needs_teacher = self.method not in ONE_MODEL_METHODS
+        if needs_teacher and self.teacher is None:
+            fail("teacher", "must name the teacher model of this method")
+        if not needs_teacher and self.teacher is not None:
+            fail("teacher", "must be None: this method trains one model")
+        if self.method == "tfkd_self" and self.teacher != self.student:
+            fail("teacher", f"must equal student={self.student!r} for tfkd_self")
+        if self.method == "dekd" and self.teacher_epochs is None:
+            fail("teacher_epochs", "must be set for dekd (the defective teacher)")
+        if self.method in KL_METHODS:
+            if not 0.0 <= self.alpha <= 1.0:
+                fail("alpha", "must be in [0, 1]")
+            if self.temperature is None or self.temperature <= 0:
+                fail("temperature", "must be a number > 0")
+        else:
+            if self.alpha != 0.0:
+                fail("alpha", "must be 0: this method has no soft term")
+            if self.temperature is not None:
+                fail("temperature", "must be None: this method has no soft term")
+        if self.multiplier < 0:
+            fail("multiplier", "must be >= 0")
+        for name in ("batch_size", "epochs", "teacher_epochs", "teacher_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                fail(name, "must be >= 1")
+        if not 0.0 < self.correct_prob <= 1.0:
+            fail("correct_prob", "must be in (0, 1]")
+        if not 0.0 <= self.epsilon < 1.0:
+            fail("epsilon", "must be in [0, 1)")
+
+    # ------------------------------------------------------------- overrides
+    def replace(self, **overrides):
+        """A copy with some fields changed; names, types and values are checked.
+
+        The id follows ``method``/``student``/``teacher``; for tfkd_self a new
+        ``student`` also becomes the teacher unless ``teacher`` is given, and a
+        method without a teacher drops it. ``based_on`` keeps the registry id
+        the chain of overrides started from; the published accuracies are
+        those of that row, so a variant has none (unless given).
+
+        Raises:
+            TypeError: an unknown field, or a value of the wrong type (the
+                message names the field and the value).
+            ValueError: a value out of range (``alpha=1.5``, ``epochs=0``...).
+
+        >>> get("tfkd_self/resnet18_from_resnet18").replace(student="cnn_tiny").id
+        'tfkd_self/cnn_tiny_from_cnn_tiny'
+        """
+        valid = sorted(_FIELD_TYPES)
+        for key, value in overrides.items():
+            if key == "id":
+                raise TypeError(
+                    f"`id` cannot be overridden (got id={value!r}): it is derived "
+                    "from method, student and teacher."
+                )
+            if key not in _FIELD_TYPES:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"Unknown experiment field {key!r} (got {key}={value!r}).{hint} "
+                    f"Valid fields: {', '.join(valid)}."
+                )
+            _coerce(key, value)
+        if all(_coerce(k, v) == getattr(self, k) for k, v in overrides.items()):
+            return self  # nothing changes: still the published row
+        method = overrides.get("method", self.method)
+        if (
+            method == "tfkd_self"
+            and "teacher" not in overrides
+            and ("student" in overrides or self.method != "tfkd_self")
+        ):
+            overrides["teacher"] = overrides.get("student", self.student)
+        if method in ONE_MODEL_METHODS and "teacher" not in overrides:
+            overrides["teacher"] = None
+        if method not in KL_METHODS:
+            overrides.setdefault("alpha", 0.0)
+            overrides.setdefault("temperature", None)
+        overrides.setdefault("based_on", self.based_on or self.id)
+        # The published numbers belong to the registry row, not to a variant.
+        overrides.setdefault("published_accuracy", None)
+        overrides.setdefault("teacher_accuracy", None)
+        return dataclasses.replace(self, **overrides)
+
+    # ----------------------------------------------------------- translation
+    @property
+    def teacher_source(self):
+        """``"trained"``, ``"early"``, ``"self"`` or None (see `TEACHER_SOURCE`)."""
+        return TEACHER_SOURCE[self.method]
+
+    def teacher_experiment(self):
+        """The normal (baseline) run that produces this experiment's teacher.
+
+        None for methods without a teacher model. The teacher is trained on
+        the same data set with `teacher_batch_size`, for `epochs` epochs (De-KD
+        stops it after `teacher_epochs` of them; for the other methods a set
+        `teacher_epochs` is the length of the teacher's run).
+        """
+        if self.teacher_source is None:
+            return None
+        epochs = self.epochs
+        if self.teacher_source != "early" and self.teacher_epochs is not None:
+            epochs = self.teacher_epochs
+        return Experiment(
+            method="baseline",
+            student=self.teacher,
+            batch_size=self.teacher_batch_size or self.batch_size,
+            dataset=self.dataset,
+            epochs=epochs,
+            protocol=self.protocol,
+            source=f"teacher of {self.id}",
+        )
+
+    def soft_weight(self, num_classes=REFERENCE_NUM_CLASSES):
+        """The weight in front of the *batch-mean* KL once built for K classes.
+
+        ``alpha * m * T^2 / 100`` (kd, rekd, dekd, tfkd_self) or
+        ``alpha * m / 100`` (tfkd_reg) with the translation; 0 without a KL.
+        """
+        info = self.kl_translation(num_classes)
+        return info["soft_weight"]
+
+    def kl_translation(self, num_classes, translation="auto"):
+        """How the KL term is built for a data set with `num_classes` classes.
+
+        Returns a dict: ``kl_reduction`` (for the recipe), ``multiplier`` (the
+        one passed to the recipe), ``published_multiplier``, ``num_classes``,
+        ``translated`` (bool), ``soft_weight`` (weight in front of the
+        batch-mean KL, ``alpha * m * T^2 / K`` in the reference form) and a
+        one-line ``note``. With ``translation="auto"`` and ``K != 100`` the
+        multiplier becomes ``m / 100`` on a batch-mean KL; with
+        ``translation="none"`` the reference recipe is kept at any ``K``.
+
+        >>> info = get("tfkd_reg/resnet18").kl_translation(10)
+        >>> info["kl_reduction"], info["multiplier"], info["soft_weight"]
+        ('batchmean', 1.0, 0.1)
+        """
+        if translation not in ("auto", "none"):
+            raise ValueError(
+                f"`translation` must be 'auto' or 'none', got translation="
+                f"{translation!r}."
+            )
+        k = int(num_classes)
+        if k < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got num_classes={k!r}.")
+        if self.method not in KL_METHODS:
+            return {
+                "kl_reduction": None,
+                "multiplier": None,
+                "published_multiplier": None,
+                "num_classes": k,
+                "translated": False,
+                "soft_weight": 0.0,
+                "note": f"{self.method}: no KL term, nothing to translate",
+            }
+        ref = REFERENCE_NUM_CLASSES
+        t_factor = 1.0 if self.method == "tfkd_reg" else self.temperature**2
+        translate = translation == "auto" and k != ref
+        if translate:
+            reduction = "batchmean"
+            from keras_tfkd import recipes
+
+            multiplier = recipes.translate_multiplier(self.multiplier, ref)
+            weight = self.alpha * multiplier * t_factor
+            note = (
+                f"K={k} != {ref}: batch-mean KL, multiplier {self.multiplier:g} -> "
+                f"{multiplier:g} (= m/{ref}), the K={ref} meaning of the "
+                "published setting"
+            )
+        else:
+            reduction = "elementwise_mean"
+            multiplier = self.multiplier
+            weight = self.alpha * multiplier * t_factor / k
+            note = (
+                f"K={k}: reference KLm (element-wise mean), multiplier "
+                f"{multiplier:g} as published"
+            )
+            if k != ref:
+                note += " (translation disabled)"
+        return {
+            "kl_reduction": reduction,
+            "multiplier": multiplier,
+            "published_multiplier": self.multiplier,
+            "num_classes": k,
+            "translated": translate,
+            "soft_weight": weight,
+            "note": note,
+        }
+
+    def build(self, student, teacher=None, *, translation="auto"):
+        """The uncompiled `Distiller` of this experiment for a built `student`.
+
+        `teacher` is the trained teacher model for kd/rekd/dekd/tfkd_self (a
+        logits `keras.Model`) and must be None otherwise. K is read from the
+        student's output; the KL term is built as `kl_translation` says.
+
+        >>> distiller = get("lsr/resnet18").build(student)  # doctest: +SKIP
+        """
+        from keras_tfkd import recipes
+
+        needs_model = self.teacher_source is not None
+        if needs_model and teacher is None:
+            raise ValueError(
+                f"Experiment {self.id!r} needs a trained teacher model "
+                f"({self.teacher!r}), got teacher=None."
+            )
+        if not needs_model and teacher is not None:
+            raise ValueError(
+                f"Experiment {self.id!r} takes no teacher model, got "
+                f"teacher={teacher!r}."
+            )
+        if not getattr(student, "built", False):
+            raise ValueError(
+                "The student must be built (call it once or give an Input)."
+            )
+        k = int(student.output_shape[-1])
+        info = self.kl_translation(k, translation)
+        if self.method == "baseline":
+            return recipes.baseline(student)
+        if self.method == "lsr":
+            return recipes.label_smoothing(student, epsilon=self.epsilon)
+        if self.method == "tfkd_reg":
+            return recipes.tfkd_reg(
+                student,
+                k,
+                self.alpha,
+                self.temperature,
+                multiplier=info["multiplier"],
+                correct_prob=self.correct_prob,
+                kl_reduction=info["kl_reduction"],
+            )
+        if self.method == "tfkd_self":
+            return recipes.tfkd_self(
+                student,
+                teacher,
+                self.alpha,
+                self.temperature,
+                multiplier=info["multiplier"],
+                kl_reduction=info["kl_reduction"],
+            )
+        return recipes.kd(
+            student,
+            teacher,
+            self.alpha,
+            self.temperature,
+            multiplier=info["multiplier"],
+            kl_reduction=info["kl_reduction"],
+        )
+
+    def hyperparameters(self):
+        """The hyper-parameters that define a run of this method, as a dict."""
+        hp = {"batch_size": self.batch_size}
+        if self.method in KL_METHODS:
+            hp.update(
+                alpha=self.alpha,
+                temperature=self.temperature,
+                multiplier=self.multiplier,
+            )
+        if self.method == "tfkd_reg":
+            hp["correct_prob"] = self.correct_prob
+        if self.method == "lsr":
+            hp["epsilon"] = self.epsilon
+        if self.teacher_source is not None:
+            hp["teacher_batch_size"] = self.teacher_batch_size or self.batch_size
+        if self.method == "dekd":
+            hp["teacher_epochs"] = self.teacher_epochs
+        return hp
+
+    def describe(self):
+        """One line: id, hyper-parameters and the published accuracy."""
+        parts = [self.id.ljust(44)]
+        if self.method in KL_METHODS:
+            parts.append(
+                f"alpha={self.alpha:g} T={self.temperature:g} m={self.multiplier:g}"
+            )
+        elif self.method == "lsr":
+            parts.append(f"eps={self.epsilon:g}")
+        if self.method == "dekd":
+            parts.append(f"teacher_epochs={self.teacher_epochs}")
+        parts.append(f"batch={self.batch_size} {self.dataset} {self.epochs}ep")
+        if self.published_accuracy is not None:
+            parts.append(f"published {self.published_accuracy:.2f}%")
+        return "  ".join(parts)
+
+
+# ------------------------------------------------------------------ registry
+# PAPER.md, "KD-style runs": (method, student, teacher, alpha, T, multiplier,
+# batch, published top-1 %). Re-KD rows are those where the student is the
+# stronger model.
+_KD_ROWS = (
+    ("kd", "mobilenet_v2", "resnet18", 0.95, 20, 1, 128, 71.05),
+    ("kd", "mobilenet_v2", "densenet121", 0.95, 20, 1, 128, None),
+    ("kd", "mobilenet_v2", "resnet101", 0.95, 20, 1, 128, None),
+    ("kd", "mobilenet_v2", "resnext29_8x64d", 0.95, 20, 1, 64, None),
+    ("tfkd_self", "mobilenet_v2", "mobilenet_v2", 0.95, 20, 1, 128, 70.96),
+    ("kd", "shufflenet_v2", "resnet18", 0.95, 20, 1, 128, 72.05),
+    ("kd", "shufflenet_v2", "resnet50", 0.95, 20, 1, 128, None),
+    ("kd", "shufflenet_v2", "densenet121", 0.95, 20, 1, 128, None),
+    ("kd", "shufflenet_v2", "resnext29_8x64d", 0.95, 20, 1, 64, None),
+    ("tfkd_self", "shufflenet_v2", "shufflenet_v2", 0.95, 20, 1, 128, 72.23),
+    ("rekd", "resnet18", "mobilenet_v2", 0.6, 20, 1, 128, 77.28),
+    ("rekd", "resnet18", "shufflenet_v2", 0.6, 20, 1, 128, 77.35),
+    ("kd", "resnet18", "resnet50", 0.6, 20, 1, 64, 77.19),
+    ("kd", "resnet18", "resnext29_8x64d", 0.6, 20, 1, 64, None),
+    ("kd", "resnet18", "densenet121", 0.95, 6, 1, 128, None),
+    ("tfkd_self", "resnet18", "resnet18", 0.95, 6, 50, 128, 77.10),
+    ("rekd", "resnet50", "mobilenet_v2", 0.6, 20, 1, 128, 79.30),
+    ("rekd", "resnet50", "shufflenet_v2", 0.6, 20, 1, 128, None),
+    ("tfkd_self", "resnet50", "resnet50", 0.95, 6, 1, 128, None),
+    ("rekd", "resnext29_8x64d", "mobilenet_v2", 0.6, 20, 1, 64, 81.53),
+    ("tfkd_self", "resnext29_8x64d", "resnext29_8x64d", 0.9, 20, 100, 64, 82.08),
+    ("rekd", "densenet121", "mobilenet_v2", 0.6, 20, 1, 128, None),
+    ("rekd", "densenet121", "shufflenet_v2", 0.6, 20, 1, 100, None),
+    ("tfkd_self", "densenet121", "densenet121", 0.9, 20, 50, 100, 80.26),
+    ("tfkd_self", "googlenet", "googlenet", 0.4, 20, 50, 64, 80.17),
+    ("kd", "cnn5", "resnet18", 0.9, 20, 1, 128, None),
+)
+
+# PAPER.md, "Tf-KD_reg runs": (model, alpha, T, multiplier, batch, published %).
+_REG_ROWS = (
+    ("mobilenet_v2", 0.95, 40, 1, 128, 70.88),
+    ("shufflenet_v2", 0.95, 10, 1, 128, 72.09),
+    ("resnet18", 0.1, 20, 100, 128, 77.36),
+    ("googlenet", 0.1, 40, 50, 64, 79.22),
+    ("densenet121", 0.1, 40, 1, 128, None),
+    ("resnext29_8x64d", 0.5, 40, 1, 64, None),
+)
+
+# Published CIFAR-100 baselines and LSR results; batch sizes of the normal runs
+# (64 for the two models whose every published run uses 64, 128 otherwise).
+_BASELINES = {
+    "mobilenet_v2": (68.38, 69.32, 128),
+    "shufflenet_v2": (70.34, 70.83, 128),
+    "resnet18": (75.87, 77.26, 128),
+    "resnet50": (78.16, None, 128),
+    "googlenet": (78.72, 79.07, 64),
+    "densenet121": (79.04, None, 128),
+    "resnext29_8x64d": (81.03, None, 64),
+    "cnn5": (None, None, 128),
+    "resnet101": (None, None, 128),
+}
+
+# De-KD: (student, teacher, teacher_epochs, teacher accuracy %, published %).
+# alpha/T/batch are those of the normal-KD row of the same student and teacher
+# (or of the student's other KD rows where the pair has none).
+_DEKD_ROWS = (
+    ("mobilenet_v2", "resnet18", 1, 15.48, 70.65),
+    ("shufflenet_v2", "resnet18", 1, 15.48, 71.82),
+    ("mobilenet_v2", "resnet50", 50, 45.82, None),
+    ("shufflenet_v2", "resnet50", 50, 45.82, None),
+    ("mobilenet_v2", "resnext29_8x64d", 50, 51.94, None),
+    ("shufflenet_v2", "resnext29_8x64d", 50, 51.94, None),
+    ("resnet18", "resnext29_8x64d", 50, 51.94, 77.28),
+)
+
+# ImageNet (PAPER.md gives the protocol, not per-model alpha/T): the CIFAR-100
+# setting of the same architecture, translated to K = 1000 like any K != 100.
+_IMAGENET = {
+    "imagenet_resnet50": ("resnet50", "resnet18"),
+    "imagenet_mobilenet_v2": ("mobilenet_v2", "mobilenet_v2"),
+    "imagenet_densenet121": ("densenet121", "densenet121"),
+}
+
+
+def _teacher_batch(teacher):
+    return _BASELINES.get(teacher, (None, None, 128))[2]
+
+
+def _build_registry():
+    entries = {}
+
+    def add(exp):
+        if exp.id in entries:  # pragma: no cover - a typo in the tables above
+            raise RuntimeError(f"Duplicate experiment id {exp.id!r}")
+        entries[exp.id] = exp
+
+    for model, (base_acc, lsr_acc, batch) in _BASELINES.items():
+        src = "PAPER.md baselines" if base_acc is not None else "PAPER.md protocol"
+        add(
+            Experiment(
+                "baseline",
+                model,
+                batch_size=batch,
+                published_accuracy=base_acc,
+                source=src,
+            )
+        )
+        if model != "resnet101":  # ResNet101 appears only as a teacher
+            add(
+                Experiment(
+                    "lsr",
+                    model,
+                    batch_size=batch,
+                    epsilon=0.1,
+                    published_accuracy=lsr_acc,
+                    source="PAPER.md LSR, eps = 0.1",
+                )
+            )
+    kd_settings = {}
+    for method, student, teacher, alpha, t, m, batch, acc in _KD_ROWS:
+        kd_settings[(student, teacher)] = (alpha, t, batch)
+        kd_settings.setdefault((student, None), (alpha, t, batch))
+        add(
+            Experiment(
+                method,
+                student,
+                teacher,
+                alpha=alpha,
+                temperature=t,
+                multiplier=m,
+                batch_size=batch,
+                teacher_batch_size=_teacher_batch(teacher),
+                published_accuracy=acc,
+                source="PAPER.md KD-style table",
+            )
+        )
+    for model, alpha, t, m, batch, acc in _REG_ROWS:
+        add(
+            Experiment(
+                "tfkd_reg",
+                model,
+                alpha=alpha,
+                temperature=t,
+                multiplier=m,
+                batch_size=batch,
+                correct_prob=0.99,
+                published_accuracy=acc,
+                source="PAPER.md Tf-KD_reg table",
+            )
+        )
+    for student, teacher, teacher_epochs, teacher_acc, acc in _DEKD_ROWS:
+        pair = kd_settings.get((student, teacher)) or kd_settings[(student, None)]
+        alpha, t, batch = pair
+        add(
+            Experiment(
+                "dekd",
+                student,
+                teacher,
+                alpha=alpha,
+                temperature=t,
+                batch_size=batch,
+                teacher_epochs=teacher_epochs,
+                teacher_batch_size=_teacher_batch(teacher),
+                teacher_accuracy=teacher_acc,
+                published_accuracy=acc,
+                source="PAPER.md De-KD (alpha/T of the student's KD row)",
+            )
+        )
+    # The Re-KD result "ResNeXt29 taught by ResNet18" has no row of its own in
+    # the hyper-parameter table: use the ResNeXt29 <- MobileNetV2 row.
+    add(
+        Experiment(
+            "rekd",
+            "resnext29_8x64d",
+            "resnet18",
+            alpha=0.6,
+            temperature=20,
+            batch_size=64,
+            teacher_batch_size=128,
+            published_accuracy=81.62,
+            source="PAPER.md Re-KD result (alpha/T of ResNeXt29 <- MobileNetV2)",
+        )
+    )
+    imagenet = {
+        "dataset": "imagenet",
+        "epochs": 90,
+        "batch_size": 512,
+        "protocol": "imagenet",
+    }
+    for model, (self_of, reg_of) in _IMAGENET.items():
+        add(
+            Experiment(
+                "baseline", model, source="PAPER.md ImageNet protocol", **imagenet
+            )
+        )
+        add(
+            Experiment(
+                "lsr", model, source="PAPER.md ImageNet protocol, eps = 0.1", **imagenet
+            )
+        )
+        cifar_self = entries[experiment_id("tfkd_self", self_of, self_of)]
+        add(
+            Experiment(
+                "tfkd_self",
+                model,
+                model,
+                alpha=cifar_self.alpha,
+                temperature=cifar_self.temperature,
+                multiplier=cifar_self.multiplier,
+                teacher_batch_size=512,
+                source=f"ImageNet protocol; alpha/T/m of {cifar_self.id}",
+                **imagenet,
+            )
+        )
+        cifar_reg = entries[experiment_id("tfkd_reg", reg_of)]
+        add(
+            Experiment(
+                "tfkd_reg",
+                model,
+                alpha=cifar_reg.alpha,
+                temperature=cifar_reg.temperature,
+                multiplier=cifar_reg.multiplier,
+                source=f"ImageNet protocol; alpha/T/m of {cifar_reg.id}",
+                **imagenet,
+            )
+        )
+    return types.MappingProxyType(dict(sorted(entries.items())))
+
+
+#: id -> `Experiment`, read-only.
+REGISTRY: Mapping[str, Experiment] = _build_registry()
+
+
+def available(method=None):
+    """Sorted ids of the registry, optionally only those of one `method`.
+
+    >>> "tfkd_reg/resnet18" in available()
+    True
+    >>> available("dekd")[:1]
+    ['dekd/mobilenet_v2_from_resnet18']
+    """
+    if method is not None and method not in METHODS:
+        raise UnknownNameError(
+            f"Unknown method {method!r}; valid methods: {', '.join(METHODS)}.",
+            method,
+            METHODS,
+        )
+    return [k for k, e in REGISTRY.items() if method is None or e.method == method]
+
+
+def get(experiment_id):
+    """The registered `Experiment` with this id.
+
+    Raises:
+        UnknownNameError: the id is not registered; the message gives the
+            closest ids, the whole list and how to print it.
+
+    >>> get("tfkd_self/resnet18_from_resnet18").multiplier
+    50.0
+    """
+    if isinstance(experiment_id, str) and experiment_id in REGISTRY:
+        return REGISTRY[experiment_id]
+    ids = available()
+    close = difflib.get_close_matches(str(experiment_id), ids, n=3, cutoff=0.5)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise UnknownNameError(
+        f"Unknown experiment {experiment_id!r}.{hint} Valid experiments "
+        f"(`keras-tfkd list experiments` prints them): {', '.join(ids)}.",
+        experiment_id,
+        ids,
+    )

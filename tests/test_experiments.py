@@ -1,0 +1,368 @@
+"""The experiment registry holds every PAPER.md row; overrides; the K translation."""
+
+import dataclasses
+import re
+
+import keras
+import numpy as np
+import pytest
+import reference as ref
+from keras import ops
+
+from keras_tfkd import experiments, recipes
+
+# PAPER.md, "KD-style runs" -- one line per (student <- teacher) of the table,
+# written out here from the paper: (id, alpha, T, multiplier, batch).
+KD_TABLE = [
+    ("kd/mobilenet_v2_from_resnet18", 0.95, 20, 1, 128),
+    ("kd/mobilenet_v2_from_densenet121", 0.95, 20, 1, 128),
+    ("kd/mobilenet_v2_from_resnet101", 0.95, 20, 1, 128),
+    ("kd/mobilenet_v2_from_resnext29_8x64d", 0.95, 20, 1, 64),
+    ("tfkd_self/mobilenet_v2_from_mobilenet_v2", 0.95, 20, 1, 128),
+    ("kd/shufflenet_v2_from_resnet18", 0.95, 20, 1, 128),
+    ("kd/shufflenet_v2_from_resnet50", 0.95, 20, 1, 128),
+    ("kd/shufflenet_v2_from_densenet121", 0.95, 20, 1, 128),
+    ("kd/shufflenet_v2_from_resnext29_8x64d", 0.95, 20, 1, 64),
+    ("tfkd_self/shufflenet_v2_from_shufflenet_v2", 0.95, 20, 1, 128),
+    ("rekd/resnet18_from_mobilenet_v2", 0.6, 20, 1, 128),
+    ("rekd/resnet18_from_shufflenet_v2", 0.6, 20, 1, 128),
+    ("kd/resnet18_from_resnet50", 0.6, 20, 1, 64),
+    ("kd/resnet18_from_resnext29_8x64d", 0.6, 20, 1, 64),
+    ("kd/resnet18_from_densenet121", 0.95, 6, 1, 128),
+    ("tfkd_self/resnet18_from_resnet18", 0.95, 6, 50, 128),
+    ("rekd/resnet50_from_mobilenet_v2", 0.6, 20, 1, 128),
+    ("rekd/resnet50_from_shufflenet_v2", 0.6, 20, 1, 128),
+    ("tfkd_self/resnet50_from_resnet50", 0.95, 6, 1, 128),
+    ("rekd/resnext29_8x64d_from_mobilenet_v2", 0.6, 20, 1, 64),
+    ("tfkd_self/resnext29_8x64d_from_resnext29_8x64d", 0.9, 20, 100, 64),
+    ("rekd/densenet121_from_mobilenet_v2", 0.6, 20, 1, 128),
+    ("rekd/densenet121_from_shufflenet_v2", 0.6, 20, 1, 100),
+    ("tfkd_self/densenet121_from_densenet121", 0.9, 20, 50, 100),
+    ("tfkd_self/googlenet_from_googlenet", 0.4, 20, 50, 64),
+    ("kd/cnn5_from_resnet18", 0.9, 20, 1, 128),
+]
+
+# PAPER.md, "Tf-KD_reg runs": (id, alpha, T, multiplier, batch).
+REG_TABLE = [
+    ("tfkd_reg/mobilenet_v2", 0.95, 40, 1, 128),
+    ("tfkd_reg/shufflenet_v2", 0.95, 10, 1, 128),
+    ("tfkd_reg/resnet18", 0.1, 20, 100, 128),
+    ("tfkd_reg/googlenet", 0.1, 40, 50, 64),
+    ("tfkd_reg/densenet121", 0.1, 40, 1, 128),
+    ("tfkd_reg/resnext29_8x64d", 0.5, 40, 1, 64),
+]
+
+# Published CIFAR-100 top-1 (%) of PAPER.md, by id.
+PUBLISHED = {
+    "baseline/mobilenet_v2": 68.38,
+    "baseline/resnet18": 75.87,
+    "baseline/resnext29_8x64d": 81.03,
+    "tfkd_self/resnet18_from_resnet18": 77.10,
+    "tfkd_reg/resnet18": 77.36,
+    "kd/mobilenet_v2_from_resnet18": 71.05,
+    "lsr/resnet18": 77.26,
+    "rekd/resnet18_from_shufflenet_v2": 77.35,
+    "dekd/mobilenet_v2_from_resnet18": 70.65,
+    "dekd/resnet18_from_resnext29_8x64d": 77.28,
+}
+
+PAPER_MODELS = [
+    "mobilenet_v2",
+    "shufflenet_v2",
+    "resnet18",
+    "resnet50",
+    "googlenet",
+    "densenet121",
+    "resnext29_8x64d",
+]
+
+
+@pytest.mark.parametrize("exp_id,alpha,t,m,batch", KD_TABLE + REG_TABLE)
+def test_every_paper_row_is_registered(exp_id, alpha, t, m, batch):
+    exp = experiments.get(exp_id)
+    assert (exp.alpha, exp.temperature, exp.multiplier, exp.batch_size) == (
+        alpha,
+        t,
+        m,
+        batch,
+    )
+    assert (exp.dataset, exp.epochs, exp.protocol) == ("cifar100", 200, "cifar")
+    if exp.method == "tfkd_reg":
+        assert exp.correct_prob == 0.99 and exp.teacher is None
+
+
+def test_published_accuracies():
+    for exp_id, acc in PUBLISHED.items():
+        assert experiments.get(exp_id).published_accuracy == acc, exp_id
+
+
+@pytest.mark.parametrize("model", [*PAPER_MODELS, "cnn5"])
+def test_baseline_and_lsr_for_every_model(model):
+    base = experiments.get(f"baseline/{model}")
+    lsr = experiments.get(f"lsr/{model}")
+    assert base.teacher is None and base.alpha == 0 and base.temperature is None
+    assert lsr.epsilon == 0.1 and lsr.teacher is None
+    assert base.batch_size == lsr.batch_size
+
+
+def test_dekd_rows():
+    teacher_epochs = {"resnet18": 1, "resnet50": 50, "resnext29_8x64d": 50}
+    rows = [experiments.get(i) for i in experiments.available("dekd")]
+    assert {e.teacher for e in rows} == set(teacher_epochs)
+    for exp in rows:
+        assert exp.teacher_epochs == teacher_epochs[exp.teacher], exp.id
+        kd_twin = f"kd/{exp.student}_from_{exp.teacher}"
+        if kd_twin in experiments.REGISTRY:  # same alpha/T as the normal-KD row
+            twin = experiments.get(kd_twin)
+            assert (exp.alpha, exp.temperature) == (twin.alpha, twin.temperature)
+    first = experiments.get("dekd/mobilenet_v2_from_resnet18")
+    assert first.teacher_accuracy == 15.48
+    teacher = first.teacher_experiment()
+    # The defective teacher is a stopped *normal* run of the full length.
+    assert (teacher.method, teacher.student, teacher.epochs) == (
+        "baseline",
+        "resnet18",
+        200,
+    )
+
+
+def test_imagenet_experiments():
+    ids = [i for i in experiments.available() if "imagenet_" in i]
+    students = {experiments.get(i).student for i in ids}
+    assert students == set(experiments.IMAGENET_APPLICATIONS)
+    for exp_id in ids:
+        exp = experiments.get(exp_id)
+        assert (exp.dataset, exp.epochs, exp.batch_size, exp.protocol) == (
+            "imagenet",
+            90,
+            512,
+            "imagenet",
+        )
+    for builder in experiments.IMAGENET_APPLICATIONS.values():
+        assert callable(getattr(keras.applications, builder))
+    assert {experiments.get(i).method for i in ids} >= {
+        "baseline",
+        "tfkd_self",
+        "tfkd_reg",
+    }
+
+
+def test_ids_are_derived_and_well_formed():
+    pattern = re.compile(r"^[a-z_]+/[a-z0-9_]+(_from_[a-z0-9_]+)?$")
+    assert set(experiments.METHODS) == {e.method for e in experiments.REGISTRY.values()}
+    for exp_id, exp in experiments.REGISTRY.items():
+        assert pattern.match(exp_id), exp_id
+        assert (
+            exp.id
+            == exp_id
+            == experiments.experiment_id(exp.method, exp.student, exp.teacher)
+        )
+        one_model = exp.method in experiments.ONE_MODEL_METHODS
+        assert ("_from_" in exp_id) != one_model, exp_id
+        if exp.method == "tfkd_self":
+            assert exp.teacher == exp.student
+    assert experiments.available() == sorted(experiments.REGISTRY)
+    assert experiments.REFERENCE_NUM_CLASSES == recipes.REFERENCE_NUM_CLASSES
+
+
+def test_unknown_id_lists_the_closest_and_all():
+    with pytest.raises(experiments.UnknownNameError) as info:
+        experiments.get("tfkd_reg/resnet19")
+    message = str(info.value)
+    assert "Closest: tfkd_reg/resnet18" in message
+    assert "keras-tfkd list experiments" in message
+    assert info.value.valid == experiments.available()
+    with pytest.raises(experiments.UnknownNameError, match="valid methods"):
+        experiments.available("distill")
+
+
+def test_replace_overrides_and_keeps_provenance():
+    exp = experiments.get("tfkd_self/resnet18_from_resnet18")
+    small = exp.replace(student="cnn_tiny", dataset="digits", epochs=3, alpha=0.5)
+    assert small.id == "tfkd_self/cnn_tiny_from_cnn_tiny"
+    assert (small.teacher, small.alpha, small.epochs) == ("cnn_tiny", 0.5, 3)
+    assert small.based_on == exp.id and small.replace(epochs=4).based_on == exp.id
+    assert exp.published_accuracy == 77.10 and small.published_accuracy is None
+    assert exp.replace(dataset="cifar100", alpha=0.95) is exp  # no change
+    assert exp.student == "resnet18" and exp.based_on is None  # unchanged, frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.alpha = 0.1
+    assert isinstance(exp.replace(temperature=4).temperature, float)
+    lsr = experiments.get("lsr/resnet18").replace(method="baseline")
+    assert lsr.id == "baseline/resnet18"
+    kd = experiments.get("kd/mobilenet_v2_from_resnet18").replace(teacher="resnet50")
+    assert kd.id == "kd/mobilenet_v2_from_resnet50"
+
+
+@pytest.mark.parametrize(
+    "overrides,error,words",
+    [
+        ({"alpah": 0.5}, TypeError, ["alpah", "0.5", "alpha"]),
+        ({"alpha": "0.5"}, TypeError, ["alpha", "'0.5'"]),
+        ({"epochs": 2.5}, TypeError, ["epochs", "2.5"]),
+        ({"batch_size": True}, TypeError, ["batch_size", "True"]),
+        ({"id": "x/y"}, TypeError, ["id", "x/y"]),
+        ({"alpha": 1.5}, ValueError, ["alpha", "1.5"]),
+        ({"temperature": 0}, ValueError, ["temperature", "0"]),
+        ({"multiplier": -1}, ValueError, ["multiplier", "-1"]),
+        ({"epochs": 0}, ValueError, ["epochs", "0"]),
+        ({"teacher": "resnet50"}, ValueError, ["teacher", "resnet50"]),
+        ({"method": "distill"}, ValueError, ["distill", "tfkd_reg"]),
+    ],
+)
+def test_replace_errors_name_the_key_and_value(overrides, error, words):
+    with pytest.raises(error) as info:
+        experiments.get("tfkd_reg/resnet18").replace(**overrides)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_replace_rejects_soft_settings_on_plain_methods():
+    with pytest.raises(ValueError, match="alpha"):
+        experiments.get("baseline/resnet18").replace(alpha=0.3)
+    with pytest.raises(ValueError, match="teacher_epochs"):
+        experiments.get("dekd/mobilenet_v2_from_resnet18").replace(teacher_epochs=None)
+
+
+def test_hyperparameters_and_teacher_experiment():
+    exp = experiments.get("kd/mobilenet_v2_from_resnext29_8x64d")
+    assert exp.hyperparameters() == {
+        "batch_size": 64,
+        "alpha": 0.95,
+        "temperature": 20.0,
+        "multiplier": 1.0,
+        "teacher_batch_size": 64,
+    }
+    teacher = exp.teacher_experiment()
+    assert (teacher.id, teacher.batch_size) == ("baseline/resnext29_8x64d", 64)
+    assert experiments.get("tfkd_reg/resnet18").teacher_experiment() is None
+    assert experiments.get("lsr/resnet18").hyperparameters() == {
+        "batch_size": 128,
+        "epsilon": 0.1,
+    }
+
+
+# ------------------------------------------------------------ K translation
+class FixedLogits(keras.layers.Layer):
+    """Returns stored logits for the batch (the inputs are row indices)."""
+
+    def __init__(self, logits, **kwargs):
+        super().__init__(**kwargs)
+        self.table = ops.convert_to_tensor(logits)
+
+    def call(self, idx):
+        return ops.take(self.table, ops.cast(ops.squeeze(idx, -1), "int32"), axis=0)
+
+
+def _model(logits, name):
+    inp = keras.Input((1,))
+    return keras.Model(inp, FixedLogits(logits)(inp), name=name)
+
+
+def _loss(distiller, x, y):
+    distiller.compile(optimizer="sgd")
+    value = distiller.compute_loss(x, ops.convert_to_tensor(y), distiller(x))
+    return float(ops.convert_to_numpy(value))
+
+
+def _batchmean_kl(p_t, z_s):
+    """Per-sample KL summed over classes, averaged over the batch (NumPy)."""
+    return float(np.mean(ref.kl_per_sample(p_t, ref.log_softmax(z_s))))
+
+
+def _case(k, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    z_s = (rng.normal(size=(n, k)) * 3).astype("float32")
+    z_t = (rng.normal(size=(n, k)) * 3).astype("float32")
+    y = rng.integers(0, k, n)
+    x = np.arange(n, dtype="float32")[:, None]
+    return x, y, z_s, z_t
+
+
+KL_IDS = [
+    "kd/mobilenet_v2_from_resnet18",
+    "rekd/resnet18_from_mobilenet_v2",
+    "dekd/mobilenet_v2_from_resnet18",
+    "tfkd_self/resnet18_from_resnet18",
+    "tfkd_reg/resnet18",
+    "tfkd_reg/mobilenet_v2",
+]
+
+
+def _build(exp, z_s, z_t, translation="auto"):
+    teacher = None if exp.teacher_source is None else _model(z_t, "teacher")
+    return exp.build(_model(z_s, "student"), teacher, translation=translation)
+
+
+@pytest.mark.parametrize("exp_id", KL_IDS)
+def test_at_k100_the_experiment_is_the_reference_recipe(exp_id):
+    exp = experiments.get(exp_id)
+    x, y, z_s, z_t = _case(100)
+    got = _loss(_build(exp, z_s, z_t), x, y)
+    a, t, m = exp.alpha, exp.temperature, exp.multiplier
+    if exp.method == "tfkd_reg":
+        recipe = recipes.tfkd_reg(_model(z_s, "s2"), 100, a, t, multiplier=m)
+        expected = ref.tfkd_reg(z_s, y, a, t, m)
+    else:
+        student, teacher = _model(z_s, "s2"), _model(z_t, "t2")
+        if exp.method == "tfkd_self":
+            recipe = recipes.tfkd_self(student, teacher, a, t, multiplier=m)
+        else:
+            recipe = recipes.kd(student, teacher, a, t)
+        expected = ref.kd(z_s, z_t, y, a, t, m)
+    np.testing.assert_allclose(got, _loss(recipe, x, y), rtol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    info = exp.kl_translation(100)
+    assert info["kl_reduction"] == "elementwise_mean" and not info["translated"]
+    assert info["multiplier"] == m
+
+
+@pytest.mark.parametrize("exp_id", KL_IDS)
+def test_at_k10_the_published_meaning_is_kept(exp_id):
+    exp = experiments.get(exp_id)
+    x, y, z_s, z_t = _case(10, seed=1)
+    a, t, m = exp.alpha, exp.temperature, exp.multiplier
+    ce = ref.ce(z_s, y)
+    if exp.method == "tfkd_reg":
+        p_t = ref.softmax(ref.virtual_teacher(y, 10, 0.99) / t)
+        kl, t_sq = _batchmean_kl(p_t, z_s), 1.0
+    else:
+        kl, t_sq = _batchmean_kl(ref.softmax(z_t / t), z_s / t), t**2
+    # batch-mean KL with the multiplier translated to m / 100 ...
+    expected = (1 - a) * ce + a * (m / 100) * t_sq * kl
+    got = _loss(_build(exp, z_s, z_t), x, y)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    info = exp.kl_translation(10)
+    assert info["kl_reduction"] == "batchmean" and info["translated"]
+    assert info["multiplier"] == pytest.approx(m / 100)
+    assert "10" in info["note"] and "m/100" in info["note"]
+    # ... the weight the reference gives the batch-mean KL at K = 100 ...
+    assert exp.soft_weight(10) == pytest.approx(exp.soft_weight(100))
+    assert exp.soft_weight(10) == pytest.approx(a * m * t_sq / 100)
+    # ... whereas copying the reference recipe to K = 10 weighs the KL 10x more.
+    untranslated = _loss(_build(exp, z_s, z_t, translation="none"), x, y)
+    np.testing.assert_allclose(
+        untranslated - (1 - a) * ce, 10 * (expected - (1 - a) * ce), rtol=1e-4
+    )
+
+
+def test_translation_is_not_applied_without_a_kl_term():
+    for exp_id in ("baseline/resnet18", "lsr/resnet18"):
+        info = experiments.get(exp_id).kl_translation(10)
+        assert info["kl_reduction"] is None and info["soft_weight"] == 0.0
+    with pytest.raises(ValueError, match="translation"):
+        experiments.get("tfkd_reg/resnet18").kl_translation(10, translation="yes")
+
+
+def test_lsr_experiment_builds_the_paper_lsr():
+    x, y, z_s, _ = _case(10, seed=2)
+    got = _loss(experiments.get("lsr/resnet18").build(_model(z_s, "s")), x, y)
+    np.testing.assert_allclose(got, ref.lsr(z_s, y, 0.1), rtol=1e-5)
+
+
+def test_build_checks_the_teacher():
+    _, _, z_s, z_t = _case(10)
+    with pytest.raises(ValueError, match="needs a trained teacher"):
+        experiments.get("kd/mobilenet_v2_from_resnet18").build(_model(z_s, "s"))
+    with pytest.raises(ValueError, match="takes no teacher"):
+        experiments.get("tfkd_reg/resnet18").build(_model(z_s, "s"), _model(z_t, "t"))
