@@ -56,19 +56,69 @@ def _temperature_variable(name, value):
     )
 
 
+def _log_expm1_minus_x(x):
+    """``log(exp(x) - 1 - x)`` for any float32 `x` (``-inf`` at 0), no overflow."""
+    small = ops.abs(x) < 0.1
+    large = x > 20.0
+    x_small = ops.where(small, x, 0.0)  # every branch gets inputs it is finite on
+    x_mid = ops.where(ops.logical_or(small, large), 1.0, x)
+    x_large = ops.where(large, x, 40.0)
+    # exp(x) - 1 - x = x^2 (1/2 + x/6 + x^2/24 + x^3/120 + ...): no cancellation.
+    series = ops.square(x_small) * (
+        0.5 + x_small * (1.0 / 6.0 + x_small * (1.0 / 24.0 + x_small / 120.0))
+    )
+    mid = ops.log(ops.expm1(x_mid) - x_mid)
+    big = x_large + ops.log1p(-(1.0 + x_large) * ops.exp(-x_large))
+    return ops.where(small, ops.log(series), ops.where(large, big, mid))
+
+
+def _kl_value(z_t, z_s, t_t, t_s, log_p_t):
+    """The value of the per-sample KL, free of cancellation (no gradient).
+
+    With ``d = z_s/T_s - z_t/T_t`` and ``x = d - E_pt[d]`` (so ``E_pt[x] = 0``),
+    ``KL = log E_pt[exp(x)] = log1p(sum_k p_t[k] (exp(x_k) - 1 - x_k))``: a sum
+    of non-negative terms, accurate when the two distributions are close,
+    where the textbook form subtracts two log-partition functions of size
+    ``log K`` and loses every digit (it even goes negative). The sum is taken
+    in the log domain (`logsumexp` of ``log p_t + log(exp(x) - 1 - x)``), so it
+    neither overflows nor loses classes whose ``p_t`` underflows.
+    """
+    p_t = ops.exp(log_p_t)
+    # (z_s - z_t) is exact for close logits; with T_s == T_t the ratio is 1.
+    d = (z_s - z_t * (t_s / t_t)) / t_s
+    x = d - ops.sum(p_t * d, axis=-1, keepdims=True)
+    # Centre again: a mean left at 1e-4 (logits of 1e4) costs 1% of a KL of 1e-5.
+    x = x - ops.sum(p_t * x, axis=-1, keepdims=True)
+    log_terms = log_p_t + _log_expm1_minus_x(x)
+    top = ops.max(log_terms, axis=-1, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)  # all -inf: identical rows
+    log_sum = ops.squeeze(top, axis=-1) + ops.log(
+        ops.sum(ops.exp(log_terms - top), axis=-1)
+    )
+    return ops.softplus(log_sum)  # log1p(exp(log_sum))
+
+
 def kl_divergence_with_logits(
     teacher_logits, student_logits, teacher_temperature=1.0, student_temperature=1.0
 ):
     """Per-sample ``KL(softmax(z_t / T_t) || softmax(z_s / T_s))``, summed over classes.
 
-    ``sum_k p_t[k] * (log p_t[k] - log p_s[k])`` computed from `log_softmax` of
-    both sides in float32. Returns a tensor of shape ``(N,)``.
+    ``sum_k p_t[k] * (log p_t[k] - log p_s[k])`` in float32. The gradient is
+    that of this formula (``(p_s - p_t) / T_s`` with respect to ``z_s``); the
+    value is computed in a cancellation-free form (see `_kl_value`), so it is
+    never negative and stays within 1e-3 relative of float64 even when the
+    two distributions nearly match at T = 100 and K = 10000. Returns a tensor
+    of shape ``(N,)``.
     """
-    t = _float32(teacher_logits) / _float32(teacher_temperature)
-    s = _float32(student_logits) / _float32(student_temperature)
-    log_p_t = ops.log_softmax(t, axis=-1)
-    log_p_s = ops.log_softmax(s, axis=-1)
-    return ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    z_t, t_t = _float32(teacher_logits), _float32(teacher_temperature)
+    z_s, t_s = _float32(student_logits), _float32(student_temperature)
+    log_p_t = ops.log_softmax(z_t / t_t, axis=-1)
+    log_p_s = ops.log_softmax(z_s / t_s, axis=-1)
+    kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    sg = ops.stop_gradient
+    value = sg(_kl_value(sg(z_t), sg(z_s), sg(t_t), sg(t_s), sg(log_p_t)))
+    # Forward: exactly `value`; backward: the gradient of `kl`.
+    return value + (kl - sg(kl))
 
 
 def label_smoothing_targets(labels, num_classes, epsilon):

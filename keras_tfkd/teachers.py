@@ -69,6 +69,9 @@ class Teacher(keras.layers.Layer):
     requires_inputs = True
 
     def __init__(self, num_classes, **kwargs):
+        # Teachers compute in float32 whatever the global policy: under a mixed
+        # policy, autocasting would round cached logits to float16/bfloat16.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = _check_num_classes(num_classes)
         self.built = True

@@ -14,7 +14,10 @@ def softmax(z):
 
 
 def one_hot(y, k):
-    return np.eye(k)[np.asarray(y).reshape(-1)]
+    y = np.asarray(y).reshape(-1)
+    out = np.zeros((len(y), k))
+    out[np.arange(len(y)), y] = 1.0
+    return out
 
 
 def weighted_mean(values, sample_weight=None):
