@@ -15,6 +15,11 @@
 * `StudentCheckpoint` - `keras.callbacks.ModelCheckpoint` that saves the student
   alone (the deployable model) rather than the whole Distiller.
 * `freeze_copy` - a frozen clone of a model with its current weights.
+* `NaNGuard` - stops training at the first non-finite loss and names the
+  epoch and batch (the backup of the last good epoch is left untouched).
+* `RunBackup` - `keras.callbacks.BackupAndRestore` whose backups are written
+  atomically, at epoch ends, with extra JSON state (best accuracy so far,
+  history) so a killed run resumes where it stopped.
 
 Put the schedulers and monitors *before* `keras.callbacks.CSVLogger` or
 `TensorBoard` in the ``callbacks`` list: callbacks run in list order, and the
@@ -25,7 +30,10 @@ loggers only see the keys written into the epoch logs before them (Keras's
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import tempfile
 import warnings
 from collections import namedtuple
 
@@ -44,6 +52,9 @@ __all__ = [
     "Generation",
     "born_again",
     "freeze_copy",
+    "NaNGuard",
+    "NonFiniteLossError",
+    "RunBackup",
 ]
 
 
@@ -748,3 +759,228 @@ class StudentCheckpoint(keras.callbacks.ModelCheckpoint):
         if isinstance(getattr(model, "student", None), keras.Model):
             model = _StudentView(model)
         super().set_model(model)
+
+
+# ------------------------------------------------------------ run safety
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf (raised by `NaNGuard`)."""
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN or Inf; name it.
+
+    Like `keras.callbacks.TerminateOnNaN`, but the message says where it
+    happened (epoch and batch, both counted from 1) and what to check, and a
+    `RunBackup` placed after it in the ``callbacks`` list does not save the
+    diverged weights: the last good backup stays on disk. A non-finite loss
+    usually means NaN/Inf in the inputs or in the teacher's logits, or a
+    learning rate that is too high.
+
+    Args:
+        raise_error: raise `NonFiniteLossError` (default) rather than only
+            setting ``model.stop_training`` (then read `stopped_at`).
+        log: called with the message when training stops (default: `warnings.warn`
+            when not raising).
+
+    Attributes:
+        stopped_at: None, or ``{"epoch": e, "batch": b, "loss": value}``.
+        message: the message, or None.
+
+    Example:
+
+    ```python
+    guard = NaNGuard()
+    distiller.fit(x, y, epochs=3, callbacks=[guard])  # NonFiniteLossError on NaN
+    ```
+    """
+
+    def __init__(self, raise_error=True, log=None):
+        super().__init__()
+        self.raise_error = bool(raise_error)
+        self.log = log
+        self.stopped_at = None
+        self.message = None
+        self._epoch = 0
+
+    @property
+    def tripped(self):
+        return self.stopped_at is not None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.tripped or not logs or "loss" not in logs:
+            return
+        loss = _as_float(logs["loss"])
+        if loss is None or math.isfinite(loss):
+            return
+        self.stopped_at = {"epoch": self._epoch + 1, "batch": batch + 1, "loss": loss}
+        self.message = (
+            f"The training loss became {loss} at epoch {self._epoch + 1}, batch "
+            f"{batch + 1}; training stopped. Check the inputs and the teacher's "
+            "logits for NaN/Inf, or lower the learning rate. The last backup "
+            "(if any) is from before this batch."
+        )
+        self.model.stop_training = True
+        if self.raise_error:
+            raise NonFiniteLossError(self.message)
+        if self.log is not None:
+            self.log(self.message)
+        else:
+            warnings.warn(self.message, RuntimeWarning, stacklevel=2)
+
+
+def _write_atomic(path, write):
+    """Call ``write(tmp_path)`` then move the result onto ``path`` atomically."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = "".join(_suffixes(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _suffixes(path):
+    name = os.path.basename(path)
+    for ending in (".weights.h5", ".keras", ".json", ".npz"):
+        if name.endswith(ending):
+            return [ending]
+    return []
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` made safe against a SIGKILL.
+
+    At the end of every epoch it writes the Distiller's weights and optimizer
+    state to a new ``epoch-<n>.weights.h5`` in `backup_dir`, then commits by
+    atomically replacing ``backup.json`` (the finished epoch count, the weights
+    file and the JSON-able ``state()`` of the caller); older weights files are
+    removed after the commit. A run killed at any instant therefore finds
+    either the previous backup or the new one, never a mix or a half-written
+    file. On the first ``on_train_begin`` the weights of the backup (if any)
+    are loaded; the caller reads `read_state` *before* ``fit`` to know where
+    to start (``fit(..., initial_epoch=state["epoch"])``) and to restore its
+    own state (best accuracy so far, history). Nothing is saved once a
+    `NaNGuard` given as `guard` has tripped, so the backup stays the last good
+    epoch. The folder is left in place at the end of training; delete it
+    (`clear`) once the run's results are safely written.
+
+    Args:
+        backup_dir: the run's backup folder.
+        state: optional callable returning a JSON-able dict saved with each
+            backup (called at epoch end, after the callbacks before this one).
+        guard: optional `NaNGuard`.
+
+    Example:
+
+    ```python
+    backup = RunBackup("runs/demo/backup")
+    start = (RunBackup.read_state("runs/demo/backup") or {}).get("epoch", 0)
+    distiller.fit(x, y, epochs=10, initial_epoch=start, callbacks=[backup])
+    backup.clear()
+    ```
+    """
+
+    METADATA = "backup.json"
+
+    def __init__(self, backup_dir, state=None, guard=None):
+        super().__init__(
+            os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=False
+        )
+        self.state_fn = state
+        self.guard = guard
+        self._restored = False
+
+    @classmethod
+    def read_state(cls, backup_dir):
+        """The committed backup of `backup_dir` as a dict, or None if none.
+
+        Raises a `ValueError` naming the file if it is not a backup.
+        """
+        path = os.path.join(os.fspath(backup_dir), cls.METADATA)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+            weights = os.path.join(os.fspath(backup_dir), meta["weights"])
+            int(meta["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"The run backup {path!r} is unreadable ({e}). Delete the folder "
+                f"{os.fspath(backup_dir)!r} to start this run again from scratch."
+            ) from e
+        if not os.path.exists(weights):
+            raise ValueError(
+                f"The run backup {path!r} names {weights!r}, which is missing. "
+                f"Delete the folder {os.fspath(backup_dir)!r} to start this run "
+                "again from scratch."
+            )
+        return meta
+
+    def on_train_begin(self, logs=None):
+        if self._restored:
+            return
+        self._restored = True
+        meta = self.read_state(self.backup_dir)
+        if meta is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        path = os.path.join(self.backup_dir, meta["weights"])
+        try:
+            self.model.load_weights(path)
+        except Exception as e:
+            raise ValueError(
+                f"Cannot restore the run backup {path!r} ({type(e).__name__}: {e}). "
+                f"Delete the folder {self.backup_dir!r} to start this run again "
+                "from scratch."
+            ) from e
+        self._current_epoch = int(meta["epoch"])
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass  # epoch-end backups only: a resumed epoch must restart whole
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.tripped:
+            return
+        self._current_epoch = epoch + 1
+        self._save_model()
+
+    def _save_model(self):
+        epoch = self._current_epoch
+        name = f"epoch-{epoch}.weights.h5"
+        path = os.path.join(self.backup_dir, name)
+        _write_atomic(path, lambda tmp: self.model.save_weights(tmp, overwrite=True))
+        meta = {"epoch": epoch, "weights": name}
+        if self.state_fn is not None:
+            meta["state"] = self.state_fn()
+
+        def dump(tmp):
+            with open(tmp, "w") as f:
+                json.dump(meta, f)
+
+        _write_atomic(os.path.join(self.backup_dir, self.METADATA), dump)
+        for other in os.listdir(self.backup_dir):
+            if other.endswith(".weights.h5") and other != name:
+                os.remove(os.path.join(self.backup_dir, other))
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def clear(self):
+        """Delete the backup folder (call once the results are written)."""
+        import shutil
+
+        shutil.rmtree(self.backup_dir, ignore_errors=True)

@@ -62,24 +62,30 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from keras_tfkd import callbacks as callbacks_lib
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd import schedules
 
 __all__ = [
     "OPTIMIZERS",
+    "CorruptCheckpointError",
     "ResultsStore",
     "TrainConfig",
     "build_model",
+    "check_keras_file",
     "check_model_name",
     "compilation_cache",
+    "deterministic",
     "model_names",
     "planned_key",
     "run_key",
@@ -90,6 +96,7 @@ __all__ = [
 OPTIMIZERS = ("reference", "adam")
 RESULTS_FILE = "results.json"
 CHECKPOINTS_DIR = "checkpoints"
+BACKUPS_DIR = "backups"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +382,25 @@ def compilation_cache(directory):
         reset()
 
 
+def deterministic(seed):
+    """Seed everything for a reproducible run; on TensorFlow, deterministic ops.
+
+    Calls ``keras.utils.set_random_seed(seed)`` (Python, NumPy and the
+    backend's generators) and, on the TensorFlow backend only,
+    ``tf.config.experimental.enable_op_determinism()`` (for the rest of the
+    process): without it, some TF kernels (e.g. multi-threaded reductions) may
+    sum in a different order from run to run. JAX and PyTorch on CPU are
+    deterministic once seeded. Same seed and backend: the same results.
+
+    >>> deterministic(0)  # doctest: +SKIP
+    """
+    keras.utils.set_random_seed(int(seed))
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 # ---------------------------------------------------------------- training
 class _TestAccuracy(keras.callbacks.Callback):
     """Test accuracy of the student after every epoch; keeps its best weights.
@@ -398,6 +424,22 @@ class _TestAccuracy(keras.callbacks.Callback):
         self.best_epoch = 0
         self.best_weights = None
         self.accuracies = []
+        self.history = {}
+
+    def state(self):
+        """JSON-able state for a `RunBackup` (the best weights go separately)."""
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "accuracies": list(self.accuracies),
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def restore(self, state):
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.accuracies = [float(a) for a in state["accuracies"]]
+        self.history = {k: [float(v) for v in vs] for k, vs in state["history"].items()}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -408,6 +450,9 @@ class _TestAccuracy(keras.callbacks.Callback):
             acc = float("nan")
         logs["test_accuracy"] = acc
         self.accuracies.append(acc)
+        for name, key in _HISTORY_KEYS:
+            if key in logs:
+                self.history.setdefault(name, []).append(float(logs[key]))
         if acc > self.best:
             self.best, self.best_epoch = acc, epoch + 1
             if self.keep_best_weights:
@@ -441,19 +486,42 @@ def _default_log(message):
     print(message, flush=True)
 
 
-def _history(history, epochs_run):
-    h = history.history if history is not None else {}
-    out = {}
-    for name, key in (
-        ("test_accuracy", "test_accuracy"),
-        ("train_accuracy", "accuracy"),
-        ("loss", "loss"),
-        ("hard_loss", "hard_loss"),
-        ("soft_loss", "soft_loss"),
-    ):
-        if key in h:
-            out[name] = [float(v) for v in h[key][:epochs_run]]
-    return out
+_HISTORY_KEYS = (
+    ("test_accuracy", "test_accuracy"),
+    ("train_accuracy", "accuracy"),
+    ("loss", "loss"),
+    ("hard_loss", "hard_loss"),
+    ("soft_loss", "soft_loss"),
+)
+
+
+def _epoch_seed(seed, epoch):
+    """The data seed of one epoch: a resumed run sees the same batches."""
+    return int(seed) * 100_003 + int(epoch)
+
+
+def _best_weights_state(tracker, backup_dir):
+    """Save the tracker's best weights next to the backup; the backup's state."""
+    state = tracker.state()
+    if tracker.best_weights is not None:
+        name = f"best-epoch-{tracker.best_epoch}.npz"
+        path = Path(backup_dir) / name
+        if not path.exists():
+            callbacks_lib._write_atomic(
+                str(path), lambda tmp: np.savez(tmp, *tracker.best_weights)
+            )
+        state["best_weights"] = name
+        committed = callbacks_lib.RunBackup.read_state(backup_dir) or {}
+        keep = {name, committed.get("state", {}).get("best_weights")}
+        for other in Path(backup_dir).glob("best-epoch-*.npz"):
+            if other.name not in keep:
+                other.unlink()
+    return state
+
+
+def _load_best_weights(backup_dir, name):
+    with np.load(Path(backup_dir) / name, allow_pickle=False) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
 def _fit(
@@ -467,26 +535,38 @@ def _fit(
     keep_best_weights,
     log,
     label,
+    backup_dir=None,
 ):
-    """Build, compile and train one Distiller; return (student, tracker, info)."""
-    keras.utils.set_random_seed(seed)
+    """Build, compile and train one Distiller; return (student, tracker, info).
+
+    With `backup_dir`, a `RunBackup` saves the run after every epoch and a
+    rerun resumes from it: the model is rebuilt from the same seed, the
+    weights, optimizer state, best accuracy so far (and best weights) and
+    history are restored, and training goes on from the next epoch. Every
+    epoch's data comes from a pipeline seeded with ``(seed, epoch)``, so a
+    resumed run sees the same batches as an uninterrupted one.
+    """
+    n_train = dataset.num_examples("train")
+    if n_train == 0:
+        raise ValueError(
+            f"The train split of dataset {dataset.name!r} is empty: there is "
+            "nothing to train on. Check the data folder and the `limit` argument."
+        )
+    if dataset.num_examples("test") == 0:
+        raise ValueError(
+            f"The test split of dataset {dataset.name!r} is empty: test accuracy "
+            "cannot be measured. Check the data folder and the `limit` argument."
+        )
+    deterministic(seed)
     student = build_model(experiment.student, dataset.num_classes, dataset.input_shape)
     distiller = experiment.build(student, teacher, translation=config.translation)
-    n_train = dataset.num_examples("train")
-    if config.drop_remainder and n_train >= experiment.batch_size:
+    drop = config.drop_remainder and n_train >= experiment.batch_size
+    if drop:
         steps = n_train // experiment.batch_size
     else:
         steps = max(1, math.ceil(n_train / experiment.batch_size))
     distiller.compile(
         optimizer=_make_optimizer(experiment, config, steps), metrics=["accuracy"]
-    )
-    train_data = data_lib.pipeline(
-        dataset,
-        "train",
-        experiment.batch_size,
-        augment=config.augment,
-        seed=seed,
-        drop_remainder=config.drop_remainder and n_train >= experiment.batch_size,
     )
     test_data = data_lib.pipeline(dataset, "test", config.eval_batch_size)
     tracker = _TestAccuracy(
@@ -498,20 +578,68 @@ def _fit(
         fit_epochs,
         label,
     )
-    nan_stop = keras.callbacks.TerminateOnNaN()
+    guard = callbacks_lib.NaNGuard(raise_error=False, log=log)
+    callbacks = [guard, tracker]
+    initial_epoch = 0
+    if backup_dir is not None:
+        backup_dir = Path(backup_dir)
+        meta = callbacks_lib.RunBackup.read_state(backup_dir)
+        if meta is not None:
+            initial_epoch = min(int(meta["epoch"]), fit_epochs)
+            state = meta.get("state") or {}
+            tracker.restore(state)
+            if keep_best_weights and state.get("best_weights"):
+                tracker.best_weights = _load_best_weights(
+                    backup_dir, state["best_weights"]
+                )
+            log(f"    {label}: resuming after epoch {initial_epoch} from {backup_dir}")
+        callbacks.append(
+            callbacks_lib.RunBackup(
+                backup_dir,
+                state=lambda: _best_weights_state(tracker, backup_dir),
+                guard=guard,
+            )
+        )
     start = time.perf_counter()
-    history = distiller.fit(
-        train_data,
-        epochs=fit_epochs,
-        callbacks=[nan_stop, tracker],
-        shuffle=False,
+    # A fit of no epoch builds the Distiller (and restores the backup, if
+    # any) before any epoch's pipeline is read: Keras's build reads one batch,
+    # which would otherwise advance that epoch's reshuffled order.
+    distiller.fit(
+        data_lib.pipeline(dataset, "train", experiment.batch_size, shuffle=False),
+        initial_epoch=initial_epoch,
+        epochs=initial_epoch,
+        callbacks=callbacks[2:],
         verbose=0,
     )
+    for epoch in range(initial_epoch, fit_epochs):
+        train_data = data_lib.pipeline(
+            dataset,
+            "train",
+            experiment.batch_size,
+            augment=config.augment,
+            seed=_epoch_seed(seed, epoch),
+            drop_remainder=drop,
+        )
+        distiller.fit(
+            train_data,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,
+        )
+        if guard.tripped or len(tracker.accuracies) < epoch + 1:
+            break
     seconds = time.perf_counter() - start
     test_acc = tracker.accuracies
     epochs_run = len(test_acc)
-    losses = history.history.get("loss", [])
-    diverged = epochs_run < fit_epochs or not all(math.isfinite(v) for v in losses)
+    losses = tracker.history.get("loss", [])
+    diverged = (
+        guard.tripped
+        or epochs_run < fit_epochs
+        or not all(math.isfinite(v) for v in losses)
+    )
+    history = {k: v[:epochs_run] for k, v in tracker.history.items()}
     info = {
         "test_accuracy": float(test_acc[-1]) if test_acc else None,
         "best_test_accuracy": tracker.best if tracker.best >= 0 else None,
@@ -519,9 +647,13 @@ def _fit(
         "epochs_completed": epochs_run,
         "diverged": bool(diverged),
         "train_seconds": round(seconds, 3),
-        "history": _history(history, epochs_run),
+        "history": history,
         "steps_per_epoch": steps,
     }
+    if guard.tripped:
+        info["stopped_at"] = guard.stopped_at
+    if initial_epoch:
+        info["resumed_after_epoch"] = initial_epoch
     return student, tracker, info
 
 
@@ -608,7 +740,7 @@ def _normal_run(
     record = _planned_record(experiment, dataset, seed, config, stop_after)
     epochs = record["epochs"]
     folder = Path(output_dir) / CHECKPOINTS_DIR / _folder_name(record)
-    cached = _cached_normal_run(folder)
+    cached = _cached_normal_run(folder, log)
     if cached is not None and cached["key"] == record["key"]:
         if store is not None and store.get(cached["key"]) is None:
             store.add(cached)
@@ -626,6 +758,7 @@ def _normal_run(
         keep_best_weights=True,
         log=log,
         label=experiment.student,
+        backup_dir=folder / "backup",
     )
     folder.mkdir(parents=True, exist_ok=True)
     _save_model(student, folder / "final.keras")
@@ -640,6 +773,7 @@ def _normal_run(
     _write_json_atomic(folder / "run.json", record)
     if store is not None:
         store.add(record)
+    shutil.rmtree(folder / "backup", ignore_errors=True)
     return record, folder
 
 
@@ -651,7 +785,47 @@ def _folder_name(record):
     )
 
 
-def _cached_normal_run(folder):
+class CorruptCheckpointError(ValueError):
+    """A ``.keras`` file that is truncated or damaged."""
+
+
+def check_keras_file(path, argument="checkpoint"):
+    """Raise `CorruptCheckpointError` if `path` is not an intact ``.keras`` file.
+
+    A ``.keras`` file is a zip archive: a truncated one has no central
+    directory and a damaged one fails its CRC checks; both are caught here,
+    before Keras tries to load it. The message names the file and says what
+    to do.
+
+    >>> check_keras_file("runs/x/checkpoints/.../best.keras")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{argument} not found: {argument}={str(path)!r}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        bad, names = f"not a complete .keras (zip) archive: {e}", None
+    else:
+        if bad is not None:
+            bad = f"member {bad!r} is damaged"
+        elif not {"config.json", "model.weights.h5"} <= names:
+            bad = "config.json or model.weights.h5 is missing"
+    if bad is not None:
+        raise CorruptCheckpointError(
+            f"The {argument} {str(path)!r} is truncated or corrupt ({bad}). "
+            "Delete it and train it again (or pass another file)."
+        )
+
+
+def _cached_normal_run(folder, log=_default_log):
+    """The cached record of a finished normal run, or None (then: retrain).
+
+    A cache whose checkpoints are truncated or corrupt is never reused: it is
+    reported and the run is trained again (its files are replaced).
+    """
     run_file = folder / "run.json"
     if not (
         run_file.exists()
@@ -660,9 +834,18 @@ def _cached_normal_run(folder):
     ):
         return None
     try:
-        return json.loads(run_file.read_text())
+        record = json.loads(run_file.read_text())
     except json.JSONDecodeError:
+        log(f"  {run_file} is not valid JSON: training this run again.")
         return None
+    for name in ("best.keras", "final.keras"):
+        try:
+            check_keras_file(folder / name, "cached checkpoint")
+        except CorruptCheckpointError as e:
+            log(f"  {e} Training this run again.")
+            run_file.unlink(missing_ok=True)
+            return None
+    return record
 
 
 def _save_model(model, path):
@@ -713,7 +896,19 @@ def _load_teacher(path, dataset):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Teacher checkpoint not found: teacher={str(path)!r}.")
-    model = keras.saving.load_model(path, compile=False)
+    check_keras_file(path, "teacher checkpoint")
+    try:  # safe_mode=True (the default): no lambda/code from the file runs
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise CorruptCheckpointError(
+            f"Cannot load the teacher checkpoint {str(path)!r} "
+            f"({type(e).__name__}: {e}). Delete it and train it again (or pass "
+            "another file)."
+        ) from e
+    if not isinstance(model, keras.Model) or len(model.outputs or ()) != 1:
+        raise ValueError(
+            f"The teacher checkpoint {str(path)!r} is not a one-output logits model."
+        )
     classes = model.output_shape[-1]
     if classes != dataset.num_classes:
         raise ValueError(
@@ -816,6 +1011,11 @@ def train(
             teacher_acc = _teacher_accuracy(teacher, dataset, config)
         record["teacher_checkpoint"] = str(path)
         record["teacher_test_accuracy"] = teacher_acc
+    backup_dir = (
+        Path(output_dir)
+        / BACKUPS_DIR
+        / f"{record['method']}-{record['teacher'] or 'none'}-{_folder_name(record)}"
+    )
     _, _, info = _fit(
         experiment,
         dataset,
@@ -826,8 +1026,10 @@ def train(
         keep_best_weights=False,
         log=log,
         label=experiment.id,
+        backup_dir=backup_dir,
     )
     record = _finish(record, info)
     if store is not None:
         store.add(record)
+    shutil.rmtree(backup_dir, ignore_errors=True)
     return record
