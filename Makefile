@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
+DEMO_BACKEND ?= jax
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-% lint format bench clean
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/keras-tfkd study --output-dir runs/study
+	$(BIN)/keras-tfkd study --backend $(DEMO_BACKEND) --output-dir runs/study
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

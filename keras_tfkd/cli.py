@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -37,6 +38,9 @@ __all__ = ["build_parser", "main"]
 PROG = "keras-tfkd"
 BACKENDS = ("tensorflow", "jax", "torch")
 LISTS = ("experiments", "models", "datasets")
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the progress
+# lines; users can still set their own level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Set in the environment of a re-executed command (see `_select_backend`).
 _REEXEC_FLAG = "KERAS_TFKD_CLI_REEXEC"
 
@@ -154,6 +158,11 @@ def build_parser():
         "with K != 100 the KL term keeps its K=100 meaning (see --translation).",
     )
     run.add_argument("--experiment", required=True, help="e.g. tfkd_reg/resnet18")
+    run.add_argument(
+        "--config",
+        help="JSON file of experiment fields to override, e.g. "
+        '{"alpha": 0.5, "epochs": 30}; flags given here win',
+    )
     run.add_argument("--dataset", help="(default: the experiment's, cifar100)")
     run.add_argument("--data-dir", help="folder to search for the data set first")
     run.add_argument("--limit", type=_positive_int, help="first N examples per split")
@@ -301,12 +310,37 @@ def _check_models(*names):
             workflows.check_model_name(name)
 
 
+def _read_config(path):
+    """Experiment overrides from a JSON object (never eval or pickle)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except OSError as e:
+        raise _UsageError(
+            f"--config {path!r}: cannot read it ({e.strerror})."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise _UsageError(
+            f"--config {path!r} is not valid JSON (line {e.lineno}, column "
+            f"{e.colno}: {e.msg})."
+        ) from None
+    if not isinstance(config, dict):
+        raise _UsageError(
+            f"--config {path!r} must hold a JSON object of experiment fields, "
+            f"got a {type(config).__name__}."
+        )
+    return config
+
+
 def _run(args, log):
     from keras_tfkd import experiments, workflows
 
     experiment = experiments.get(args.experiment)
-    dataset_name = _check_dataset(args.dataset or experiment.dataset)
-    overrides = {"dataset": dataset_name}
+    overrides = _read_config(args.config) if args.config else {}
+    dataset_name = _check_dataset(
+        args.dataset or overrides.get("dataset") or experiment.dataset
+    )
+    overrides["dataset"] = dataset_name
     for field in (
         "epochs",
         "batch_size",

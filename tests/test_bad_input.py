@@ -262,6 +262,42 @@ def test_cli_unknown_names_exit_2(tmp_path, flag, value, named):
     assert code == 2 and named in err and ("valid" in err or "Closest" in err)
 
 
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        ('{"alpha": 0.5, "temprature": 4}', "temprature"),
+        ('{"alpha": "high"}', "alpha"),
+        ('{"epochs": 2.5}', "epochs"),
+        ('{"alpha": 1.5}', "alpha"),
+        ("[1, 2]", "JSON object"),
+        ('{"alpha": 0.5,', "not valid JSON"),
+    ],
+)
+def test_cli_config_file_errors_name_the_key(tmp_path, content, named):
+    config = tmp_path / "exp.json"
+    config.write_text(content)
+    argv = ["run", "--experiment", "tfkd_reg/resnet18", "--config", str(config)]
+    code, err = _cli([*argv, "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and named in err
+
+
+def test_cli_config_file_overrides_apply(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(experiment, dataset, **kwargs):
+        seen["experiment"] = experiment
+        raise SystemExit(0)
+
+    monkeypatch.setattr(workflows, "train", fake_train)
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps({"alpha": 0.25, "epochs": 2, "dataset": "digits"}))
+    argv = ["run", "--experiment", "tfkd_reg/resnet18", "--config", str(config)]
+    code, _ = _cli([*argv, "--epochs", "3", "--output-dir", str(tmp_path / "o")])
+    assert code == 0
+    got = seen["experiment"]
+    assert (got.alpha, got.epochs, got.dataset) == (0.25, 3, "digits")
+
+
 def test_no_pickle_or_eval_of_user_files():
     root = Path(workflows.__file__).parent
     for path in root.rglob("*.py"):
