@@ -203,6 +203,13 @@ def build_parser():
     run.add_argument(
         "--output-dir", default="runs/experiments", help="(default: %(default)s)"
     )
+    run.add_argument(
+        "--distribution",
+        choices=("single", "auto", "data_parallel"),
+        default="single",
+        help="data_parallel: JAX DataParallel / TF MirroredStrategy over all "
+        "devices, the batch size being the global batch (default: %(default)s)",
+    )
     run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     _add_backend(run)
 
@@ -385,16 +392,25 @@ def _run(args, log):
     )
     log(f"  {experiment.describe()}")
     log(f"  KL term: {info['note']}")
-    record = workflows.train(
-        experiment,
-        dataset,
-        seed=args.seed,
-        output_dir=args.output_dir,
-        config=config,
-        store=store,
-        teacher_checkpoint_path=args.teacher_checkpoint,
-        log=log,
-    )
+    from keras_tfkd.distribution import get_distribution
+
+    try:
+        distribution = get_distribution(args.distribution)
+    except (NotImplementedError, ValueError) as e:
+        raise _UsageError(f"--distribution {args.distribution}: {e}") from None
+    if distribution.num_replicas > 1:
+        log(f"  data parallel over {distribution.num_replicas} devices")
+    with distribution.scope():
+        record = workflows.train(
+            experiment,
+            dataset,
+            seed=args.seed,
+            output_dir=args.output_dir,
+            config=config,
+            store=store,
+            teacher_checkpoint_path=args.teacher_checkpoint,
+            log=log,
+        )
     best, final = record["best_test_accuracy"], record["test_accuracy"]
     print(
         f"{experiment.id}: best test accuracy {100 * best:.2f}% (epoch "

@@ -306,3 +306,33 @@ def test_no_pickle_or_eval_of_user_files():
         assert " eval(" not in text and "exec(" not in text, path
         assert "safe_mode=False" not in text, path
     assert json  # the only format user files are read in
+
+
+def test_cli_distribution_flag(tmp_path):
+    """data_parallel runs on JAX/TF (one CPU device here); torch says why not."""
+    argv = [
+        "run",
+        "--experiment",
+        "tfkd_reg/resnet18",
+        "--student",
+        "mlp",
+        "--dataset",
+        "digits",
+        "--limit",
+        "200",
+        "--epochs",
+        "1",
+        "--distribution",
+        "data_parallel",
+        "--quiet",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    if keras.backend.backend() == "torch":
+        code, err = _cli(argv)
+        assert code == 2 and "torch" in err and "data_parallel" in err
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert len(records) == 1 and 0.0 <= records[0]["test_accuracy"] <= 1.0
