@@ -121,7 +121,7 @@ def _mixed_dataset(x, y, *layers):
         tf.data.Dataset.from_tensor_slices((x, one_hot))
         .batch(32, drop_remainder=True)
         .map(augment)
-        .repeat()  # one iterator for the whole run (see docs/callbacks.md)
+        .repeat()  # one iterator for the whole run (see the README, keras-cv)
     )
 
 
@@ -147,7 +147,7 @@ def _fit_on(distiller, dataset):
 def test_core_keras_randaugment_mixup_cutmix_feed_a_kd_distiller():
     """keras.layers.{RandAugment, MixUp, CutMix} in tf.data feeding `fit`."""
     if BACKEND == "jax":
-        # It works (docs/callbacks.md has the run), but inside tf.data under
+        # It works (the README has the run), but inside tf.data under
         # the JAX backend Keras 3.15's RandAugment takes ~10-20 s to trace and
         # ~6-10 s per new iterator on the 2-core CI machine (TF/torch: ~1-3 s
         # and <1 s): too slow for a unit test. MixUp and CutMix are covered on
