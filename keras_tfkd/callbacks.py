@@ -42,6 +42,7 @@ import numpy as np
 from keras import ops
 
 from keras_tfkd import teachers as teachers_lib
+from keras_tfkd.validation import leaves
 
 __all__ = [
     "AlphaScheduler",
@@ -551,22 +552,10 @@ def born_again(
 
 def _batches(x, batch_size):
     """Yield ``(start, stop, x[start:stop])`` over arrays, dicts or lists of arrays."""
-    leaves = list(_leaves(x))
-    n = len(leaves[0])
+    n = len(next(iter(leaves(x))))
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         yield start, stop, _slice(x, start, stop)
-
-
-def _leaves(x):
-    if isinstance(x, dict):
-        for value in x.values():
-            yield from _leaves(value)
-    elif isinstance(x, (list, tuple)):
-        for value in x:
-            yield from _leaves(value)
-    else:
-        yield x
 
 
 def _slice(x, start, stop):
@@ -636,7 +625,7 @@ class SoftTargetMonitor(keras.callbacks.Callback):
                 "`y` must be non-empty integer labels (N,) or (N, 1), or one-hot "
                 f"rows (N, K); got an array of shape {y.shape} and dtype {y.dtype}."
             )
-        n = len(next(iter(_leaves(x))))
+        n = len(next(iter(leaves(x))))
         if n != len(y):
             raise ValueError(
                 f"`x` has {n} samples but `y` has {len(y)}: they must match."

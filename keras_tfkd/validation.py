@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_labels", "check_fit_data", "is_dataset"]
+__all__ = ["check_labels", "check_fit_data", "is_dataset", "leaves"]
 
 
 def _is_array_like(value):
@@ -73,7 +73,7 @@ def check_labels(y, num_classes, argument="y"):
 
 
 def _check_finite_inputs(x, argument="x"):
-    for i, leaf in enumerate(_leaves(x)):
+    for i, leaf in enumerate(leaves(x)):
         arr = np.asarray(leaf)
         if arr.size == 0:
             raise ValueError(f"`{argument}` is empty: there is nothing to train on.")
@@ -85,13 +85,14 @@ def _check_finite_inputs(x, argument="x"):
             )
 
 
-def _leaves(x):
+def leaves(x):
+    """The arrays of a (possibly nested dict/list/tuple) input, None skipped."""
     if isinstance(x, dict):
         for value in x.values():
-            yield from _leaves(value)
+            yield from leaves(value)
     elif isinstance(x, (list, tuple)):
         for value in x:
-            yield from _leaves(value)
+            yield from leaves(value)
     elif x is not None:
         yield x
 

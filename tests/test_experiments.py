@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import reference as ref
+from helpers import fixed_logits_model
 from keras import ops
 
 from keras_tfkd import experiments, recipes
@@ -243,20 +244,7 @@ def test_hyperparameters_and_teacher_experiment():
 
 
 # ------------------------------------------------------------ K translation
-class FixedLogits(keras.layers.Layer):
-    """Returns stored logits for the batch (the inputs are row indices)."""
-
-    def __init__(self, logits, **kwargs):
-        super().__init__(**kwargs)
-        self.table = ops.convert_to_tensor(logits)
-
-    def call(self, idx):
-        return ops.take(self.table, ops.cast(ops.squeeze(idx, -1), "int32"), axis=0)
-
-
-def _model(logits, name):
-    inp = keras.Input((1,))
-    return keras.Model(inp, FixedLogits(logits)(inp), name=name)
+_model = fixed_logits_model
 
 
 def _loss(distiller, x, y):
