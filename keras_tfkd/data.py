@@ -350,6 +350,7 @@ def pipeline(
     seed: int | None = None,
     drop_remainder: bool = False,
     repeat: bool = False,
+    teacher_logits: Any = None,
 ):
     """A batched, prefetched ``tf.data.Dataset`` of ``(x, y)`` for ``model.fit``.
 
@@ -370,6 +371,13 @@ def pipeline(
             batches every time the pipeline is built; each pass still differs.
         drop_remainder: drop a last, smaller batch.
         repeat: repeat forever (then pass ``steps_per_epoch`` to ``fit``).
+        teacher_logits: cached teacher logits of this split in order (a
+            `keras_tfkd.teachers.CachedTeacher` or an ``(N, K)`` array, e.g.
+            from ``CachedTeacher.from_model(model, dataset, split,
+            augment=False)``). Each batch is then ``({"inputs": x,
+            "teacher_logits": z}, y)``, the rows of ``z`` following their
+            images through the shuffle. A random augmentation is refused
+            (ValueError): the logits of one view do not describe another.
 
     On the JAX and PyTorch backends TensorFlow is told not to use the GPUs
     (``tf.config.set_visible_devices([], "GPU")``, if TF has not touched them
@@ -403,13 +411,14 @@ def pipeline(
     if repeat:
         indices = indices.repeat()
     labels = tf.constant(np.asarray(dataset.labels(split), dtype=np.int32))
+    label_of = _labels_with_logits(tf, dataset, split, policy, labels, teacher_logits)
 
     if dataset.in_memory:
         images = tf.constant(dataset.images(split))
 
         def gather(idx):
             x = tf.cast(tf.gather(images, idx), tf.float32) / 255.0
-            return x, tf.gather(labels, idx)
+            return x, label_of(idx)
 
         batches = indices.batch(batch_size, drop_remainder=drop_remainder)
         batches = batches.map(gather, num_parallel_calls=autotune)
@@ -419,12 +428,12 @@ def pipeline(
         if policy == "imagenet":
             elements = tf.data.Dataset.zip((indices, _seed_stream(tf, seed, offset=1)))
             elements = elements.map(
-                lambda idx, s: (read(tf.gather(files, idx), s), tf.gather(labels, idx)),
+                lambda idx, s: (read(tf.gather(files, idx), s), label_of(idx)),
                 num_parallel_calls=autotune,
             )
         else:
             elements = indices.map(
-                lambda idx: (read(tf.gather(files, idx), None), tf.gather(labels, idx)),
+                lambda idx: (read(tf.gather(files, idx), None), label_of(idx)),
                 num_parallel_calls=autotune,
             )
         batches = elements.batch(batch_size, drop_remainder=drop_remainder)
@@ -443,7 +452,37 @@ def pipeline(
     batches = batches.map(
         lambda x, y: ((x - mean) / std, y), num_parallel_calls=autotune
     )
+    if teacher_logits is not None:
+        batches = batches.map(
+            lambda x, yz: ({"inputs": x, "teacher_logits": yz[1]}, yz[0]),
+            num_parallel_calls=autotune,
+        )
     return batches.prefetch(autotune)
+
+
+def _labels_with_logits(tf, dataset, split, policy, labels, teacher_logits):
+    """``idx -> labels[idx]``, or ``(labels[idx], logits[idx])`` with cached logits."""
+    if teacher_logits is None:
+        return lambda idx: tf.gather(labels, idx)
+    if policy != "none":
+        raise ValueError(
+            f"teacher_logits cannot be combined with the random {policy!r} "
+            f"augmentation of the {split!r} split of {dataset.name!r}: cached "
+            "logits describe the un-augmented images, not each epoch's new "
+            "views. Pass augment=False, or distil from the live teacher model."
+        )
+    logits = getattr(teacher_logits, "logits", teacher_logits)
+    if logits is None:
+        raise ValueError("teacher_logits holds no logits yet (a bare CachedTeacher).")
+    logits = np.asarray(logits, dtype=np.float32)
+    n = dataset.num_examples(split)
+    if logits.ndim != 2 or len(logits) != n:
+        raise ValueError(
+            f"teacher_logits must have shape (N, K) with N = {n}, the size of the "
+            f"{split!r} split of {dataset.name!r}; got shape {logits.shape}."
+        )
+    table = tf.constant(logits)
+    return lambda idx: (tf.gather(labels, idx), tf.gather(table, idx))
 
 
 def pipeline_throughput(

@@ -21,6 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tfkd import _backend
+
 __all__ = [
     "Teacher",
     "VirtualTeacher",
@@ -206,9 +208,48 @@ class CachedTeacher(Teacher):
         self._logits = None
 
     @classmethod
-    def from_model(cls, model, x, batch_size=256, verbose=0):
-        """Run `model` once over `x` (in inference mode) and keep its logits."""
+    def from_model(
+        cls, model, x, batch_size=256, verbose=0, *, split="train", augment=None
+    ):
+        """Run `model` once (inference mode) over the training inputs; keep its logits.
+
+        `x` is what the student will be trained on, in training order:
+
+        * arrays (or a dict of arrays): then train on ``attach(x)``;
+        * a `keras_tfkd.data.Dataset`: its `split`, read in order through
+          ``keras_tfkd.data.pipeline(x, split, batch_size, augment=augment,
+          shuffle=False)``; then train on ``keras_tfkd.data.pipeline(x, split,
+          ..., augment=augment, teacher_logits=cached)``.
+
+        Cached logits describe fixed inputs. With a random augmentation the
+        student would see another image than the teacher did, so a data set
+        whose `augment` is random (`keras_tfkd.data.augmentation_is_random`;
+        ``augment=None`` means the reference augmentation on the train split)
+        raises a ValueError, and a `tf.data.Dataset`, generator or
+        `keras.utils.PyDataset`, whose order and augmentation cannot be
+        checked, raises a TypeError.
+        """
         check_logits_teacher(model)
+        if _is_tfkd_dataset(x):
+            from keras_tfkd import data
+
+            if data.augmentation_is_random(x, split, augment):
+                raise ValueError(
+                    f"Cannot cache teacher logits for the {split!r} split of "
+                    f"{x.name!r} with augment={augment!r}: its augmentation is "
+                    "random, so every epoch shows the student other images than "
+                    "the ones the teacher saw once. Pass augment=False, or "
+                    "distil from the live teacher model instead."
+                )
+            x = data.pipeline(x, split, batch_size, augment=augment, shuffle=False)
+        elif not _is_array_input(x):
+            raise TypeError(
+                "CachedTeacher.from_model needs the training inputs as arrays "
+                f"(or a keras_tfkd.data.Dataset), got x of type {type(x).__name__}"
+                ": the order and augmentation of a dataset or generator cannot be "
+                "checked, and logits cached from a shuffled or randomly augmented "
+                "stream would not describe the batches the student sees."
+            )
         logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=verbose))
         teacher = cls(num_classes=logits.shape[-1])
         teacher._logits = logits.astype("float32")
@@ -243,6 +284,21 @@ class CachedTeacher(Teacher):
         return None
 
 
+def _is_tfkd_dataset(x):
+    """A `keras_tfkd.data.Dataset` (checked without importing the data module)."""
+    return type(x).__name__ == "Dataset" and type(x).__module__ == "keras_tfkd.data"
+
+
+def _is_array_input(x):
+    if isinstance(x, dict):
+        return bool(x) and all(_is_array_input(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return bool(x) and all(_is_array_input(v) for v in x)
+    return isinstance(x, np.ndarray) or (
+        hasattr(x, "shape") and hasattr(x, "dtype") and not hasattr(x, "element_spec")
+    )
+
+
 def teacher_num_classes(teacher):
     """The number of classes a teacher (model or `Teacher`) predicts."""
     if isinstance(teacher, Teacher):
@@ -256,7 +312,7 @@ def teacher_logits(teacher, inputs, labels):
     if isinstance(teacher, Teacher):
         logits = teacher(inputs, labels=labels)
     else:
-        logits = teacher(inputs, training=False)
+        logits = _backend.frozen_forward(teacher, inputs)
     if logits is None:
         return None
     return ops.stop_gradient(ops.cast(logits, "float32"))

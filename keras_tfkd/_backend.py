@@ -1,0 +1,256 @@
+"""The one place where keras-tfkd runs backend-specific code.
+
+Everything else in the package is written with `keras.ops` and runs unchanged
+on TensorFlow, JAX and PyTorch. A fast path lives here only where
+``benchmarks/run.py`` measured that it matters; ``benchmarks/README.md`` has
+the numbers.
+
+`frozen_forward(model, x)` is the forward pass of a frozen teacher. On
+TensorFlow and JAX it is exactly ``model(x, training=False)``: it is traced
+into the compiled train step, where Grappler or XLA already fuse the
+inference-mode BatchNormalization into its neighbours. The PyTorch backend runs
+Keras layers eagerly, and there Keras 3's convolution copies its input twice
+per call (``NHWC -> NCHW`` contiguous, then back to PyTorch's channels-last
+memory format) and computes an inference BatchNormalization in four passes:
+for the CIFAR CNNs that is over half of a teacher's forward time, and
+``torch.no_grad`` or ``torch.inference_mode`` change nothing measurable
+(the frozen weights and the inputs need no gradient anyway). So on PyTorch
+the convolutions, batch normalisations and max-poolings of a functional
+teacher run as `torch.nn.functional` calls on channels-last tensors (the same
+memory, viewed as NCHW: no copies), under `torch.no_grad`; every other layer
+runs as Keras layer in inference mode. The values are those of
+``model(x, training=False)`` to float rounding, and the weights are read at
+every call, so a teacher whose weights change (a self-teacher snapshot) is
+never stale.
+"""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = ["frozen_forward"]
+
+
+def frozen_forward(model, inputs):
+    """``model(inputs, training=False)`` for a frozen model, without gradient.
+
+    The result equals ``model(inputs, training=False)`` (to float rounding on
+    PyTorch, where a faster path runs the model's convolutions, batch
+    normalisations and max-poolings directly: see the module docstring). Any
+    model or layer that path does not know runs through Keras unchanged.
+
+    Example:
+
+    >>> import numpy as np
+    >>> teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> logits = frozen_forward(teacher, np.ones((2, 4), "float32"))
+    >>> tuple(logits.shape)
+    (2, 3)
+    """
+    if keras.backend.backend() == "torch":
+        return _torch_frozen_forward(model, inputs)
+    return model(inputs, training=False)
+
+
+# --------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------
+
+
+def _torch_frozen_forward(model, inputs):
+    import torch
+
+    with torch.no_grad():
+        graph = _functional_graph(model)
+        if graph is None:
+            return model(inputs, training=False)
+        x = keras.ops.convert_to_tensor(inputs)
+        return _run_graph(graph, x)
+
+
+def _functional_graph(model):
+    """The functional graph of `model` that the torch path can run, or None."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, keras.Sequential):
+        model = getattr(model, "_functional", None)
+    if not isinstance(model, Functional):
+        return None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    if not hasattr(model, "_run_through_graph"):  # pragma: no cover - Keras layout
+        return None
+    return model
+
+
+def _run_graph(model, x):
+    from keras.src.models.functional import operation_fn
+
+    def fast(operation):
+        handler = _torch_handler(operation)
+        if handler is not None:
+            return handler
+        return operation_fn(operation, training=False)
+
+    outputs = model._run_through_graph([x], operation_fn=fast)
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def _torch_handler(layer):
+    """A torch function computing `layer` in inference mode, or None."""
+    if getattr(layer, "quantization_mode", None) or getattr(
+        layer, "lora_enabled", False
+    ):
+        return None
+    if getattr(layer, "compute_dtype", None) != "float32":
+        return None
+    sub = _functional_graph(layer) if isinstance(layer, keras.Model) else None
+    if sub is not None:
+        return lambda x, **kwargs: _run_graph(sub, x)
+    if type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last":
+        return lambda x, **kwargs: _conv2d(layer, x)
+    if type(layer) is keras.layers.DepthwiseConv2D and (
+        layer.data_format == "channels_last"
+    ):
+        return lambda x, **kwargs: _depthwise_conv2d(layer, x)
+    if type(layer) is keras.layers.BatchNormalization:
+        return lambda x, **kwargs: _batch_norm(layer, x)
+    if type(layer) is keras.layers.MaxPooling2D and (
+        layer.data_format == "channels_last"
+    ):
+        return lambda x, **kwargs: _max_pool(layer, x)
+    return None
+
+
+def _is_float32_image(x):
+    return x.ndim == 4 and str(x.dtype) == "torch.float32"
+
+
+def _same_padding(size, kernel, stride, dilation):
+    """(left, right) 'same' padding of one axis, as Keras's torch backend pads."""
+    effective = (kernel - 1) * dilation + 1
+    if stride == 1:
+        total = effective - 1
+    else:
+        out = (size + stride - 1) // stride
+        total = max(0, (out - 1) * stride + effective - size)
+    return total // 2, total - total // 2
+
+
+def _pad_nchw(x, padding, kernel, strides, dilation, mode):
+    """`x` (NCHW) and the `padding` argument for a torch conv/pool call."""
+    import torch.nn.functional as F
+
+    if padding == "valid":
+        return x, 0
+    pads = [
+        _same_padding(x.shape[2 + i], kernel[i], strides[i], dilation[i])
+        for i in range(2)
+    ]
+    if all(left == right for left, right in pads):
+        return x, tuple(left for left, _ in pads)
+    flat = (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+    return F.pad(x, flat, mode=mode), 0
+
+
+def _finish(layer, y_nchw):
+    """Back to the NHWC layout Keras expects (a view), then the activation."""
+    y = y_nchw.permute(0, 2, 3, 1)
+    activation = getattr(layer, "activation", None)
+    if activation is not None and activation is not keras.activations.linear:
+        y = activation(y)
+    return y
+
+
+def _conv2d(layer, x):
+    import torch.nn.functional as F
+
+    if not _is_float32_image(x):
+        return layer(x, training=False)
+    kernel = layer.kernel.value.permute(3, 2, 0, 1)  # (out, in / groups, kh, kw)
+    bias = layer.bias.value if layer.use_bias else None
+    h, padding = _pad_nchw(
+        x.permute(0, 3, 1, 2),
+        layer.padding,
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+        "constant",
+    )
+    y = F.conv2d(
+        h,
+        kernel,
+        bias,
+        stride=layer.strides,
+        padding=padding,
+        dilation=layer.dilation_rate,
+        groups=layer.groups,
+    )
+    return _finish(layer, y)
+
+
+def _depthwise_conv2d(layer, x):
+    import torch.nn.functional as F
+
+    if not _is_float32_image(x):
+        return layer(x, training=False)
+    channels = x.shape[-1]
+    kh, kw, _, multiplier = layer.kernel.shape
+    kernel = layer.kernel.value.permute(2, 3, 0, 1).reshape(
+        channels * multiplier, 1, kh, kw
+    )
+    bias = layer.bias.value if layer.use_bias else None
+    h, padding = _pad_nchw(
+        x.permute(0, 3, 1, 2),
+        layer.padding,
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+        "constant",
+    )
+    y = F.conv2d(
+        h,
+        kernel,
+        bias,
+        stride=layer.strides,
+        padding=padding,
+        dilation=layer.dilation_rate,
+        groups=channels,
+    )
+    return _finish(layer, y)
+
+
+def _batch_norm(layer, x):
+    import torch.nn.functional as F
+
+    channels_last = x.ndim in (2, 4) and layer.axis % x.ndim == x.ndim - 1
+    if str(x.dtype) != "torch.float32" or not channels_last:
+        return layer(x, training=False)
+    h = x.permute(0, 3, 1, 2) if x.ndim == 4 else x
+    y = F.batch_norm(
+        h,
+        layer.moving_mean.value,
+        layer.moving_variance.value,
+        weight=layer.gamma.value if layer.scale else None,
+        bias=layer.beta.value if layer.center else None,
+        training=False,
+        eps=layer.epsilon,
+    )
+    return y.permute(0, 2, 3, 1) if x.ndim == 4 else y
+
+
+def _max_pool(layer, x):
+    import torch.nn.functional as F
+
+    if not _is_float32_image(x):
+        return layer(x, training=False)
+    h, padding = _pad_nchw(
+        x.permute(0, 3, 1, 2),
+        layer.padding,
+        layer.pool_size,
+        layer.strides,
+        (1, 1),
+        "replicate",
+    )
+    y = F.max_pool2d(h, layer.pool_size, layer.strides, padding)
+    return y.permute(0, 2, 3, 1)
