@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test test-% lint format bench clean
 
+# requirements-ci.txt pins the CPU builds: torch==2.13.0 (the wheel on this
+# machine's disk), tensorflow-cpu, jax[cpu]; a bare `torch` pulls a CUDA build.
 $(STAMP): pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -162,12 +162,10 @@ def _finish(layer, y_nchw):
     return y
 
 
-def _conv2d(layer, x):
+def _conv_nchw(layer, x, kernel, groups):
+    """``F.conv2d`` of a channels-last `x` with a Keras conv layer's settings."""
     import torch.nn.functional as F
 
-    if not _is_float32_image(x):
-        return layer(x, training=False)
-    kernel = layer.kernel.value.permute(3, 2, 0, 1)  # (out, in / groups, kh, kw)
     bias = layer.bias.value if layer.use_bias else None
     h, padding = _pad_nchw(
         x.permute(0, 3, 1, 2),
@@ -184,14 +182,19 @@ def _conv2d(layer, x):
         stride=layer.strides,
         padding=padding,
         dilation=layer.dilation_rate,
-        groups=layer.groups,
+        groups=groups,
     )
     return _finish(layer, y)
 
 
-def _depthwise_conv2d(layer, x):
-    import torch.nn.functional as F
+def _conv2d(layer, x):
+    if not _is_float32_image(x):
+        return layer(x, training=False)
+    kernel = layer.kernel.value.permute(3, 2, 0, 1)  # (out, in / groups, kh, kw)
+    return _conv_nchw(layer, x, kernel, layer.groups)
 
+
+def _depthwise_conv2d(layer, x):
     if not _is_float32_image(x):
         return layer(x, training=False)
     channels = x.shape[-1]
@@ -199,25 +202,7 @@ def _depthwise_conv2d(layer, x):
     kernel = layer.kernel.value.permute(2, 3, 0, 1).reshape(
         channels * multiplier, 1, kh, kw
     )
-    bias = layer.bias.value if layer.use_bias else None
-    h, padding = _pad_nchw(
-        x.permute(0, 3, 1, 2),
-        layer.padding,
-        layer.kernel_size,
-        layer.strides,
-        layer.dilation_rate,
-        "constant",
-    )
-    y = F.conv2d(
-        h,
-        kernel,
-        bias,
-        stride=layer.strides,
-        padding=padding,
-        dilation=layer.dilation_rate,
-        groups=channels,
-    )
-    return _finish(layer, y)
+    return _conv_nchw(layer, x, kernel, channels)
 
 
 def _batch_norm(layer, x):

@@ -493,16 +493,8 @@ class Experiment:
                 correct_prob=self.correct_prob,
                 kl_reduction=info["kl_reduction"],
             )
-        if self.method == "tfkd_self":
-            return recipes.tfkd_self(
-                student,
-                teacher,
-                self.alpha,
-                self.temperature,
-                multiplier=info["multiplier"],
-                kl_reduction=info["kl_reduction"],
-            )
-        return recipes.kd(
+        recipe = recipes.tfkd_self if self.method == "tfkd_self" else recipes.kd
+        return recipe(
             student,
             teacher,
             self.alpha,

@@ -849,10 +849,7 @@ def _cached_normal_run(folder, log=_default_log):
 
 
 def _save_model(model, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    callbacks_lib._write_atomic(str(path), model.save)
 
 
 def teacher_checkpoint(
