@@ -1,9 +1,9 @@
 """Every reference experiment of the paper as data, and how to run it at any K.
 
 An :class:`Experiment` is one row of the paper: a method, a student, a teacher
-and the published hyper-parameters (PAPER.md). The registry holds
+and the published hyper-parameters (docs/paper.md). The registry holds
 
-* every row of the two CIFAR-100 hyper-parameter tables of PAPER.md (normal KD,
+* every row of the two CIFAR-100 hyper-parameter tables of docs/paper.md (normal KD,
   Re-KD, Tf-KD_self, Tf-KD_reg),
 * a baseline and an LSR (``epsilon = 0.1``) entry for every model,
 * the De-KD rows: the teacher is the checkpoint after ``teacher_epochs`` epochs
@@ -189,7 +189,7 @@ def _coerce(name, value):
 class Experiment:
     """One reference experiment: a method, its models and hyper-parameters.
 
-    Fields (see PAPER.md for the formulas):
+    Fields (see docs/paper.md for the formulas):
 
     * ``id``: ``<method>/<student>`` or ``<method>/<student>_from_<teacher>``,
       derived from the three fields below (never set by hand).
@@ -236,7 +236,7 @@ class Experiment:
     protocol: str = "cifar"
     published_accuracy: float | None = None
     teacher_accuracy: float | None = None
-    source: str = "PAPER.md"
+    source: str = "docs/paper.md"
     based_on: str | None = None
     id: str = dataclasses.field(init=False)
 
@@ -540,7 +540,7 @@ class Experiment:
 
 
 # ------------------------------------------------------------------ registry
-# PAPER.md, "KD-style runs": (method, student, teacher, alpha, T, multiplier,
+# docs/paper.md, "KD-style runs": (method, student, teacher, alpha, T, multiplier,
 # batch, published top-1 %). Re-KD rows are those where the student is the
 # stronger model.
 _KD_ROWS = (
@@ -572,7 +572,7 @@ _KD_ROWS = (
     ("kd", "cnn5", "resnet18", 0.9, 20, 1, 128, None),
 )
 
-# PAPER.md, "Tf-KD_reg runs": (model, alpha, T, multiplier, batch, published %).
+# docs/paper.md, "Tf-KD_reg runs": (model, alpha, T, multiplier, batch, published %).
 _REG_ROWS = (
     ("mobilenet_v2", 0.95, 40, 1, 128, 70.88),
     ("shufflenet_v2", 0.95, 10, 1, 128, 72.09),
@@ -609,7 +609,7 @@ _DEKD_ROWS = (
     ("resnet18", "resnext29_8x64d", 50, 51.94, 77.28),
 )
 
-# ImageNet (PAPER.md gives the protocol, not per-model alpha/T): the CIFAR-100
+# ImageNet (docs/paper.md gives the protocol, not per-model alpha/T): the CIFAR-100
 # setting of the same architecture, translated to K = 1000 like any K != 100.
 _IMAGENET = {
     "imagenet_resnet50": ("resnet50", "resnet18"),
@@ -631,7 +631,11 @@ def _build_registry():
         entries[exp.id] = exp
 
     for model, (base_acc, lsr_acc, batch) in _BASELINES.items():
-        src = "PAPER.md baselines" if base_acc is not None else "PAPER.md protocol"
+        src = (
+            "docs/paper.md baselines"
+            if base_acc is not None
+            else "docs/paper.md protocol"
+        )
         add(
             Experiment(
                 "baseline",
@@ -649,7 +653,7 @@ def _build_registry():
                     batch_size=batch,
                     epsilon=0.1,
                     published_accuracy=lsr_acc,
-                    source="PAPER.md LSR, eps = 0.1",
+                    source="docs/paper.md LSR, eps = 0.1",
                 )
             )
     kd_settings = {}
@@ -667,7 +671,7 @@ def _build_registry():
                 batch_size=batch,
                 teacher_batch_size=_teacher_batch(teacher),
                 published_accuracy=acc,
-                source="PAPER.md KD-style table",
+                source="docs/paper.md KD-style table",
             )
         )
     for model, alpha, t, m, batch, acc in _REG_ROWS:
@@ -681,7 +685,7 @@ def _build_registry():
                 batch_size=batch,
                 correct_prob=0.99,
                 published_accuracy=acc,
-                source="PAPER.md Tf-KD_reg table",
+                source="docs/paper.md Tf-KD_reg table",
             )
         )
     for student, teacher, teacher_epochs, teacher_acc, acc in _DEKD_ROWS:
@@ -699,7 +703,7 @@ def _build_registry():
                 teacher_batch_size=_teacher_batch(teacher),
                 teacher_accuracy=teacher_acc,
                 published_accuracy=acc,
-                source="PAPER.md De-KD (alpha/T of the student's KD row)",
+                source="docs/paper.md De-KD (alpha/T of the student's KD row)",
             )
         )
     # The Re-KD result "ResNeXt29 taught by ResNet18" has no row of its own in
@@ -714,7 +718,7 @@ def _build_registry():
             batch_size=64,
             teacher_batch_size=128,
             published_accuracy=81.62,
-            source="PAPER.md Re-KD result (alpha/T of ResNeXt29 <- MobileNetV2)",
+            source="docs/paper.md Re-KD result (alpha/T of ResNeXt29 <- MobileNetV2)",
         )
     )
     imagenet = {
@@ -726,12 +730,15 @@ def _build_registry():
     for model, (self_of, reg_of) in _IMAGENET.items():
         add(
             Experiment(
-                "baseline", model, source="PAPER.md ImageNet protocol", **imagenet
+                "baseline", model, source="docs/paper.md ImageNet protocol", **imagenet
             )
         )
         add(
             Experiment(
-                "lsr", model, source="PAPER.md ImageNet protocol, eps = 0.1", **imagenet
+                "lsr",
+                model,
+                source="docs/paper.md ImageNet protocol, eps = 0.1",
+                **imagenet,
             )
         )
         cifar_self = entries[experiment_id("tfkd_self", self_of, self_of)]

@@ -4,7 +4,7 @@ Every loss here takes *logits* and computes in float32 (whatever the mixed
 precision policy), through `log_softmax`, so it stays finite for logits of
 magnitude 1e4 and temperatures up to 100.
 
-Two parametrisations of the KL term exist (see PAPER.md):
+Two parametrisations of the KL term exist (see docs/paper.md):
 
 * the reference code's `nn.KLDivLoss()` averages over all N*K elements
   (``KLm``); its hyper-parameters (`multiplier`, `alpha`) are tuned for K = 100.

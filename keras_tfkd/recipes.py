@@ -1,7 +1,7 @@
 """The paper's methods as ready `Distiller`s.
 
 Each recipe returns an uncompiled `Distiller` whose `compute_loss` is, after
-`compile`, the PAPER.md formula of its method. ``N`` is the batch size, ``K``
+`compile`, the docs/paper.md formula of its method. ``N`` is the batch size, ``K``
 the number of classes, ``CE`` the mean cross-entropy on the student logits
 ``z_s`` and ``S`` the softmax.
 

@@ -1,4 +1,4 @@
-"""Plain NumPy (float64) references of the PAPER.md formulas, used by the tests."""
+"""Plain NumPy (float64) references of the docs/paper.md formulas, used by the tests."""
 
 import numpy as np
 

@@ -407,7 +407,7 @@ def test_soft_target_monitor_with_virtual_and_uniform_teachers():
     off = (1 - a) / (K - 1)
     on_prob = math.exp(a / t) / (math.exp(a / t) + (K - 1) * math.exp(off / t))
     assert values["soft_target_true_prob"] == pytest.approx(on_prob, rel=1e-6)
-    assert on_prob == pytest.approx(0.1045, abs=1e-4)  # near uniform (PAPER.md)
+    assert on_prob == pytest.approx(0.1045, abs=1e-4)  # near uniform (docs/paper.md)
     assert "teacher_accuracy" not in values  # built from the labels
 
     uniform = Distiller(_net(0), teachers.UniformTeacher(K), alpha=0.1)

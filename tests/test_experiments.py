@@ -1,4 +1,4 @@
-"""The experiment registry holds every PAPER.md row; overrides; the K translation."""
+"""The experiment registry holds every docs/paper.md row; overrides; K translation."""
 
 import dataclasses
 import re
@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_tfkd import experiments, recipes
 
-# PAPER.md, "KD-style runs" -- one line per (student <- teacher) of the table,
+# docs/paper.md, "KD-style runs" -- one line per (student <- teacher) of the table,
 # written out here from the paper: (id, alpha, T, multiplier, batch).
 KD_TABLE = [
     ("kd/mobilenet_v2_from_resnet18", 0.95, 20, 1, 128),
@@ -43,7 +43,7 @@ KD_TABLE = [
     ("kd/cnn5_from_resnet18", 0.9, 20, 1, 128),
 ]
 
-# PAPER.md, "Tf-KD_reg runs": (id, alpha, T, multiplier, batch).
+# docs/paper.md, "Tf-KD_reg runs": (id, alpha, T, multiplier, batch).
 REG_TABLE = [
     ("tfkd_reg/mobilenet_v2", 0.95, 40, 1, 128),
     ("tfkd_reg/shufflenet_v2", 0.95, 10, 1, 128),
@@ -53,7 +53,7 @@ REG_TABLE = [
     ("tfkd_reg/resnext29_8x64d", 0.5, 40, 1, 64),
 ]
 
-# Published CIFAR-100 top-1 (%) of PAPER.md, by id.
+# Published CIFAR-100 top-1 (%) of docs/paper.md, by id.
 PUBLISHED = {
     "baseline/mobilenet_v2": 68.38,
     "baseline/resnet18": 75.87,

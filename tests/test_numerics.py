@@ -1,6 +1,6 @@
 """Numerics: precision policies, extreme inputs and properties of the losses.
 
-Every value is compared with a float64 NumPy evaluation of the PAPER.md formula
+Every value is compared with a float64 NumPy evaluation of the docs/paper.md formula
 on the very inputs the loss received: when the policy computes in float16 or
 bfloat16, the logits are rounded to that type first and NumPy sees the rounded
 values. The grid reaches T = 100, K = 10000 and logits of magnitude 1e4.
@@ -158,7 +158,7 @@ def _ce(z, y, w):
 
 
 def _recipe_reference(name, z_s, z_t, y, w, temp):
-    """PAPER.md's total loss of each method (K = 10000 without a K x K one-hot)."""
+    """docs/paper.md's total loss of each method (K = 10000 without a K x K one-hot)."""
     if name == "baseline":
         return _ce(z_s, y, w)
     if name == "label_smoothing":
@@ -352,7 +352,7 @@ def test_label_smoothing_is_kd_from_a_uniform_teacher(z, a, seed):
 
 # ----------------------------------------------- Keras's built-in distillation
 def test_keras_logits_distillation_default_is_not_the_kd_term():
-    """PAPER.md: Keras 3.15's default `LogitsDistillation` gives 9.84, KD is 6.83.
+    """docs/paper.md: Keras 3.15's default `LogitsDistillation` gives 9.84, KD is 6.83.
 
     The default ``loss="kl_divergence"`` is a plain function applied to the
     temperature-scaled *logits* (clipped to [1e-7, 1], no softmax, no T^2).

@@ -1,4 +1,4 @@
-"""Every recipe's `compute_loss` equals its PAPER.md formula (NumPy reference)."""
+"""Every recipe's `compute_loss` equals its docs/paper.md formula (NumPy reference)."""
 
 import numpy as np
 import pytest
