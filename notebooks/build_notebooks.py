@@ -171,10 +171,12 @@ QUICKSTART_CELLS = (
         ## 1. Data
 
         `keras_tfkd.data.load` returns NumPy arrays; `data.pipeline` turns a
-        split into a `tf.data.Dataset` of normalised `(x, y)` batches with the
-        data set's reference augmentation (a random shift of up to 2 pixels on
-        Fashion-MNIST) that `fit` takes on every backend. Smoke mode uses a
-        slice of scikit-learn's bundled `digits` instead, so it runs offline.
+        split into normalised `(x, y)` batches with the data set's reference
+        augmentation (a random shift of up to 2 pixels on Fashion-MNIST) that
+        `fit` takes on every backend: a `keras.utils.PyDataset` built on NumPy
+        on JAX and PyTorch (no TensorFlow needed), a `tf.data` pipeline on
+        TensorFlow. Smoke mode uses a slice of scikit-learn's bundled `digits`
+        instead, so it runs offline.
         """
     ),
     code(
@@ -323,13 +325,20 @@ QUICKSTART_CELLS = (
         The Distiller is only a training wrapper: `distiller.student` is the
         plain Keras model to deploy. Its `.keras` file loads without
         keras-tfkd and without the teacher. (`callbacks.StudentCheckpoint`
-        does the same during `fit`, for the best epoch.)
+        does the same during `fit`, for the best epoch.) The file goes to a new
+        temporary folder, so running the notebook leaves nothing beside it;
+        set `SAVE_DIR` to a folder of yours to keep it.
         """
     ),
     code(
         """
-        path = "tfkd_reg_student.keras"
+        import tempfile
+        from pathlib import Path
+
+        SAVE_DIR = Path(tempfile.mkdtemp(prefix="tfkd_quickstart_"))
+        path = SAVE_DIR / "tfkd_reg_student.keras"
         tfkd_reg.student.save(path)
+        print(f"saved the student to {path}")
         reloaded = keras.saving.load_model(path)
 
         before = tfkd_reg.student.predict(test, verbose=0)
@@ -424,7 +433,10 @@ CIFAR_CELLS = (
         MODEL = "resnet18"  # or "mobilenet_v2" (also "shufflenet_v2", "googlenet")
         EPOCHS = 200  # the reference; a shorter run scales the decay milestones
         SEED = 230  # the reference code's seed
-        OUT_DIR = Path(f"tfkd_cifar100_{MODEL}")  # e.g. a Google Drive folder
+        # Results and checkpoints: a fixed folder under the system's temporary
+        # directory, so a rerun on the same machine skips the finished runs.
+        # Point it at a Google Drive folder to keep them across Colab sessions.
+        OUT_DIR = Path(tempfile.gettempdir()) / f"tfkd_cifar100_{MODEL}"
 
         IDS = {
             "baseline": f"baseline/{MODEL}",
@@ -452,6 +464,7 @@ CIFAR_CELLS = (
                 label: exp.replace(epochs=EPOCHS) for label, exp in published.items()
             }
         OUT_DIR.mkdir(parents=True, exist_ok=True)
+        print(f"results and checkpoints go to {OUT_DIR}")
 
         print(ds)
         for label, exp in runs.items():
@@ -569,7 +582,7 @@ CIFAR_CELLS = (
         ## 5. Results beside the paper
 
         "paper" is the published CIFAR-100 top-1 accuracy of the same
-        experiment (from the registry, i.e. PAPER.md); gains are over the
+        experiment (from the registry, i.e. docs/paper.md); gains are over the
         baseline of the same column. One seed per method: differences of a
         few tenths of a point can be run-to-run noise.
         """
@@ -898,7 +911,7 @@ LSR_CELLS = (
 
             exp(a/T) / (exp(a/T) + (K-1) exp((1-a)/((K-1) T)))
 
-        which tends to `1/K` as `T` grows. PAPER.md quotes about 0.0110,
+        which tends to `1/K` as `T` grows. docs/paper.md quotes about 0.0110,
         0.0105 and 0.01025 for `K = 100` at `T = 10, 20, 40` — computed below
         with the toolkit's `VirtualTeacher`, not copied.
         """

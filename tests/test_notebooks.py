@@ -11,6 +11,9 @@
   Jupyter kernel of this Python, offline, and prints values checked here
   against independent computations and the experiments registry. These runs
   train a dozen small models in all, so they run in the jax session only.
+* A notebook runs with its working directory (and ``TMPDIR``) in pytest's
+  ``tmp_path``, writes only into temporary folders, and leaves no file in
+  ``notebooks/``.
 """
 
 from __future__ import annotations
@@ -73,9 +76,12 @@ def _generator():
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
+    write_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # no notebooks/__pycache__ in the checkout
     try:
         spec.loader.exec_module(module)
     finally:
+        sys.dont_write_bytecode = write_bytecode
         del sys.modules[spec.name]
     return module
 
@@ -353,7 +359,12 @@ def kernel_dir(tmp_path_factory):
     return root
 
 
+def _files_under(folder):
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
 def _execute(filename, tmp_path, kernel_dir, monkeypatch):
+    """Run a notebook in smoke mode, its working directory being ``tmp_path``."""
     from nbclient import NotebookClient
 
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
@@ -373,7 +384,10 @@ def _execute(filename, tmp_path, kernel_dir, monkeypatch):
         startup_timeout=180,
         resources={"metadata": {"path": str(tmp_path)}},
     )
+    before = _files_under(NOTEBOOK_DIR)
     client.execute()  # raises CellExecutionError on the first failing cell
+    left = sorted(_files_under(NOTEBOOK_DIR) - before)
+    assert not left, f"{filename} left files in notebooks/: {left}"
     return nb
 
 
@@ -411,14 +425,24 @@ def _check_quickstart(nb, tmp_path):
     # EarlyStopping restored the best epoch, so the saved student scores the
     # best accuracy logged for Tf-KD_reg.
     assert float(reloaded.group(1)) == pytest.approx(best["Tf-KD_reg"], abs=0.01)
-    saved = tmp_path / "tfkd_reg_student.keras"
-    assert saved.is_file()
+    # Saved in a new temporary folder (TMPDIR is tmp_path here), not beside the
+    # notebook nor in its working directory.
+    saved = re.search(r"^saved the student to (.+)$", text, re.M)
+    assert saved, text[-2000:]
+    saved = Path(saved.group(1))
+    assert saved.name == "tfkd_reg_student.keras" and saved.is_file()
+    assert saved.parent.parent == tmp_path and saved.parent.name.startswith(
+        "tfkd_quickstart_"
+    )
+    assert not (tmp_path / "tfkd_reg_student.keras").exists()
     assert _images(nb) >= 1
 
 
 def _check_cifar(nb, tmp_path):
     text = _text(nb)
     assert "SMOKE run" in text
+    out_dir = re.search(r"^results and checkpoints go to (.+)$", text, re.M)
+    assert out_dir and Path(out_dir.group(1)).parent == tmp_path, text[:2000]
     rows = re.findall(
         r"^(baseline|Tf-KD_self|Tf-KD_reg|LSR) +([\d.]+) +([-+][\d.]+) +([\d.]+) "
         r"+([-+][\d.]+)$",
@@ -458,7 +482,7 @@ def _check_label_smoothing(nb, tmp_path):
     assert set(printed) == {(k, t) for k in (10, 100) for t in (1, 10, 20, 40)}
     for (k, t), p in printed.items():
         assert p == pytest.approx(_virtual_true_prob(k, t), abs=6e-6), (k, t)
-    # PAPER.md: about 0.0110 / 0.0105 / 0.01025 at T = 10 / 20 / 40, K = 100.
+    # docs/paper.md: about 0.0110 / 0.0105 / 0.01025 at T = 10 / 20 / 40, K = 100.
     for t, quoted in ((10, 0.0110), (20, 0.0105), (40, 0.01025)):
         assert printed[(100, t)] == pytest.approx(quoted, abs=5e-5)
 
