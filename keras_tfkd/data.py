@@ -9,11 +9,12 @@ Two steps, on every Keras backend:
    a missing set is downloaded with ``keras.datasets`` where Keras can, and
    otherwise fails with one :class:`DatasetNotFoundError` that lists every
    place it looked and how to provide the data.
-2. :func:`pipeline` turns a split into a ``tf.data.Dataset`` of
-   ``(float32 normalised images, int32 labels)`` batches with the reference
-   augmentation. ``tf.data`` feeds ``model.fit`` on TensorFlow, JAX and PyTorch
-   alike; the model does not need the TensorFlow backend (TensorFlow must be
-   installed for :func:`pipeline` only, :func:`load` needs NumPy alone).
+2. :func:`pipeline` turns a split into batches of ``(float32 normalised
+   images, int32 labels)`` with the reference augmentation, for ``model.fit``
+   on TensorFlow, JAX and PyTorch alike. On JAX and PyTorch it is a
+   ``keras.utils.PyDataset`` built on NumPy (`keras_tfkd.pydataset`), so
+   TensorFlow is not needed; on the TensorFlow backend it is a ``tf.data``
+   pipeline (`keras_tfkd._tfdata`). ``engine=`` picks one explicitly.
 
 Where data is searched, in order (``$KERAS_TFKD_DATA`` is an optional root
 folder for all sets; ``$KERAS_TFKD_OFFLINE=1`` or ``download=False`` forbids
@@ -58,9 +59,8 @@ Reference augmentation (``augment=None`` on the train split; see
 - ImageNet (``"imagenet"``): random-resized crop to 224 (area 8-100%, aspect
   3/4-4/3) + flip; evaluation resizes the short side to 256 and centre-crops 224.
 
-Randomness is drawn per batch with stateless TF ops from seeds streamed by
-``tf.data.Dataset.random``, so a pipeline with a fixed ``seed`` yields the
-same batches every time it is built, and fresh augmentation each epoch.
+Randomness is seeded: a pipeline with a fixed ``seed`` yields the same
+batches every time it is built, and fresh augmentation on each pass.
 """
 
 from __future__ import annotations
@@ -340,6 +340,30 @@ def augmentation_is_random(
     return _resolve_augmentation(dataset, _split(split), augment) != "none"
 
 
+#: Values of `pipeline`'s ``engine``.
+ENGINES = ("auto", "numpy", "tf.data")
+
+
+def pipeline_engine(engine: str = "auto") -> str:
+    """The engine that `pipeline` runs for ``engine`` on this Keras backend.
+
+    ``"auto"`` is ``"tf.data"`` on the TensorFlow backend (TensorFlow is then
+    installed and ``fit`` consumes a ``tf.data.Dataset`` natively) and
+    ``"numpy"`` on JAX and PyTorch, which then need no TensorFlow at all.
+
+    Example:
+        >>> pipeline_engine("numpy")
+        'numpy'
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+    if engine != "auto":
+        return engine
+    import keras
+
+    return "tf.data" if keras.backend.backend() == "tensorflow" else "numpy"
+
+
 def pipeline(
     dataset: Dataset | str,
     split: str,
@@ -351,12 +375,29 @@ def pipeline(
     drop_remainder: bool = False,
     repeat: bool = False,
     teacher_logits: Any = None,
+    sample_weight: Any = None,
+    engine: str = "auto",
+    workers: int | None = None,
 ):
-    """A batched, prefetched ``tf.data.Dataset`` of ``(x, y)`` for ``model.fit``.
+    """Batches of ``(x, y)`` for ``model.fit``, on every Keras backend.
 
     ``x`` is float32 ``(B, H, W, C)``, scaled to [0, 1] then normalised with
     the data set's per-channel ``mean``/``std``; ``y`` is int32 ``(B,)``. It
-    works as input to ``fit``/``evaluate``/``predict`` on every Keras backend.
+    works as input to ``fit``/``evaluate``/``predict`` on every backend.
+
+    Which path runs (``engine``, see `pipeline_engine`):
+
+    * ``"numpy"`` (the default on JAX and PyTorch): a
+      `keras_tfkd.pydataset.BatchPipeline`, a ``keras.utils.PyDataset`` built
+      on NumPy (and PIL for image files); no TensorFlow needed;
+    * ``"tf.data"`` (the default on TensorFlow): a prefetched
+      ``tf.data.Dataset`` with the same augmentations as TensorFlow ops.
+
+    Both draw the augmentation from the same distributions (the reference
+    code's: `keras_tfkd.augment` lists them) and are deterministic for a fixed
+    ``seed``; the random streams differ, so the two engines give different
+    (equally distributed) batches for one seed. ``benchmarks/run.py`` measures
+    both against training step rates.
 
     Args:
         dataset: a :class:`Dataset` or a name for :func:`load`.
@@ -369,6 +410,7 @@ def pipeline(
             The whole split is shuffled (a permutation of indices).
         seed: fixes shuffling and augmentation: the same seed gives the same
             batches every time the pipeline is built; each pass still differs.
+            An integer >= 0.
         drop_remainder: drop a last, smaller batch.
         repeat: repeat forever (then pass ``steps_per_epoch`` to ``fit``).
         teacher_logits: cached teacher logits of this split in order (a
@@ -378,92 +420,72 @@ def pipeline(
             "teacher_logits": z}, y)``, the rows of ``z`` following their
             images through the shuffle. A random augmentation is refused
             (ValueError): the logits of one view do not describe another.
+        sample_weight: an ``(N,)`` array of per-example weights of this split;
+            each batch then ends with its weights, ``(x, y, w)``, which ``fit``
+            applies to the loss (both terms of a Distiller's loss).
+        engine: ``"auto"``, ``"numpy"`` or ``"tf.data"`` (see above).
+        workers: threads of the NumPy engine that read batches ahead (default:
+            1 for in-memory sets, the CPU count up to 8 for image folders).
+            ``tf.data`` tunes its own parallelism and refuses this argument.
 
-    On the JAX and PyTorch backends TensorFlow is told not to use the GPUs
-    (``tf.config.set_visible_devices([], "GPU")``, if TF has not touched them
-    yet), so the input pipeline does not take the model's GPU memory.
+    On the JAX and PyTorch backends with ``engine="tf.data"`` TensorFlow is
+    told not to use the GPUs (``tf.config.set_visible_devices([], "GPU")``,
+    if TF has not touched them yet), so the input pipeline does not take the
+    model's GPU memory.
 
     Example:
         >>> ds = load("digits")
-        >>> train = pipeline(ds, "train", 64, seed=0)
-        >>> x, y = next(iter(train))
+        >>> train = pipeline(ds, "train", 64, seed=0, engine="numpy")
+        >>> x, y = train[0]
         >>> tuple(x.shape), x.dtype.name, y.dtype.name
         ((64, 8, 8, 1), 'float32', 'int32')
         >>> # model.fit(train, validation_data=pipeline(ds, "test", 256), epochs=5)
     """
-    tf = _tensorflow()
+    engine = pipeline_engine(engine)
     if isinstance(dataset, str):
         dataset = load(dataset)
     split = _split(split)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = int(batch_size)
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
+        raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
     policy = _resolve_augmentation(dataset, split, augment)
     if shuffle is None:
         shuffle = split == "train"
     n = dataset.num_examples(split)
     if n == 0:
         raise ValueError(f"The {split} split of {dataset.name!r} is empty")
-    autotune = tf.data.AUTOTUNE
-
-    indices = tf.data.Dataset.range(n)
-    if shuffle:
-        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        indices = indices.repeat()
-    labels = tf.constant(np.asarray(dataset.labels(split), dtype=np.int32))
-    label_of = _labels_with_logits(tf, dataset, split, policy, labels, teacher_logits)
-
-    if dataset.in_memory:
-        images = tf.constant(dataset.images(split))
-
-        def gather(idx):
-            x = tf.cast(tf.gather(images, idx), tf.float32) / 255.0
-            return x, label_of(idx)
-
-        batches = indices.batch(batch_size, drop_remainder=drop_remainder)
-        batches = batches.map(gather, num_parallel_calls=autotune)
-    else:
-        files = tf.constant(np.asarray(dataset.images(split), dtype=str))
-        read = _make_file_reader(tf, dataset, policy)
-        if policy == "imagenet":
-            elements = tf.data.Dataset.zip((indices, _seed_stream(tf, seed, offset=1)))
-            elements = elements.map(
-                lambda idx, s: (read(tf.gather(files, idx), s), label_of(idx)),
-                num_parallel_calls=autotune,
-            )
-        else:
-            elements = indices.map(
-                lambda idx: (read(tf.gather(files, idx), None), label_of(idx)),
-                num_parallel_calls=autotune,
-            )
-        batches = elements.batch(batch_size, drop_remainder=drop_remainder)
-        batches = batches.map(lambda x, y: (x / 255.0, y), num_parallel_calls=autotune)
-
-    augment_batch = _batch_augmentation(tf, dataset, policy)
-    if augment_batch is not None:
-        batches = tf.data.Dataset.zip((batches, _seed_stream(tf, seed, offset=0)))
-        batches = batches.map(
-            lambda xy, s: (augment_batch(xy[0], s), xy[1]),
-            num_parallel_calls=autotune,
-        )
-
-    mean = tf.constant(dataset.mean, tf.float32)
-    std = tf.constant(dataset.std, tf.float32)
-    batches = batches.map(
-        lambda x, y: ((x - mean) / std, y), num_parallel_calls=autotune
+    kwargs = dict(
+        policy=policy,
+        shuffle=bool(shuffle),
+        seed=seed,
+        drop_remainder=bool(drop_remainder),
+        repeat=bool(repeat),
+        labels=np.asarray(dataset.labels(split), dtype=np.int32),
+        teacher_logits=_teacher_logits(dataset, split, policy, teacher_logits),
+        sample_weight=_sample_weight(dataset, split, sample_weight),
     )
-    if teacher_logits is not None:
-        batches = batches.map(
-            lambda x, yz: ({"inputs": x, "teacher_logits": yz[1]}, yz[0]),
-            num_parallel_calls=autotune,
-        )
-    return batches.prefetch(autotune)
+    if engine == "tf.data":
+        if workers is not None:
+            raise ValueError(
+                f"workers={workers!r} is for engine='numpy'; tf.data tunes its "
+                "own parallelism (leave workers unset)."
+            )
+        from keras_tfkd import _tfdata
+
+        return _tfdata.build(dataset, split, batch_size, **kwargs)
+    from keras_tfkd.pydataset import BatchPipeline
+
+    if workers is not None and (isinstance(workers, bool) or int(workers) < 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    return BatchPipeline(dataset, split, batch_size, workers=workers, **kwargs)
 
 
-def _labels_with_logits(tf, dataset, split, policy, labels, teacher_logits):
-    """``idx -> labels[idx]``, or ``(labels[idx], logits[idx])`` with cached logits."""
+def _teacher_logits(dataset, split, policy, teacher_logits):
+    """Cached logits as a float32 ``(N, K)`` array, checked; or None."""
     if teacher_logits is None:
-        return lambda idx: tf.gather(labels, idx)
+        return None
     if policy != "none":
         raise ValueError(
             f"teacher_logits cannot be combined with the random {policy!r} "
@@ -481,8 +503,26 @@ def _labels_with_logits(tf, dataset, split, policy, labels, teacher_logits):
             f"teacher_logits must have shape (N, K) with N = {n}, the size of the "
             f"{split!r} split of {dataset.name!r}; got shape {logits.shape}."
         )
-    table = tf.constant(logits)
-    return lambda idx: (tf.gather(labels, idx), tf.gather(table, idx))
+    return logits
+
+
+def _sample_weight(dataset, split, sample_weight):
+    """Per-example weights as a float32 ``(N,)`` array, checked; or None."""
+    if sample_weight is None:
+        return None
+    weights = np.asarray(sample_weight, dtype=np.float32)
+    n = dataset.num_examples(split)
+    if weights.shape != (n,):
+        raise ValueError(
+            f"sample_weight must have shape (N,) with N = {n}, the size of the "
+            f"{split!r} split of {dataset.name!r}; got shape {weights.shape}."
+        )
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(
+            "sample_weight must be finite and >= 0; got values from "
+            f"{float(np.nanmin(weights))!r} to {float(np.nanmax(weights))!r}."
+        )
+    return weights
 
 
 def pipeline_throughput(
@@ -495,7 +535,8 @@ def pipeline_throughput(
     """Images per second of :func:`pipeline` alone (no model), for benchmarks.
 
     One warm-up batch is taken first; then ``steps`` batches are timed. Extra
-    keyword arguments go to :func:`pipeline` (``repeat=True`` is forced).
+    keyword arguments go to :func:`pipeline` (``repeat=True`` is forced), e.g.
+    ``engine="numpy"``.
 
     Example:
         >>> rate = pipeline_throughput("digits", "train", 64, steps=5)
@@ -505,28 +546,26 @@ def pipeline_throughput(
     if isinstance(dataset, str):
         dataset = load(dataset)
     kwargs["repeat"] = True
-    iterator = iter(pipeline(dataset, split, batch_size, **kwargs))
-    next(iterator)
+    stream = pipeline(dataset, split, batch_size, **kwargs)
+    if hasattr(stream, "element_spec"):  # tf.data
+        iterator = iter(stream)
+
+        def take(_):
+            return next(iterator)
+
+    else:  # a PyDataset: read batch i as fit does (one thread for arrays)
+
+        def take(i):
+            return stream[i]
+
+    take(0)
     count = 0
     start = time.perf_counter()
-    for _ in range(int(steps)):
-        x, _ = next(iterator)
+    for i in range(1, int(steps) + 1):
+        x, _ = take(i)[:2]
         count += int(x.shape[0])
     elapsed = time.perf_counter() - start
     return count / max(elapsed, 1e-9)
-
-
-def _tensorflow():
-    """Import TensorFlow for tf.data; keep it off the GPUs of a JAX/torch run."""
-    import keras
-    import tensorflow as tf
-
-    if keras.backend.backend() != "tensorflow":
-        try:  # tf.data runs on the CPU; without this TF grabs all GPU memory
-            tf.config.set_visible_devices([], "GPU")
-        except (RuntimeError, ValueError):  # GPUs already initialised: leave them
-            pass
-    return tf
 
 
 # --------------------------------------------------------------------------
@@ -1171,7 +1210,7 @@ def _load_imagenet(
 
 
 # --------------------------------------------------------------------------
-# Augmentation (TensorFlow ops inside tf.data; no Keras backend involved)
+# Augmentation policy names (the ops: keras_tfkd.augment and keras_tfkd._tfdata)
 # --------------------------------------------------------------------------
 
 
@@ -1194,171 +1233,3 @@ def _resolve_augmentation(dataset, split: str, augment) -> str:
     if policy == "imagenet" and name != "imagenet":
         raise ValueError("augment='imagenet' needs the imagenet data set (files)")
     return policy
-
-
-def _seed_stream(tf, seed: int | None, offset: int):
-    """An endless stream of int64 pairs, usable as stateless-op seeds."""
-    stream_seed = None if seed is None else int(seed) * 2 + offset
-    return tf.data.Dataset.random(
-        seed=stream_seed, rerandomize_each_iteration=True
-    ).batch(2)
-
-
-def _transform(tf, images, transforms):
-    """Apply one projective transform per image (nearest, zero fill)."""
-    shape = tf.shape(images)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=tf.cast(transforms, tf.float32),
-        output_shape=shape[1:3],
-        fill_value=tf.constant(0.0, tf.float32),
-        interpolation="NEAREST",
-        fill_mode="CONSTANT",
-    )
-
-
-def _random_shift(tf, images, seed, pad: int):
-    """Zero-pad by ``pad`` then crop back at random: a shift in [-pad, pad]."""
-    batch = tf.shape(images)[0]
-    offsets = tf.random.stateless_uniform(
-        [batch, 2], seed=seed, minval=-pad, maxval=pad + 1, dtype=tf.int32
-    )
-    offsets = tf.cast(offsets, tf.float32)
-    ones = tf.ones([batch], tf.float32)
-    zeros = tf.zeros([batch], tf.float32)
-    # Output pixel (x, y) reads input pixel (x + dx, y + dy).
-    transforms = tf.stack(
-        [ones, zeros, offsets[:, 0], zeros, ones, offsets[:, 1], zeros, zeros], axis=1
-    )
-    return _transform(tf, images, transforms)
-
-
-def _random_flip(tf, images, seed):
-    batch = tf.shape(images)[0]
-    flip = tf.random.stateless_uniform([batch], seed=seed) < 0.5
-    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
-
-def _random_rotation(tf, images, seed, degrees: float):
-    batch = tf.shape(images)[0]
-    angle = tf.random.stateless_uniform(
-        [batch], seed=seed, minval=-degrees, maxval=degrees
-    ) * (math.pi / 180.0)
-    height = tf.cast(tf.shape(images)[1], tf.float32)
-    width = tf.cast(tf.shape(images)[2], tf.float32)
-    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    zeros = tf.zeros_like(angle)
-    transforms = tf.stack(
-        [
-            cos,
-            -sin,
-            cx - cos * cx + sin * cy,
-            sin,
-            cos,
-            cy - sin * cx - cos * cy,
-            zeros,
-            zeros,
-        ],
-        axis=1,
-    )
-    return _transform(tf, images, transforms)
-
-
-def _batch_augmentation(tf, dataset: Dataset, policy: str):
-    """A function ``(images in [0, 1], seed) -> images``, or None."""
-    if policy == "none":
-        return None
-    if policy == "imagenet":
-
-        def imagenet(images, seed):
-            return _random_flip(tf, images, seed)
-
-        return imagenet
-    if policy == "shift":
-        pad = max(1, int(round(dataset.input_shape[0] / 14)))  # 8 -> 1, 28 -> 2
-
-        def shift(images, seed):
-            return _random_shift(tf, images, seed, pad)
-
-        return shift
-    if policy == "cifar":
-
-        def cifar(images, seed):
-            seeds = tf.random.experimental.stateless_split(seed, 3)
-            images = _random_shift(tf, images, seeds[0], 4)
-            images = _random_flip(tf, images, seeds[1])
-            return _random_rotation(tf, images, seeds[2], 15.0)
-
-        return cifar
-    if policy == "tiny_imagenet":
-
-        def tiny(images, seed):
-            seeds = tf.random.experimental.stateless_split(seed, 2)
-            images = _random_rotation(tf, images, seeds[0], 20.0)
-            return _random_flip(tf, images, seeds[1])
-
-        return tiny
-    raise ValueError(f"Unknown augmentation {policy!r}")
-
-
-def _make_file_reader(tf, dataset: Dataset, policy: str):
-    """A function ``(path, seed or None) -> float32 HWC image in [0, 255]``."""
-    height, width, _ = dataset.input_shape
-
-    def decode(path):
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=3, expand_animations=False
-        )
-        image.set_shape([None, None, 3])
-        return image
-
-    if dataset.name != "imagenet":
-
-        def read(path, seed):
-            image = tf.cast(decode(path), tf.float32)
-            same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
-            image = tf.cond(
-                same,
-                lambda: image,
-                lambda: tf.image.resize(image, [height, width], antialias=True),
-            )
-            image.set_shape([height, width, 3])
-            return image
-
-        return read
-
-    resize = dataset.eval_resize or 256
-
-    def random_resized_crop(image, seed):
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image),
-            bounding_boxes=tf.zeros([1, 0, 4]),
-            seed=seed,
-            min_object_covered=0.08,
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(0.08, 1.0),
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
-        crop = tf.slice(image, begin, size)
-        return tf.image.resize(crop, [height, width], antialias=True)
-
-    def resize_centre_crop(image):
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = float(resize) / tf.reduce_min(shape)
-        new = tf.cast(tf.round(shape * scale), tf.int32)
-        image = tf.image.resize(image, new, antialias=True)
-        return tf.image.resize_with_crop_or_pad(image, height, width)
-
-    def read(path, seed):
-        image = decode(path)
-        if policy == "imagenet":
-            image = random_resized_crop(image, seed)
-        else:
-            image = resize_centre_crop(image)
-        image = tf.clip_by_value(image, 0.0, 255.0)
-        image.set_shape([height, width, 3])
-        return image
-
-    return read

@@ -307,8 +307,11 @@ class Distiller(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the data (clear errors, no step taken)."""
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
-        if validation.is_dataset(x) and not args:
-            # A tf.data pipeline shuffles itself; Keras warns on every such fit.
+        if (validation.is_dataset(x) or getattr(x, "shuffles_itself", False)) and (
+            not args
+        ):
+            # A tf.data pipeline or a keras_tfkd.data.pipeline shuffles itself
+            # (seeded); Keras would reorder the batches again, or warn.
             kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 

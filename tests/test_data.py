@@ -1,4 +1,4 @@
-"""Data sets and tf.data pipelines (run on every backend; tf.data feeds them all)."""
+"""Data sets and pipelines (every backend; the default engine of each backend)."""
 
 import gzip
 import struct
@@ -354,6 +354,7 @@ def test_cifar_augmentation_keeps_shape():
 
 @pytest.mark.gradients
 def test_fit_on_digits_pipeline(digits):
+    keras.utils.set_random_seed(0)  # unseeded, 3 epochs landed at 0.68-0.8
     train = data.pipeline(digits, "train", 128, seed=0)
     test = data.pipeline(digits, "test", 256)
     model = keras.Sequential(

@@ -1,0 +1,184 @@
+"""The input pipeline as a `keras.utils.PyDataset`: NumPy only, every backend.
+
+`keras_tfkd.data.pipeline` returns a `BatchPipeline` unless it picks
+``tf.data`` (see its docstring). Batches are pure functions of ``(seed, pass,
+batch index)``: the order of pass ``e`` is a permutation drawn from
+``SeedSequence(seed, spawn_key=(e,))`` and the augmentation of batch ``b`` from
+``SeedSequence(seed, spawn_key=(e, b))``. So a pipeline built with the same
+seed yields the same batches, each pass (epoch) is shuffled and augmented
+anew, and batches can be read in any order or by several worker threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import keras
+import numpy as np
+
+from keras_tfkd import augment as augment_lib
+from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
+
+__all__ = ["BatchPipeline"]
+
+_ORDER, _AUGMENT, _FILES = 0, 1, 2
+
+
+def _entropy(seed):
+    if seed is None:
+        return np.random.SeedSequence().entropy
+    return int(seed) % (1 << 64)
+
+
+class BatchPipeline(keras.utils.PyDataset):
+    """Batches ``(x, y)``, ``(x, y, w)`` or ``({"inputs", "teacher_logits"}, y)``.
+
+    Build it with `keras_tfkd.data.pipeline`; the arguments are the same.
+    ``len(pipeline)`` is the number of batches of one pass; with
+    ``repeat=True`` it is endless (`num_batches` is None) and ``fit`` needs
+    ``steps_per_epoch``. Each call of `on_epoch_end` (Keras makes one after
+    every epoch) starts the next pass. Folder data sets are decoded with PIL
+    by ``workers`` threads (default: the CPU count, at most 8); in-memory sets
+    are cut in the calling thread (one NumPy gather, microseconds a batch).
+
+    Example:
+        >>> from keras_tfkd import data
+        >>> train = data.pipeline("digits", "train", 64, seed=0, engine="numpy")
+        >>> x, y = train[0]
+        >>> x.shape, y.shape, len(train)
+        ((64, 8, 8, 1), (64,), 22)
+    """
+
+    #: Read by `keras_tfkd.Distiller.fit`, which then leaves the batch order
+    #: alone (``shuffle=False``): the order is already shuffled, seeded.
+    shuffles_itself = True
+
+    def __init__(
+        self,
+        dataset,
+        split,
+        batch_size,
+        *,
+        policy,
+        shuffle,
+        seed,
+        drop_remainder,
+        repeat,
+        labels,
+        teacher_logits=None,
+        sample_weight=None,
+        workers=None,
+    ):
+        if workers is None:
+            workers = 1 if dataset.in_memory else min(8, os.cpu_count() or 1)
+        super().__init__(workers=int(workers), use_multiprocessing=False)
+        self.dataset = dataset
+        self.split = split
+        self.policy = policy
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.repeat = bool(repeat)
+        self._entropy = _entropy(seed)
+        self._images = dataset.images(split)
+        self._labels = np.asarray(labels, dtype=np.int32)
+        self._logits = teacher_logits
+        self._weights = sample_weight
+        n = len(self._labels)
+        if drop_remainder and n >= self.batch_size:
+            self._per_pass = n // self.batch_size
+        else:
+            self._per_pass = max(1, math.ceil(n / self.batch_size))
+        self._n = n
+        self._mean = np.asarray(dataset.mean, np.float32)
+        self._std = np.asarray(dataset.std, np.float32)
+        self._orders = {}
+        #: The pass (epoch) that the next batches belong to.
+        self.epoch = 0
+
+    # -------------------------------------------------------- PyDataset API
+    def __len__(self):
+        return self._per_pass
+
+    @property
+    def num_batches(self):
+        return None if self.repeat else self._per_pass
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, index):
+        index = int(index)
+        if self.repeat:
+            return self.batch(*divmod(index, self._per_pass))
+        if not 0 <= index < self._per_pass:
+            raise IndexError(f"batch {index} out of range: {self._per_pass} per pass")
+        return self.batch(self.epoch, index)
+
+    def __iter__(self):
+        """A new pass, as a new iterator of a ``tf.data.Dataset`` is."""
+        epoch = self.epoch
+        self.epoch += 1
+        if self.repeat:
+            return (self[i] for i in itertools.count(epoch * self._per_pass))
+        return (self.batch(epoch, b) for b in range(self._per_pass))
+
+    def batch(self, epoch, index):
+        """Batch ``index`` of pass ``epoch`` (both from 0)."""
+        start = index * self.batch_size
+        idx = self._order(epoch)[start : start + self.batch_size]
+        images = self._read(idx, epoch, index)
+        if self.policy != "none":
+            rng = self._rng(epoch, index, _AUGMENT)
+            params = augment_lib.sample(self.policy, rng, len(idx), images.shape[1:3])
+            images = augment_lib.apply(self.policy, images, params)
+        x = (images.astype(np.float32) / 255.0 - self._mean) / self._std
+        y = self._labels[idx]
+        if self._logits is not None:
+            x = {INPUTS_KEY: x, TEACHER_LOGITS_KEY: self._logits[idx]}
+        if self._weights is not None:
+            return x, y, self._weights[idx]
+        return x, y
+
+    # ------------------------------------------------------------- helpers
+    def _rng(self, epoch, batch, kind):
+        seq = np.random.SeedSequence(self._entropy, spawn_key=(epoch, batch, kind))
+        return np.random.default_rng(seq)
+
+    def _order(self, epoch):
+        if not self.shuffle:
+            return np.arange(self._n)
+        order = self._orders.get(epoch)
+        if order is None:
+            seq = np.random.SeedSequence(self._entropy, spawn_key=(epoch, _ORDER))
+            order = np.random.default_rng(seq).permutation(self._n)
+            self._orders = {epoch: order}  # keep one pass: threads read it
+        return order
+
+    def _read(self, idx, epoch, batch):
+        if self.dataset.in_memory:
+            return self._images[idx]
+        height, width = self.dataset.input_shape[:2]
+        files = self._images[idx]
+        if self.dataset.name != "imagenet":
+            return np.stack([augment_lib.read_image(f, (height, width)) for f in files])
+        if self.policy == "imagenet":
+            rng = self._rng(epoch, batch, _FILES)
+            return np.stack(
+                [
+                    augment_lib.random_resized_crop(
+                        augment_lib.read_image(f), rng, (height, width)
+                    )
+                    for f in files
+                ]
+            )
+        resize = self.dataset.eval_resize or 256
+        return np.stack(
+            [
+                augment_lib.resize_centre_crop(
+                    augment_lib.read_image(f), resize, (height, width)
+                )
+                for f in files
+            ]
+        )
