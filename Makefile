@@ -7,7 +7,7 @@ BACKENDS ?= tensorflow jax torch
 DEMO_BACKEND ?= jax
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-% lint format bench clean
+.PHONY: install demo test test-% check-install lint format bench clean
 
 # requirements-ci.txt pins the CPU builds: torch==2.13.0 (the wheel on this
 # machine's disk), tensorflow-cpu, jax[cpu]; a bare `torch` pulls a CUDA build.
@@ -35,6 +35,11 @@ test: lint $(addprefix test-,$(BACKENDS))
 
 test-%: $(STAMP)
 	KERAS_BACKEND=$* $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The built wheel in fresh venvs with only [jax] / [torch] (no TensorFlow):
+# the README's Ten-lines block, the study, a run and notebook 01 (smoke).
+check-install:
+	PYTHON=$(PYTHON) bash .ci/check_install jax torch
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
