@@ -188,11 +188,19 @@ def test_rerun_skips_finished_runs(study_dir):
     assert (folder / "results.json").read_text() == before
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
     # A new seed adds its runs; the finished ones stay, nothing is duplicated.
+    new_seed = list(STUDY_ARGS)
+    new_seed[new_seed.index("--seeds") + 1] = "1"  # the study ran seed 0
     code, output = _main(
-        [*STUDY_ARGS, "--output-dir", str(folder), "--no-plot", "--methods", "baseline"]
+        [*new_seed, "--output-dir", str(folder), "--no-plot", "--methods", "baseline"]
     )
+    assert code == 0
+    assert "[1/1] Baseline mlp, seed 1 ..." in output and "skipped" not in output
     records = _records(folder)
-    assert len(records) == 9 and len({r["key"] for r in records}) == 9
+    assert records[:9] == json.loads(before)  # the finished runs are untouched
+    assert len(records) == 10 and len({r["key"] for r in records}) == 10
+    added = records[9]
+    assert (added["method"], added["student"], added["seed"]) == ("baseline", "mlp", 1)
+    assert added["epochs"] == 2 and "role" not in added
 
 
 @pytest.mark.slow
@@ -247,11 +255,12 @@ def test_run_with_a_given_teacher_checkpoint(study_dir, tmp_path):
 
 
 def _error(argv, capsys):
+    """Exit status 2 and one or two lines, no traceback; the message."""
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err
     assert info.value.code == 2
-    assert err.startswith("keras-tfkd: error: ") and err.count("\n") == 1, err
+    assert err.startswith("keras-tfkd: error: ") and err.count("\n") in (1, 2), err
     assert "Traceback" not in err
     return err
 
@@ -259,15 +268,15 @@ def _error(argv, capsys):
 def test_unknown_names_exit_2_with_the_valid_list(capsys, tmp_path):
     out = ["--output-dir", str(tmp_path)]
     err = _error(["study", "--student", "resnet19", *out], capsys)
-    assert "'resnet19'" in err and "cnn_tiny" in err and "resnet18" in err
+    assert "--student: unknown model 'resnet19'" in err and "Closest: resnet18" in err
+    assert "`keras-tfkd list models`" in err
     err = _error(["study", "--dataset", "mnist", *out], capsys)
     assert "'mnist'" in err and "digits, fashion_mnist, cifar10" in err
     err = _error(["study", "--methods", "kd", "distill", *out], capsys)
     assert "'distill'" in err and "tfkd_reg" in err
     err = _error(["run", "--experiment", "tfkd_reg/resnet19", *out], capsys)
-    assert (
-        "Closest: tfkd_reg/resnet18" in err and "kd/mobilenet_v2_from_resnet18" in err
-    )
+    assert "Closest: tfkd_reg/resnet18" in err
+    assert "`keras-tfkd list experiments`" in err and len(err) < 400
     err = _error(
         ["run", "--experiment", "tfkd_reg/resnet18", "--teacher", "x", *out], capsys
     )
@@ -280,7 +289,8 @@ def test_unknown_names_exit_2_with_the_valid_list(capsys, tmp_path):
         ["run", "--experiment", "kd/cnn5_from_resnet18", "--student", "nope", *out],
         capsys,
     )
-    assert "'nope'" in err and "mlp" in err
+    assert "--student: unknown model 'nope'. No close match." in err
+    assert f"prints the {len(workflows.model_names())} valid models." in err
     assert not any(tmp_path.iterdir())  # nothing was trained or written
 
 
