@@ -155,14 +155,15 @@ def flip(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
         array([[1, 0],
                [2, 3]])
     """
-    images = np.asarray(images)
+    out = np.array(images, copy=True)
     mask = np.asarray(mask, dtype=bool)
-    return np.where(mask[:, None, None, None], images[:, :, ::-1], images)
+    out[mask] = out[mask][:, :, ::-1]
+    return out
 
 
 def _round_half_away(values: np.ndarray) -> np.ndarray:
     # C's std::round, as TensorFlow's nearest-neighbour sampling uses.
-    return np.sign(values) * np.floor(np.abs(values) + 0.5)
+    return np.copysign(np.floor(np.abs(values) + 0.5), values)
 
 
 def rotate(images: np.ndarray, degrees: np.ndarray) -> np.ndarray:
@@ -180,23 +181,22 @@ def rotate(images: np.ndarray, degrees: np.ndarray) -> np.ndarray:
                [0, 2]])
     """
     images = np.asarray(images)
-    angle = np.asarray(degrees, dtype=np.float64) * (math.pi / 180.0)
+    angle = np.asarray(degrees, dtype=np.float32) * np.float32(math.pi / 180.0)
     batch, height, width = images.shape[:3]
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    ys, xs = np.meshgrid(
-        np.arange(height, dtype=np.float64) - cy,
-        np.arange(width, dtype=np.float64) - cx,
-        indexing="ij",
-    )
+    cx, cy = np.float32((width - 1) / 2.0), np.float32((height - 1) / 2.0)
+    ys = (np.arange(height, dtype=np.float32) - cy)[None, :, None]
+    xs = (np.arange(width, dtype=np.float32) - cx)[None, None, :]
     cos = np.cos(angle)[:, None, None]
     sin = np.sin(angle)[:, None, None]
-    src_x = _round_half_away(cos * xs - sin * ys + cx).astype(np.int64)
-    src_y = _round_half_away(sin * xs + cos * ys + cy).astype(np.int64)
+    src_x = _round_half_away(cos * xs - sin * ys + cx).astype(np.int32)
+    src_y = _round_half_away(sin * xs + cos * ys + cy).astype(np.int32)
     inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
-    b = np.broadcast_to(np.arange(batch)[:, None, None], src_x.shape)
-    out = images[b, np.clip(src_y, 0, height - 1), np.clip(src_x, 0, width - 1)]
-    out[~inside] = 0
-    return out
+    # One flat gather: pixel (b, y, x) is row (b * H + y) * W + x.
+    flat = (np.arange(batch, dtype=np.int32)[:, None, None] * height + src_y) * width
+    flat = np.where(inside, flat + src_x, 0)
+    out = images.reshape(batch * height * width, -1)[flat.ravel()]
+    out[~inside.ravel()] = 0
+    return out.reshape(images.shape)
 
 
 # ---------------------------------------------------------------- image files
