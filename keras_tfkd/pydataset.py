@@ -97,6 +97,11 @@ class BatchPipeline(keras.utils.PyDataset):
         #: The pass (epoch) that the next batches belong to.
         self.epoch = 0
 
+    @property
+    def labels(self):
+        """The int32 labels of the split, in the data set's order."""
+        return self._labels
+
     # -------------------------------------------------------- PyDataset API
     def __len__(self):
         return self._per_pass

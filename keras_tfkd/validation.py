@@ -159,6 +159,9 @@ def check_fit_data(distiller, x, y, kwargs, training=True):
         if isinstance(spec, tuple) and len(spec) >= 2:
             x = _tf_dataset_with_checks(x, num_classes)
         return x, y, kwargs
+    if getattr(x, "shuffles_itself", False):  # keras_tfkd.data.pipeline (NumPy)
+        check_labels(x.labels, num_classes, "the pipeline's labels")
+        return x, y, kwargs
     if y is not None and _is_array_like(y):
         check_labels(y, num_classes, "y")
         _check_finite_inputs(x, "x")

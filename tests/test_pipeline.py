@@ -344,3 +344,18 @@ def test_distiller_fits_on_each_engine_with_weights(engine, digits):
     history = distiller.fit(train, epochs=3, validation_data=test, verbose=0)
     assert history.history["val_accuracy"][-1] > 0.7
     assert len(history.history["loss"]) == 3
+
+
+def test_out_of_range_labels_refused_before_training():
+    images = np.zeros((8, 4, 4, 1), np.uint8)
+    ds = _dataset("digits", images, np.array([0, 1, 2, 3, 4, 5, 6, 12]))
+    student = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    distiller = recipes.baseline(student)
+    distiller.compile(optimizer="sgd")
+    before = [w.copy() for w in student.get_weights()]
+    with pytest.raises(ValueError, match=r"\[0, 10\)|range|12"):
+        distiller.fit(data.pipeline(ds, "train", 4, engine="numpy"), verbose=0)
+    for a, b in zip(before, student.get_weights()):
+        np.testing.assert_array_equal(a, b)
