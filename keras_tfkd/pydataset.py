@@ -38,8 +38,10 @@ class BatchPipeline(keras.utils.PyDataset):
     Build it with `keras_tfkd.data.pipeline`; the arguments are the same.
     ``len(pipeline)`` is the number of batches of one pass; with
     ``repeat=True`` it is endless (`num_batches` is None) and ``fit`` needs
-    ``steps_per_epoch``. Each call of `on_epoch_end` (Keras makes one after
-    every epoch) starts the next pass. Folder data sets are decoded with PIL
+    ``steps_per_epoch``. `on_epoch_end` (Keras calls it after every epoch)
+    starts the next pass once a batch of the current one has been read, and a
+    new ``iter(pipeline)`` is a new pass, as a new iterator of a ``tf.data``
+    pipeline is. Folder data sets are decoded with PIL
     by ``workers`` threads (default: the CPU count, at most 8); in-memory sets
     are cut in the calling thread (one NumPy gather, microseconds a batch).
 
@@ -96,6 +98,7 @@ class BatchPipeline(keras.utils.PyDataset):
         self._orders = {}
         #: The pass (epoch) that the next batches belong to.
         self.epoch = 0
+        self._read_any = False
 
     @property
     def labels(self):
@@ -111,7 +114,11 @@ class BatchPipeline(keras.utils.PyDataset):
         return None if self.repeat else self._per_pass
 
     def on_epoch_end(self):
-        self.epoch += 1
+        # Keras also calls this when `fit` starts, before any batch is read:
+        # only a pass that was read ends, so the first epoch is pass 0.
+        if self._read_any:
+            self.epoch += 1
+            self._read_any = False
 
     def __getitem__(self, index):
         index = int(index)
@@ -119,6 +126,7 @@ class BatchPipeline(keras.utils.PyDataset):
             return self.batch(*divmod(index, self._per_pass))
         if not 0 <= index < self._per_pass:
             raise IndexError(f"batch {index} out of range: {self._per_pass} per pass")
+        self._read_any = True
         return self.batch(self.epoch, index)
 
     def __iter__(self):

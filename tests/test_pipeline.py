@@ -359,3 +359,25 @@ def test_out_of_range_labels_refused_before_training():
         distiller.fit(data.pipeline(ds, "train", 4, engine="numpy"), verbose=0)
     for a, b in zip(before, student.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gradients
+def test_worker_threads_train_exactly_as_one_thread(digits):
+    """Prefetching threads read the same batches, pass after pass."""
+
+    def trained(workers):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+        )
+        distiller = recipes.baseline(model)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+        train = data.pipeline(
+            digits, "train", 128, seed=3, engine="numpy", workers=workers
+        )
+        distiller.fit(train, epochs=3, verbose=0)
+        assert train.epoch >= 3  # a new pass each epoch
+        return model.get_weights()
+
+    for a, b in zip(trained(1), trained(3)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
