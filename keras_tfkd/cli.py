@@ -189,6 +189,24 @@ def _add_backend(parser):
     )
 
 
+#: The `run` flags that override an `Experiment` field: field -> (argparse type,
+#: help). The flag is the field with dashes (``batch_size``: ``--batch-size``);
+#: `build_parser` adds them and `_run` collects them over ``--config``'s fields.
+_RUN_FIELD_FLAGS = {
+    "dataset": (None, "(default: the experiment's, cifar100)"),
+    "epochs": (_positive_int, None),
+    "batch_size": (_positive_int, None),
+    "alpha": (float, None),
+    "temperature": (float, None),
+    "multiplier": (float, None),
+    "correct_prob": (float, "Tf-KD_reg's a"),
+    "epsilon": (float, "LSR's epsilon"),
+    "teacher_epochs": (_positive_int, None),
+    "student": (None, "another student model"),
+    "teacher": (None, "another teacher model"),
+}
+
+
 def build_parser():
     """The argparse parser of ``keras-tfkd`` (imports nothing heavy)."""
     parser = _ArgumentParser(
@@ -298,19 +316,15 @@ def build_parser():
         help="JSON file of experiment fields to override, e.g. "
         '{"alpha": 0.5, "epochs": 30}; flags given here win',
     )
-    run.add_argument("--dataset", help="(default: the experiment's, cifar100)")
-    run.add_argument("--data-dir", help="folder to search for the data set first")
-    run.add_argument("--limit", type=_positive_int, help="first N examples per split")
-    run.add_argument("--epochs", type=_positive_int)
-    run.add_argument("--batch-size", type=_positive_int)
-    run.add_argument("--alpha", type=float)
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--multiplier", type=float)
-    run.add_argument("--correct-prob", type=float, help="Tf-KD_reg's a")
-    run.add_argument("--epsilon", type=float, help="LSR's epsilon")
-    run.add_argument("--teacher-epochs", type=_positive_int)
-    run.add_argument("--student", help="another student model")
-    run.add_argument("--teacher", help="another teacher model")
+    for field, (kind, text) in _RUN_FIELD_FLAGS.items():
+        run.add_argument("--" + field.replace("_", "-"), type=kind, help=text)
+        if field == "dataset":  # where to find the data set, next to its name
+            run.add_argument(
+                "--data-dir", help="folder to search for the data set first"
+            )
+            run.add_argument(
+                "--limit", type=_positive_int, help="first N examples per split"
+            )
     run.add_argument(
         "--teacher-checkpoint",
         help="a trained teacher (.keras) instead of training one",
@@ -859,26 +873,15 @@ def _run(args, log):
 
     experiment = _check_experiment(args.experiment)
     overrides = _read_config(args.config) if args.config else {}
-    dataset_flag = "--dataset" if args.dataset else None
-    dataset_name = _check_dataset(
-        args.dataset or overrides.get("dataset") or experiment.dataset, dataset_flag
-    )
-    overrides["dataset"] = dataset_name
-    for field in (
-        "epochs",
-        "batch_size",
-        "alpha",
-        "temperature",
-        "multiplier",
-        "correct_prob",
-        "epsilon",
-        "teacher_epochs",
-        "student",
-        "teacher",
-    ):
+    for field in _RUN_FIELD_FLAGS:  # a flag given wins over --config
         value = getattr(args, field)
         if value is not None:
             overrides[field] = value
+    dataset_flag = "--dataset" if args.dataset else None
+    dataset_name = _check_dataset(
+        overrides.get("dataset") or experiment.dataset, dataset_flag
+    )
+    overrides["dataset"] = dataset_name
     try:
         experiment = experiment.replace(**overrides)
     except (TypeError, ValueError) as e:  # a published value overridden badly

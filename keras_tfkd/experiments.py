@@ -1,7 +1,10 @@
 """Every reference experiment of the paper as data, and how to run it at any K.
 
 An :class:`Experiment` is one row of the paper: a method, a student, a teacher
-and the published hyper-parameters (docs/paper.md). The registry holds
+and the published hyper-parameters (docs/paper.md). The rows are data: the
+package file ``experiments.json`` (`DATA_FILE`) has one table per table of
+docs/paper.md, every value written out, and `load_registry` reads it. The
+registry holds
 
 * every row of the two CIFAR-100 hyper-parameter tables of docs/paper.md (normal KD,
   Re-KD, Tf-KD_self, Tf-KD_reg),
@@ -61,6 +64,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import json
 import math
 import types
 from collections.abc import Mapping
@@ -71,10 +76,12 @@ __all__ = [
     "ONE_MODEL_METHODS",
     "IMAGENET_APPLICATIONS",
     "REGISTRY",
+    "RegistryError",
     "UnknownNameError",
     "available",
     "experiment_id",
     "get",
+    "load_registry",
 ]
 
 #: Every method, in the order of the paper's comparison.
@@ -487,8 +494,8 @@ class Experiment:
             return recipes.tfkd_reg(
                 student,
                 k,
-                self.alpha,
-                self.temperature,
+                alpha=self.alpha,
+                temperature=self.temperature,
                 multiplier=info["multiplier"],
                 correct_prob=self.correct_prob,
                 kl_reduction=info["kl_reduction"],
@@ -497,8 +504,8 @@ class Experiment:
         return recipe(
             student,
             teacher,
-            self.alpha,
-            self.temperature,
+            alpha=self.alpha,
+            temperature=self.temperature,
             multiplier=info["multiplier"],
             kl_reduction=info["kl_reduction"],
         )
@@ -540,238 +547,69 @@ class Experiment:
 
 
 # ------------------------------------------------------------------ registry
-# docs/paper.md, "KD-style runs": (method, student, teacher, alpha, T, multiplier,
-# batch, published top-1 %). Re-KD rows are those where the student is the
-# stronger model.
-_KD_ROWS = (
-    ("kd", "mobilenet_v2", "resnet18", 0.95, 20, 1, 128, 71.05),
-    ("kd", "mobilenet_v2", "densenet121", 0.95, 20, 1, 128, None),
-    ("kd", "mobilenet_v2", "resnet101", 0.95, 20, 1, 128, None),
-    ("kd", "mobilenet_v2", "resnext29_8x64d", 0.95, 20, 1, 64, None),
-    ("tfkd_self", "mobilenet_v2", "mobilenet_v2", 0.95, 20, 1, 128, 70.96),
-    ("kd", "shufflenet_v2", "resnet18", 0.95, 20, 1, 128, 72.05),
-    ("kd", "shufflenet_v2", "resnet50", 0.95, 20, 1, 128, None),
-    ("kd", "shufflenet_v2", "densenet121", 0.95, 20, 1, 128, None),
-    ("kd", "shufflenet_v2", "resnext29_8x64d", 0.95, 20, 1, 64, None),
-    ("tfkd_self", "shufflenet_v2", "shufflenet_v2", 0.95, 20, 1, 128, 72.23),
-    ("rekd", "resnet18", "mobilenet_v2", 0.6, 20, 1, 128, 77.28),
-    ("rekd", "resnet18", "shufflenet_v2", 0.6, 20, 1, 128, 77.35),
-    ("kd", "resnet18", "resnet50", 0.6, 20, 1, 64, 77.19),
-    ("kd", "resnet18", "resnext29_8x64d", 0.6, 20, 1, 64, None),
-    ("kd", "resnet18", "densenet121", 0.95, 6, 1, 128, None),
-    ("tfkd_self", "resnet18", "resnet18", 0.95, 6, 50, 128, 77.10),
-    ("rekd", "resnet50", "mobilenet_v2", 0.6, 20, 1, 128, 79.30),
-    ("rekd", "resnet50", "shufflenet_v2", 0.6, 20, 1, 128, None),
-    ("tfkd_self", "resnet50", "resnet50", 0.95, 6, 1, 128, None),
-    ("rekd", "resnext29_8x64d", "mobilenet_v2", 0.6, 20, 1, 64, 81.53),
-    ("tfkd_self", "resnext29_8x64d", "resnext29_8x64d", 0.9, 20, 100, 64, 82.08),
-    ("rekd", "densenet121", "mobilenet_v2", 0.6, 20, 1, 128, None),
-    ("rekd", "densenet121", "shufflenet_v2", 0.6, 20, 1, 100, None),
-    ("tfkd_self", "densenet121", "densenet121", 0.9, 20, 50, 100, 80.26),
-    ("tfkd_self", "googlenet", "googlenet", 0.4, 20, 50, 64, 80.17),
-    ("kd", "cnn5", "resnet18", 0.9, 20, 1, 128, None),
-)
-
-# docs/paper.md, "Tf-KD_reg runs": (model, alpha, T, multiplier, batch, published %).
-_REG_ROWS = (
-    ("mobilenet_v2", 0.95, 40, 1, 128, 70.88),
-    ("shufflenet_v2", 0.95, 10, 1, 128, 72.09),
-    ("resnet18", 0.1, 20, 100, 128, 77.36),
-    ("googlenet", 0.1, 40, 50, 64, 79.22),
-    ("densenet121", 0.1, 40, 1, 128, None),
-    ("resnext29_8x64d", 0.5, 40, 1, 64, None),
-)
-
-# Published CIFAR-100 baselines and LSR results; batch sizes of the normal runs
-# (64 for the two models whose every published run uses 64, 128 otherwise).
-_BASELINES = {
-    "mobilenet_v2": (68.38, 69.32, 128),
-    "shufflenet_v2": (70.34, 70.83, 128),
-    "resnet18": (75.87, 77.26, 128),
-    "resnet50": (78.16, None, 128),
-    "googlenet": (78.72, 79.07, 64),
-    "densenet121": (79.04, None, 128),
-    "resnext29_8x64d": (81.03, None, 64),
-    "cnn5": (None, None, 128),
-    "resnet101": (None, None, 128),
-}
-
-# De-KD: (student, teacher, teacher_epochs, teacher accuracy %, published %).
-# alpha/T/batch are those of the normal-KD row of the same student and teacher
-# (or of the student's other KD rows where the pair has none).
-_DEKD_ROWS = (
-    ("mobilenet_v2", "resnet18", 1, 15.48, 70.65),
-    ("shufflenet_v2", "resnet18", 1, 15.48, 71.82),
-    ("mobilenet_v2", "resnet50", 50, 45.82, None),
-    ("shufflenet_v2", "resnet50", 50, 45.82, None),
-    ("mobilenet_v2", "resnext29_8x64d", 50, 51.94, None),
-    ("shufflenet_v2", "resnext29_8x64d", 50, 51.94, None),
-    ("resnet18", "resnext29_8x64d", 50, 51.94, 77.28),
-)
-
-# ImageNet (docs/paper.md gives the protocol, not per-model alpha/T): the CIFAR-100
-# setting of the same architecture, translated to K = 1000 like any K != 100.
-_IMAGENET = {
-    "imagenet_resnet50": ("resnet50", "resnet18"),
-    "imagenet_mobilenet_v2": ("mobilenet_v2", "mobilenet_v2"),
-    "imagenet_densenet121": ("densenet121", "densenet121"),
-}
+#: The package data file that holds every row of the registry.
+DATA_FILE = "experiments.json"
+_TABLE_KEYS = ("about", "common", "columns", "rows")
 
 
-def _teacher_batch(teacher):
-    return _BASELINES.get(teacher, (None, None, 128))[2]
+class RegistryError(ValueError):
+    """A malformed table or row of the registry's data file (`DATA_FILE`)."""
 
 
-def _build_registry():
+def load_registry(tables=None):
+    """id -> `Experiment`, read-only, from the tables of `DATA_FILE`.
+
+    `tables` (default: the packaged ``experiments.json``) maps a table name to
+    ``{"about": [lines], "common": {field: value}, "columns": [field, ...],
+    "rows": [[value, ...], ...]}``; one table per table of docs/paper.md. Row
+    ``r`` is ``Experiment(**common, **dict(zip(columns, r)))``: every value is
+    written out in the file, fields left out take the `Experiment` defaults,
+    and nothing is derived from another row.
+
+    Raises:
+        RegistryError: an unknown key or field, a row of the wrong length, a
+            value `Experiment` rejects or a duplicate id; the message names
+            the table, the row and the field.
+    """
+    if tables is None:
+        path = importlib.resources.files(__package__).joinpath(DATA_FILE)
+        tables = json.loads(path.read_text(encoding="utf-8"))
+    fields = {f.name for f in dataclasses.fields(Experiment) if f.init}
     entries = {}
-
-    def add(exp):
-        if exp.id in entries:  # pragma: no cover - a typo in the tables above
-            raise RuntimeError(f"Duplicate experiment id {exp.id!r}")
-        entries[exp.id] = exp
-
-    for model, (base_acc, lsr_acc, batch) in _BASELINES.items():
-        src = (
-            "docs/paper.md baselines"
-            if base_acc is not None
-            else "docs/paper.md protocol"
-        )
-        add(
-            Experiment(
-                "baseline",
-                model,
-                batch_size=batch,
-                published_accuracy=base_acc,
-                source=src,
+    for name, table in tables.items():
+        unknown = sorted(set(table) - set(_TABLE_KEYS))
+        if unknown or "columns" not in table or "rows" not in table:
+            raise RegistryError(
+                f"{DATA_FILE}, table {name!r}: keys must be {', '.join(_TABLE_KEYS)} "
+                f"(columns and rows required), got {', '.join(table)}."
             )
-        )
-        if model != "resnet101":  # ResNet101 appears only as a teacher
-            add(
-                Experiment(
-                    "lsr",
-                    model,
-                    batch_size=batch,
-                    epsilon=0.1,
-                    published_accuracy=lsr_acc,
-                    source="docs/paper.md LSR, eps = 0.1",
+        columns, common = table["columns"], table.get("common", {})
+        for i, row in enumerate(table["rows"], 1):
+            where = f"{DATA_FILE}, table {name!r}, row {i} {json.dumps(row)}"
+            if len(row) != len(columns):
+                raise RegistryError(
+                    f"{where}: {len(row)} values for {len(columns)} columns "
+                    f"({', '.join(columns)})."
                 )
-            )
-    kd_settings = {}
-    for method, student, teacher, alpha, t, m, batch, acc in _KD_ROWS:
-        kd_settings[(student, teacher)] = (alpha, t, batch)
-        kd_settings.setdefault((student, None), (alpha, t, batch))
-        add(
-            Experiment(
-                method,
-                student,
-                teacher,
-                alpha=alpha,
-                temperature=t,
-                multiplier=m,
-                batch_size=batch,
-                teacher_batch_size=_teacher_batch(teacher),
-                published_accuracy=acc,
-                source="docs/paper.md KD-style table",
-            )
-        )
-    for model, alpha, t, m, batch, acc in _REG_ROWS:
-        add(
-            Experiment(
-                "tfkd_reg",
-                model,
-                alpha=alpha,
-                temperature=t,
-                multiplier=m,
-                batch_size=batch,
-                correct_prob=0.99,
-                published_accuracy=acc,
-                source="docs/paper.md Tf-KD_reg table",
-            )
-        )
-    for student, teacher, teacher_epochs, teacher_acc, acc in _DEKD_ROWS:
-        pair = kd_settings.get((student, teacher)) or kd_settings[(student, None)]
-        alpha, t, batch = pair
-        add(
-            Experiment(
-                "dekd",
-                student,
-                teacher,
-                alpha=alpha,
-                temperature=t,
-                batch_size=batch,
-                teacher_epochs=teacher_epochs,
-                teacher_batch_size=_teacher_batch(teacher),
-                teacher_accuracy=teacher_acc,
-                published_accuracy=acc,
-                source="docs/paper.md De-KD (alpha/T of the student's KD row)",
-            )
-        )
-    # The Re-KD result "ResNeXt29 taught by ResNet18" has no row of its own in
-    # the hyper-parameter table: use the ResNeXt29 <- MobileNetV2 row.
-    add(
-        Experiment(
-            "rekd",
-            "resnext29_8x64d",
-            "resnet18",
-            alpha=0.6,
-            temperature=20,
-            batch_size=64,
-            teacher_batch_size=128,
-            published_accuracy=81.62,
-            source="docs/paper.md Re-KD result (alpha/T of ResNeXt29 <- MobileNetV2)",
-        )
-    )
-    imagenet = {
-        "dataset": "imagenet",
-        "epochs": 90,
-        "batch_size": 512,
-        "protocol": "imagenet",
-    }
-    for model, (self_of, reg_of) in _IMAGENET.items():
-        add(
-            Experiment(
-                "baseline", model, source="docs/paper.md ImageNet protocol", **imagenet
-            )
-        )
-        add(
-            Experiment(
-                "lsr",
-                model,
-                source="docs/paper.md ImageNet protocol, eps = 0.1",
-                **imagenet,
-            )
-        )
-        cifar_self = entries[experiment_id("tfkd_self", self_of, self_of)]
-        add(
-            Experiment(
-                "tfkd_self",
-                model,
-                model,
-                alpha=cifar_self.alpha,
-                temperature=cifar_self.temperature,
-                multiplier=cifar_self.multiplier,
-                teacher_batch_size=512,
-                source=f"ImageNet protocol; alpha/T/m of {cifar_self.id}",
-                **imagenet,
-            )
-        )
-        cifar_reg = entries[experiment_id("tfkd_reg", reg_of)]
-        add(
-            Experiment(
-                "tfkd_reg",
-                model,
-                alpha=cifar_reg.alpha,
-                temperature=cifar_reg.temperature,
-                multiplier=cifar_reg.multiplier,
-                source=f"ImageNet protocol; alpha/T/m of {cifar_reg.id}",
-                **imagenet,
-            )
-        )
+            values = {**common, **dict(zip(columns, row))}
+            for field in values:
+                if field not in fields:
+                    raise RegistryError(
+                        f"{where}: unknown field {field!r}; valid fields: "
+                        f"{', '.join(sorted(fields))}."
+                    )
+            try:
+                exp = Experiment(**values)
+            except (TypeError, ValueError) as e:
+                raise RegistryError(f"{where}: {e}") from None
+            if exp.id in entries:
+                raise RegistryError(f"{where}: duplicate experiment id {exp.id!r}.")
+            entries[exp.id] = exp
     return types.MappingProxyType(dict(sorted(entries.items())))
 
 
 #: id -> `Experiment`, read-only.
-REGISTRY: Mapping[str, Experiment] = _build_registry()
+REGISTRY: Mapping[str, Experiment] = load_registry()
 
 
 def available(method=None):

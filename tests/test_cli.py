@@ -400,3 +400,52 @@ def test_study_command_defaults_are_the_study_defaults():
     assert tuple(args.seeds) == defaults.seeds
     assert args.dekd_teacher_epochs == defaults.dekd_teacher_epochs
     assert args.methods is None and defaults.methods == experiments.METHODS
+
+
+def _flag(field):
+    return "--" + field.replace("_", "-")
+
+
+def test_run_field_flags_come_from_one_table_and_win_over_config(
+    tmp_path, monkeypatch, capsys
+):
+    import dataclasses
+
+    from keras_tfkd import cli
+
+    table = cli._RUN_FIELD_FLAGS
+    fields = {f.name for f in dataclasses.fields(experiments.Experiment) if f.init}
+    assert set(table) <= fields
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for field in table:
+        assert f"{_flag(field)} " in run_help, field
+    seen = []
+
+    def fake_train(experiment, dataset, **kwargs):
+        seen.append(experiment)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(workflows, "train", fake_train)
+    from_config = {"epochs": 2, "batch_size": 16, "alpha": 0.5, "temperature": 4.0}
+    from_config.update(multiplier=2.0, correct_prob=0.9, epsilon=0.2)
+    from_config.update(teacher_epochs=1, student="mlp", teacher="cnn_tiny")
+    from_config["dataset"] = "digits"
+    from_flags = {"epochs": 3, "batch_size": 8, "alpha": 0.25, "temperature": 2.0}
+    from_flags.update(multiplier=3.0, correct_prob=0.8, epsilon=0.05)
+    from_flags.update(teacher_epochs=2, student="cnn_tiny", teacher="mlp")
+    from_flags["dataset"] = "digits"
+    assert set(from_config) == set(from_flags) == set(table)
+    config = tmp_path / "exp.json"
+    config.write_text(json.dumps(from_config))
+    argv = ["run", "--experiment", "kd/mobilenet_v2_from_resnet18"]
+    argv += ["--config", str(config), "--limit", "50", "--output-dir", str(tmp_path)]
+    flags = [a for k, v in from_flags.items() for a in (_flag(k), str(v))]
+    for extra, expected in (([], from_config), (flags, from_flags)):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, *extra])
+        assert info.value.code == 0
+        got = seen.pop()
+        assert {k: getattr(got, k) for k in table} == expected
+    capsys.readouterr()

@@ -1,6 +1,8 @@
 """The experiment registry holds every docs/paper.md row; overrides; K translation."""
 
 import dataclasses
+import importlib.resources
+import json
 import re
 
 import keras
@@ -243,6 +245,187 @@ def test_hyperparameters_and_teacher_experiment():
     }
 
 
+# ------------------------------------------------------------ the data file
+# Every registry row, frozen: id alpha T multiplier batch teacher_batch
+# teacher_epochs epochs published% ("-": None). A change to experiments.json
+# shows up here.
+FROZEN_REGISTRY = """
+baseline/cnn5 0 - 1 128 - - 200 -
+baseline/densenet121 0 - 1 128 - - 200 79.04
+baseline/googlenet 0 - 1 64 - - 200 78.72
+baseline/imagenet_densenet121 0 - 1 512 - - 90 -
+baseline/imagenet_mobilenet_v2 0 - 1 512 - - 90 -
+baseline/imagenet_resnet50 0 - 1 512 - - 90 -
+baseline/mobilenet_v2 0 - 1 128 - - 200 68.38
+baseline/resnet101 0 - 1 128 - - 200 -
+baseline/resnet18 0 - 1 128 - - 200 75.87
+baseline/resnet50 0 - 1 128 - - 200 78.16
+baseline/resnext29_8x64d 0 - 1 64 - - 200 81.03
+baseline/shufflenet_v2 0 - 1 128 - - 200 70.34
+dekd/mobilenet_v2_from_resnet18 0.95 20 1 128 128 1 200 70.65
+dekd/mobilenet_v2_from_resnet50 0.95 20 1 128 128 50 200 -
+dekd/mobilenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 50 200 -
+dekd/resnet18_from_resnext29_8x64d 0.6 20 1 64 64 50 200 77.28
+dekd/shufflenet_v2_from_resnet18 0.95 20 1 128 128 1 200 71.82
+dekd/shufflenet_v2_from_resnet50 0.95 20 1 128 128 50 200 -
+dekd/shufflenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 50 200 -
+kd/cnn5_from_resnet18 0.9 20 1 128 128 - 200 -
+kd/mobilenet_v2_from_densenet121 0.95 20 1 128 128 - 200 -
+kd/mobilenet_v2_from_resnet101 0.95 20 1 128 128 - 200 -
+kd/mobilenet_v2_from_resnet18 0.95 20 1 128 128 - 200 71.05
+kd/mobilenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 - 200 -
+kd/resnet18_from_densenet121 0.95 6 1 128 128 - 200 -
+kd/resnet18_from_resnet50 0.6 20 1 64 128 - 200 77.19
+kd/resnet18_from_resnext29_8x64d 0.6 20 1 64 64 - 200 -
+kd/shufflenet_v2_from_densenet121 0.95 20 1 128 128 - 200 -
+kd/shufflenet_v2_from_resnet18 0.95 20 1 128 128 - 200 72.05
+kd/shufflenet_v2_from_resnet50 0.95 20 1 128 128 - 200 -
+kd/shufflenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 - 200 -
+lsr/cnn5 0 - 1 128 - - 200 -
+lsr/densenet121 0 - 1 128 - - 200 -
+lsr/googlenet 0 - 1 64 - - 200 79.07
+lsr/imagenet_densenet121 0 - 1 512 - - 90 -
+lsr/imagenet_mobilenet_v2 0 - 1 512 - - 90 -
+lsr/imagenet_resnet50 0 - 1 512 - - 90 -
+lsr/mobilenet_v2 0 - 1 128 - - 200 69.32
+lsr/resnet18 0 - 1 128 - - 200 77.26
+lsr/resnet50 0 - 1 128 - - 200 -
+lsr/resnext29_8x64d 0 - 1 64 - - 200 -
+lsr/shufflenet_v2 0 - 1 128 - - 200 70.83
+rekd/densenet121_from_mobilenet_v2 0.6 20 1 128 128 - 200 -
+rekd/densenet121_from_shufflenet_v2 0.6 20 1 100 128 - 200 -
+rekd/resnet18_from_mobilenet_v2 0.6 20 1 128 128 - 200 77.28
+rekd/resnet18_from_shufflenet_v2 0.6 20 1 128 128 - 200 77.35
+rekd/resnet50_from_mobilenet_v2 0.6 20 1 128 128 - 200 79.3
+rekd/resnet50_from_shufflenet_v2 0.6 20 1 128 128 - 200 -
+rekd/resnext29_8x64d_from_mobilenet_v2 0.6 20 1 64 128 - 200 81.53
+rekd/resnext29_8x64d_from_resnet18 0.6 20 1 64 128 - 200 81.62
+tfkd_reg/densenet121 0.1 40 1 128 - - 200 -
+tfkd_reg/googlenet 0.1 40 50 64 - - 200 79.22
+tfkd_reg/imagenet_densenet121 0.1 40 1 512 - - 90 -
+tfkd_reg/imagenet_mobilenet_v2 0.95 40 1 512 - - 90 -
+tfkd_reg/imagenet_resnet50 0.1 20 100 512 - - 90 -
+tfkd_reg/mobilenet_v2 0.95 40 1 128 - - 200 70.88
+tfkd_reg/resnet18 0.1 20 100 128 - - 200 77.36
+tfkd_reg/resnext29_8x64d 0.5 40 1 64 - - 200 -
+tfkd_reg/shufflenet_v2 0.95 10 1 128 - - 200 72.09
+tfkd_self/densenet121_from_densenet121 0.9 20 50 100 128 - 200 80.26
+tfkd_self/googlenet_from_googlenet 0.4 20 50 64 64 - 200 80.17
+tfkd_self/imagenet_densenet121_from_imagenet_densenet121 0.9 20 50 512 512 - 90 -
+tfkd_self/imagenet_mobilenet_v2_from_imagenet_mobilenet_v2 0.95 20 1 512 512 - 90 -
+tfkd_self/imagenet_resnet50_from_imagenet_resnet50 0.95 6 1 512 512 - 90 -
+tfkd_self/mobilenet_v2_from_mobilenet_v2 0.95 20 1 128 128 - 200 70.96
+tfkd_self/resnet18_from_resnet18 0.95 6 50 128 128 - 200 77.1
+tfkd_self/resnet50_from_resnet50 0.95 6 1 128 128 - 200 -
+tfkd_self/resnext29_8x64d_from_resnext29_8x64d 0.9 20 100 64 64 - 200 82.08
+tfkd_self/shufflenet_v2_from_shufflenet_v2 0.95 20 1 128 128 - 200 72.23
+"""
+
+
+def _field(text):
+    if text == "-":
+        return None
+    return float(text) if "." in text else int(text)
+
+
+def test_registry_is_the_data_file_and_nothing_else():
+    names = (
+        "alpha",
+        "temperature",
+        "multiplier",
+        "batch_size",
+        "teacher_batch_size",
+        "teacher_epochs",
+        "epochs",
+        "published_accuracy",
+    )
+    expected = {}
+    for line in FROZEN_REGISTRY.strip().splitlines():
+        exp_id, *values = line.split()
+        expected[exp_id] = dict(zip(names, map(_field, values), strict=True))
+    got = {
+        exp_id: {name: getattr(exp, name) for name in names}
+        for exp_id, exp in experiments.REGISTRY.items()
+    }
+    assert got == expected
+    # Loading the packaged file again gives the same registry, row for row.
+    path = importlib.resources.files("keras_tfkd") / experiments.DATA_FILE
+    tables = json.loads(path.read_text(encoding="utf-8"))
+    assert dict(experiments.load_registry(tables)) == dict(experiments.REGISTRY)
+    assert sum(len(t["rows"]) for t in tables.values()) == len(expected) == 69
+
+
+def test_the_written_out_values_follow_the_derivation_rules():
+    reg = experiments.REGISTRY
+    for exp in reg.values():
+        if exp.teacher_source in ("trained", "early") and exp.protocol == "cifar":
+            # a teacher trains with the batch size of its own baseline row
+            teacher = reg[f"baseline/{exp.teacher}"]
+            assert exp.teacher_batch_size == teacher.batch_size, exp.id
+        if exp.method == "lsr":
+            assert exp.batch_size == reg[f"baseline/{exp.student}"].batch_size
+        if exp.method == "dekd":  # the KD row of the pair, or the student's first
+            twin = f"kd/{exp.student}_from_{exp.teacher}"
+            kd_rows = [e for e in reg.values() if e.method == "kd"]
+            first = next(e for e in kd_rows if e.student == exp.student)
+            row = reg.get(twin, first)
+            assert (exp.alpha, exp.temperature, exp.batch_size) == (
+                row.alpha,
+                row.temperature,
+                row.batch_size,
+            ), exp.id
+        if exp.protocol == "imagenet" and exp.method in ("tfkd_self", "tfkd_reg"):
+            cifar = reg[exp.source.rsplit(" of ", 1)[1]]
+            assert (exp.alpha, exp.temperature, exp.multiplier) == (
+                cifar.alpha,
+                cifar.temperature,
+                cifar.multiplier,
+            ), exp.id
+
+
+def _table(columns, *rows, common=None):
+    return {"t": {"common": common or {}, "columns": columns, "rows": list(rows)}}
+
+
+@pytest.mark.parametrize(
+    "tables,words",
+    [
+        (
+            _table(["student", "alfa"], ["resnet18", 0.1], common={"method": "lsr"}),
+            ["row 1", "unknown field 'alfa'", "alpha"],
+        ),
+        (
+            _table(
+                ["method", "student", "alpha", "temperature"],
+                ["tfkd_reg", "resnet18", 0.1, 20],
+                ["tfkd_reg", "resnet50", "0.1", 20],
+            ),
+            ["row 2", "resnet50", "`alpha` must be a number", "'0.1'"],
+        ),
+        (
+            _table(["method", "student"], ["baseline", "mlp", 128]),
+            ["row 1", "3 values for 2 columns"],
+        ),
+        (
+            _table(["method", "student"], ["baseline", "mlp"], ["baseline", "mlp"]),
+            ["row 2", "duplicate", "baseline/mlp"],
+        ),
+        (
+            _table(["method", "student", "id"], ["baseline", "mlp", "x/y"]),
+            ["row 1", "unknown field 'id'"],
+        ),
+        ({"t": {"colums": [], "rows": []}}, ["table 't'", "colums"]),
+    ],
+)
+def test_a_malformed_row_names_the_table_row_and_field(tables, words):
+    with pytest.raises(experiments.RegistryError) as info:
+        experiments.load_registry(tables)
+    message = str(info.value)
+    assert message.startswith(f"{experiments.DATA_FILE}, table 't'")
+    for word in words:
+        assert word in message
+
+
 # ------------------------------------------------------------ K translation
 _model = fixed_logits_model
 
@@ -289,14 +472,18 @@ def test_at_k100_the_experiment_is_the_reference_recipe(exp_id):
     got = _loss(_build(exp, z_s, z_t), x, y)
     a, t, m = exp.alpha, exp.temperature, exp.multiplier
     if exp.method == "tfkd_reg":
-        recipe = recipes.tfkd_reg(_model(z_s, "s2"), 100, a, t, multiplier=m)
+        recipe = recipes.tfkd_reg(
+            _model(z_s, "s2"), 100, alpha=a, temperature=t, multiplier=m
+        )
         expected = ref.tfkd_reg(z_s, y, a, t, m)
     else:
         student, teacher = _model(z_s, "s2"), _model(z_t, "t2")
         if exp.method == "tfkd_self":
-            recipe = recipes.tfkd_self(student, teacher, a, t, multiplier=m)
+            recipe = recipes.tfkd_self(
+                student, teacher, alpha=a, temperature=t, multiplier=m
+            )
         else:
-            recipe = recipes.kd(student, teacher, a, t)
+            recipe = recipes.kd(student, teacher, alpha=a, temperature=t)
         expected = ref.kd(z_s, z_t, y, a, t, m)
     np.testing.assert_allclose(got, _loss(recipe, x, y), rtol=1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
