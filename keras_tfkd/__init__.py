@@ -11,7 +11,9 @@ Public API:
 * `keras_tfkd.teachers` - `VirtualTeacher`, `UniformTeacher`, `CachedTeacher`.
 * `keras_tfkd.recipes` - `baseline`, `label_smoothing`, `kd`, `tfkd_self`,
   `tfkd_reg`.
-* `keras_tfkd.models`, `keras_tfkd.data`, `keras_tfkd.schedules`,
+* `keras_tfkd.data` - data sets and `pipeline` (NumPy `PyDataset` or
+  ``tf.data``); `keras_tfkd.augment` - the reference augmentations in NumPy.
+* `keras_tfkd.models`, `keras_tfkd.schedules`,
   `keras_tfkd.callbacks`, `keras_tfkd.experiments`, `keras_tfkd.workflows`.
 
 Every name is imported on first use, so `import keras_tfkd` does not import
@@ -28,6 +30,8 @@ _MODULES = {
     "teachers",
     "models",
     "data",
+    "augment",
+    "pydataset",
     "schedules",
     "callbacks",
     "experiments",
