@@ -559,10 +559,18 @@ def build_cases(kind, settings, num_classes, clock):
         return build_model(kind, settings, num_classes, "student", seed=1)
 
     def kd(teacher):
-        return recipes.kd(student(), teacher, KD_ALPHA, KD_T, kl_reduction="batchmean")
+        return recipes.kd(
+            student(),
+            teacher,
+            alpha=KD_ALPHA,
+            temperature=KD_T,
+            kl_reduction="batchmean",
+        )
 
     def tfkd_self(teacher):
-        return recipes.tfkd_self(student(), teacher, SELF_ALPHA, SELF_T, SELF_M)
+        return recipes.tfkd_self(
+            student(), teacher, alpha=SELF_ALPHA, temperature=SELF_T, multiplier=SELF_M
+        )
 
     teacher = build_model(kind, settings, num_classes, "teacher", seed=2)
     self_teacher = build_model(kind, settings, num_classes, "self", seed=3)
@@ -573,7 +581,7 @@ def build_cases(kind, settings, num_classes, clock):
         model.compile(optimizer=_optimizer(), loss=_hard_loss())
     models.update(
         tfkd_reg=recipes.tfkd_reg(
-            student(), num_classes, REG_ALPHA, REG_T, multiplier=REG_M
+            student(), num_classes, alpha=REG_ALPHA, temperature=REG_T, multiplier=REG_M
         ),
         label_smoothing=recipes.label_smoothing(student()),
         kd=kd(teacher),
@@ -722,7 +730,9 @@ def soft_term_rows(config, student_step):
         y = rng.integers(0, k, n).astype("int32")
         plain = _logits_student(k)
         plain.compile(optimizer=_optimizer(), loss=_hard_loss())
-        reg = recipes.tfkd_reg(_logits_student(k), k, REG_ALPHA, REG_T, REG_M)
+        reg = recipes.tfkd_reg(
+            _logits_student(k), k, alpha=REG_ALPHA, temperature=REG_T, multiplier=REG_M
+        )
         reg.compile(optimizer=_optimizer())
         cases = [
             Case("plain", plain, x, y, batch, clock),

@@ -1,9 +1,30 @@
-"""The one place where keras-tfkd runs backend-specific code.
+"""Backend-specific code of the training path, fenced in one module.
 
-Everything else in the package is written with `keras.ops` and runs unchanged
-on TensorFlow, JAX and PyTorch. A fast path lives here only where
-``benchmarks/run.py`` measured that it matters; ``benchmarks/README.md`` has
-the numbers.
+The package is written with `keras.ops` and runs unchanged on TensorFlow,
+JAX and PyTorch. What must differ by backend lives in a few fences, each the
+only module allowed to branch on ``keras.backend.backend()`` or import a
+backend framework for its job:
+
+* this module: the frozen-teacher forward pass (`frozen_forward`, a PyTorch
+  fast path), JAX's persistent compilation cache (`jax_compilation_cache`,
+  behind `workflows.compilation_cache`) and TensorFlow's deterministic
+  kernels (`enable_op_determinism`, behind `workflows.deterministic`);
+* `keras_tfkd.distribution`: each backend's data-parallel engine;
+* `keras_tfkd._tfdata`: the tf.data input pipeline, the only data module
+  that imports TensorFlow (`keras_tfkd.data.pipeline_engine` picks it on the
+  TensorFlow backend);
+* one tf.data function outside these: `keras_tfkd.validation`'s label checks
+  mapped over a user's `tf.data.Dataset`. It runs only when such a dataset is
+  given (TensorFlow is then loaded already, on any backend) and branches on
+  the input's type, not on the backend.
+
+Private Keras (``keras.src``, underscored attributes) is fenced apart from
+these, in `keras_tfkd._keras_compat`; the PyTorch path below reaches the
+functional graph only through it. Recording or printing the backend's name
+(result records, the CLI's checks) is not a branch and happens anywhere.
+
+A fast path lives here only where ``benchmarks/run.py`` measured that it
+matters; ``benchmarks/README.md`` has the numbers.
 
 `frozen_forward(model, x)` is the forward pass of a frozen teacher. On
 TensorFlow and JAX it is exactly ``model(x, training=False)``: it is traced
@@ -26,9 +47,14 @@ never stale.
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import keras
 
-__all__ = ["frozen_forward"]
+from keras_tfkd import _keras_compat
+
+__all__ = ["enable_op_determinism", "frozen_forward", "jax_compilation_cache"]
 
 
 def frozen_forward(model, inputs):
@@ -53,6 +79,71 @@ def frozen_forward(model, inputs):
 
 
 # --------------------------------------------------------------------------
+# JAX: the persistent compilation cache
+# --------------------------------------------------------------------------
+
+_JAX_CACHE_OPTIONS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@contextlib.contextmanager
+def jax_compilation_cache(directory):
+    """On JAX, keep XLA compilations in `directory`; elsewhere do nothing.
+
+    The implementation of `keras_tfkd.workflows.compilation_cache` (see
+    there). Yields True if the cache is in use (JAX), else False. The previous
+    JAX settings are restored on exit.
+    """
+    if keras.backend.backend() != "jax":
+        yield False
+        return
+    import jax
+
+    def reset():
+        try:  # a cache initialised before the directory was set ignores it
+            from jax.experimental.compilation_cache import compilation_cache as cc
+
+            cc.reset_cache()
+        except (ImportError, AttributeError):  # pragma: no cover - other versions
+            pass
+
+    previous = {name: getattr(jax.config, name) for name in _JAX_CACHE_OPTIONS}
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    reset()
+    try:
+        yield True
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        reset()
+
+
+# --------------------------------------------------------------------------
+# TensorFlow: deterministic kernels
+# --------------------------------------------------------------------------
+
+
+def enable_op_determinism():
+    """On TensorFlow, deterministic kernels for the rest of the process.
+
+    ``tf.config.experimental.enable_op_determinism()``: without it some TF
+    kernels (e.g. multi-threaded reductions) may sum in a different order
+    from run to run. JAX and PyTorch on CPU are deterministic once seeded:
+    there this does nothing. Used by `keras_tfkd.workflows.deterministic`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------
 # PyTorch
 # --------------------------------------------------------------------------
 
@@ -70,29 +161,25 @@ def _torch_frozen_forward(model, inputs):
 
 def _functional_graph(model):
     """The functional graph of `model` that the torch path can run, or None."""
-    from keras.src.models.functional import Functional
-
     if isinstance(model, keras.Sequential):
-        model = getattr(model, "_functional", None)
-    if not isinstance(model, Functional):
+        model = _keras_compat.sequential_graph(model)
+    if not _keras_compat.is_functional(model):
         return None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return None
-    if not hasattr(model, "_run_through_graph"):  # pragma: no cover - Keras layout
+    if not _keras_compat.has_graph_runner(model):  # pragma: no cover - Keras layout
         return None
     return model
 
 
 def _run_graph(model, x):
-    from keras.src.models.functional import operation_fn
-
     def fast(operation):
         handler = _torch_handler(operation)
         if handler is not None:
             return handler
-        return operation_fn(operation, training=False)
+        return _keras_compat.graph_operation_fn(operation, training=False)
 
-    outputs = model._run_through_graph([x], operation_fn=fast)
+    outputs = _keras_compat.run_through_graph(model, [x], fast)
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 

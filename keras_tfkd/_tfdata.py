@@ -19,7 +19,7 @@ import numpy as np
 from keras_tfkd import augment as augment_lib
 from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
 
-__all__ = ["build"]
+__all__ = ["build", "with_label_checks"]
 
 
 def build(
@@ -103,6 +103,45 @@ def build(
 
     batches = batches.map(finish, num_parallel_calls=autotune)
     return batches.prefetch(autotune)
+
+
+def with_label_checks(dataset, num_classes):
+    """A user's ``tf.data.Dataset`` whose labels are checked batch by batch.
+
+    Integer labels outside ``[0, num_classes)`` raise in the input pipeline
+    (used by `keras_tfkd.validation.check_fit_data`).
+    """
+    import tensorflow as tf
+
+    def check(*batch):
+        y = batch[1] if len(batch) > 1 else None
+        if y is None:
+            return batch
+        if y.dtype.is_floating and (len(y.shape) < 2 or y.shape[-1] == 1):
+            raise ValueError(
+                f"The dataset yields labels of dtype {y.dtype.name}; class labels "
+                "must be integers or one-hot rows."
+            )
+        checks = []
+        if not y.dtype.is_floating and num_classes is not None:
+            checks.append(
+                tf.debugging.assert_less(
+                    tf.cast(y, tf.int64),
+                    tf.constant(num_classes, tf.int64),
+                    message=f"labels must be in [0, {num_classes})",
+                )
+            )
+            checks.append(
+                tf.debugging.assert_non_negative(
+                    tf.cast(y, tf.int64), message="labels must be >= 0"
+                )
+            )
+        if not checks:
+            return batch
+        with tf.control_dependencies(checks):
+            return tuple(tf.identity(t) if i == 1 else t for i, t in enumerate(batch))
+
+    return dataset.map(check)
 
 
 def tensorflow():

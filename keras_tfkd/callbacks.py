@@ -201,7 +201,7 @@ class AlphaScheduler(_VariableScheduler):
 class TemperatureScheduler(_VariableScheduler):
     """Sets the Distiller's soft-target temperature ``T`` at each epoch begin.
 
-    The variable set is `Distiller.temperature_variable`: the teacher-side
+    The variable set is `Distiller.teacher_temperature_variable`: the teacher-side
     temperature of the first soft loss that has one. For normal KD and
     Tf-KD_self the teacher and student share that variable (and the ``T^2``
     factor follows it); for Tf-KD_reg it is the virtual teacher's ``T`` (the
@@ -230,7 +230,7 @@ class TemperatureScheduler(_VariableScheduler):
     key = "temperature"
 
     def _variable(self):
-        variable = getattr(self.model, "temperature_variable", None)
+        variable = getattr(self.model, "teacher_temperature_variable", None)
         if variable is None:
             raise ValueError(
                 "TemperatureScheduler needs a keras_tfkd.Distiller with a soft "
@@ -678,7 +678,7 @@ class SoftTargetMonitor(keras.callbacks.Callback):
         if self._logits is None:
             self._logits = self._teacher_logits()
         if temperature is None:
-            temperature = getattr(self.model, "temperature", None) or 1.0
+            temperature = getattr(self.model, "teacher_temperature", None) or 1.0
         p = _softmax(self._logits / float(temperature))
         rows = np.arange(len(self.y))
         entropy = -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=-1)
@@ -890,6 +890,10 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self.state_fn = state
         self.guard = guard
         self._restored = False
+        # Own state and saving only: every hook of BackupAndRestore is
+        # overridden below, so none of its private state or files is used
+        # (tests/test_keras_compat.py checks that no hook is left over).
+        self._backup_epoch = 0
 
     @classmethod
     def read_state(cls, backup_dir):
@@ -936,7 +940,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 f"Delete the folder {self.backup_dir!r} to start this run again "
                 "from scratch."
             ) from e
-        self._current_epoch = int(meta["epoch"])
+        self._backup_epoch = int(meta["epoch"])
 
     def on_train_batch_end(self, batch, logs=None):
         pass  # epoch-end backups only: a resumed epoch must restart whole
@@ -944,11 +948,11 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.tripped:
             return
-        self._current_epoch = epoch + 1
-        self._save_model()
+        self._backup_epoch = epoch + 1
+        self._save_backup()
 
-    def _save_model(self):
-        epoch = self._current_epoch
+    def _save_backup(self):
+        epoch = self._backup_epoch
         name = f"epoch-{epoch}.weights.h5"
         path = os.path.join(self.backup_dir, name)
         _write_atomic(path, lambda tmp: self.model.save_weights(tmp, overwrite=True))

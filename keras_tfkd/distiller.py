@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_tfkd import _keras_compat, validation
 from keras_tfkd import teachers as teachers_lib
-from keras_tfkd import validation
-
-try:  # Keras's own helper: undo the 1/replicas scaling of a loss for logging.
-    from keras.src.losses.loss import unscale_loss_for_distribution
-except ImportError:  # pragma: no cover - older or newer Keras layout
-
-    def unscale_loss_for_distribution(value):
-        return value
-
 
 __all__ = ["Distiller"]
 
@@ -51,25 +46,132 @@ def _as_loss_list(soft_loss):
     return resolved
 
 
-_LOGITS_LOSSES = {
-    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
-    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
-}
+def _keras_loss_class(function):
+    """The `keras.losses.Loss` class of a Keras loss function, or None."""
+    key = getattr(function, "__name__", "").replace("_", "").lower()
+    for name in dir(keras.losses):
+        obj = getattr(keras.losses, name)
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, keras.losses.Loss)
+            and name.lower() == key
+        ):
+            return obj
+    return None
+
+
+def _takes_from_logits(resolved):
+    if isinstance(resolved, keras.losses.Loss):
+        target = type(resolved).__init__
+    else:
+        target = resolved
+    try:
+        return "from_logits" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+
+
+def _logits_loss_message(loss, resolved):
+    cls = (
+        type(resolved)
+        if isinstance(resolved, keras.losses.Loss)
+        else _keras_loss_class(resolved)
+    )
+    class_name = "SparseCategoricalCrossentropy" if cls is None else cls.__name__
+    given = repr(loss) if isinstance(loss, str) else f"keras.losses.{loss.__name__}"
+    return (
+        f"loss={given} is refused: in Keras it means from_logits=False (the "
+        "predictions are probabilities), but a Distiller's student outputs "
+        "logits. Pass the loss object instead, e.g. "
+        f"loss=keras.losses.{class_name}(from_logits=True), or leave loss=None "
+        "for cross-entropy on logits (sparse for integer labels, categorical "
+        "for one-hot labels)."
+    )
 
 
 def _resolve_hard_loss(loss):
+    """The hard loss as a `keras.losses.Loss` (None: CE on logits, chosen per batch).
+
+    A string or Keras loss function keeps Keras's meaning (``keras.losses.get``,
+    as its `keras.losses.Loss` class with default arguments), except the
+    losses with a ``from_logits`` flag (the cross-entropies): Keras reads them
+    as ``from_logits=False``, which is wrong for the student's logits, and
+    reading them as ``from_logits=True`` would silently differ from Keras, so
+    they are refused with a message naming the loss object to pass.
+    """
     if loss is None or isinstance(loss, keras.losses.Loss):
         return loss
     if isinstance(loss, dict):
         return keras.saving.deserialize_keras_object(loss)
-    if isinstance(loss, str) and loss in _LOGITS_LOSSES:
-        # The student outputs logits: the string names mean "on logits" here.
-        return _LOGITS_LOSSES[loss](from_logits=True)
     resolved = keras.losses.get(loss)
-    if not isinstance(resolved, keras.losses.Loss):
-        # A plain function: wrap it so it gets Keras's reduction and weighting.
-        resolved = keras.losses.LossFunctionWrapper(resolved)
-    return resolved
+    if _takes_from_logits(resolved):
+        raise ValueError(_logits_loss_message(loss, resolved))
+    if isinstance(resolved, keras.losses.Loss):
+        return resolved
+    cls = _keras_loss_class(resolved)
+    if cls is None:
+        raise TypeError(
+            "`loss` must be a keras.losses.Loss (on the student's logits and the "
+            f"labels), a Keras loss name or None, got loss={loss!r}. Wrap a "
+            "custom function in a keras.losses.Loss subclass."
+        )
+    return cls()
+
+
+#: keras.distillation.Distiller's own arguments, refused here with a pointer.
+_KERAS_DISTILLER_ARGUMENTS = (
+    "distillation_losses",
+    "distillation_loss_weights",
+    "student_loss_weight",
+)
+
+
+def _positional_models_message(args):
+    kinds = ", ".join(type(arg).__name__ for arg in args)
+    return (
+        f"Distiller takes its arguments by keyword only, got {len(args)} "
+        f"positional argument(s) ({kinds}). Write "
+        "Distiller(student=..., teacher=..., soft_loss=..., alpha=...): `student` "
+        "is the model being trained, `teacher` the frozen one. "
+        "keras.distillation.Distiller takes them positionally in the opposite "
+        "order (teacher, student), so a positional call could silently train "
+        "the teacher."
+    )
+
+
+def _warn_renamed(old, new, *, setting=False):
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    if not setting and caller.startswith(_FRAMEWORK_MODULES):
+        # Keras reads every attribute when it saves or tracks a model: that
+        # is no use of the old name.
+        return
+    warnings.warn(
+        f"`Distiller.{old}` is deprecated and will be removed in the next "
+        f"release: use `Distiller.{new}`. It is the temperature of the teacher "
+        "side (SoftTargetKL.teacher_temperature), while SoftTargetKL.temperature "
+        "is the student's.",
+        DeprecationWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def _user_stacklevel():
+    """The `stacklevel` of the first caller outside this module and Keras.
+
+    An attribute assignment reaches a property setter through Keras's (and on
+    TensorFlow, tf.Module's) ``__setattr__``: the warning should name the
+    user's line, not theirs.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != __name__ and not module.startswith(_FRAMEWORK_MODULES):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+_FRAMEWORK_MODULES = ("keras.", "tensorflow.", "tf_keras.", "torch.", "jax.")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
@@ -99,21 +201,28 @@ class Distiller(keras.Model):
     `keras_tfkd.callbacks.AlphaScheduler`) takes effect at the next step
     without retracing.
 
+    Every argument is keyword-only: ``Distiller(student=..., teacher=...)``.
+    (`keras.distillation.Distiller` takes ``(teacher, student)`` positionally,
+    the opposite order; a positional call here raises a `TypeError` rather than
+    risk training the teacher.)
+
     Args:
         student: the `keras.Model` being trained; outputs logits ``(N, K)``.
         teacher: a logits `keras.Model`, a `Teacher`, or None.
         soft_loss: a `keras.losses.Loss` or a list of them; defaults to
             `SoftTargetKL()` (batch-mean KL at T = 1) when there is a teacher.
         alpha: weight of the soft term, in [0, 1].
-        hard_loss: loss against the labels (overridden by `compile(loss=...)`).
+        hard_loss: loss against the labels (overridden by `compile(loss=...)`);
+            a `keras.losses.Loss` on logits. Cross-entropy names are refused,
+            see `compile`.
 
     Example:
 
     ```python
     from keras_tfkd import Distiller, losses, teachers
     distiller = Distiller(
-        student,
-        teachers.VirtualTeacher(num_classes=10, correct_prob=0.99),
+        student=student,
+        teacher=teachers.VirtualTeacher(num_classes=10, correct_prob=0.99),
         soft_loss=losses.SoftTargetKL(temperature=1.0, teacher_temperature=20.0,
                                       temperature_squared=False),
         alpha=0.5,
@@ -126,15 +235,30 @@ class Distiller(keras.Model):
 
     def __init__(
         self,
-        student,
+        *args,
+        student=None,
         teacher=None,
-        *,
         soft_loss=None,
         alpha=0.5,
         hard_loss=None,
         name="distiller",
         **kwargs,
     ):
+        if args:
+            raise TypeError(_positional_models_message(args))
+        keras_names = sorted(set(kwargs) & set(_KERAS_DISTILLER_ARGUMENTS))
+        if keras_names:
+            raise TypeError(
+                f"Distiller got {', '.join(f'`{n}`' for n in keras_names)}, an "
+                "argument of keras.distillation.Distiller: here the soft term is "
+                "`soft_loss=` (a keras.losses.Loss or a list of them) and its "
+                "weight `alpha=` (the hard term weighs 1 - alpha)."
+            )
+        if student is None:
+            raise TypeError(
+                "Distiller needs `student=`: Distiller(student=..., teacher=..., "
+                "soft_loss=..., alpha=...)."
+            )
         super().__init__(name=name, **kwargs)
         if not isinstance(student, keras.Model):
             raise TypeError(
@@ -212,11 +336,14 @@ class Distiller(keras.Model):
         return self._alpha
 
     @property
-    def temperature_variable(self):
-        """The teacher-side temperature of the first soft loss that has one.
+    def teacher_temperature_variable(self):
+        """The teacher-side temperature ``T_t`` of the first soft loss that has one.
 
-        For losses whose two sides share a temperature (normal KD) this is
-        that shared variable; for Tf-KD_reg it is the virtual teacher's ``T``.
+        This is `SoftTargetKL.teacher_temperature` (the temperature that
+        softens the teacher's logits), not `SoftTargetKL.temperature` (the
+        student's). For losses whose two sides share a temperature (normal KD,
+        Tf-KD_self) it is that shared variable; for Tf-KD_reg it is the virtual
+        teacher's ``T`` (the student side stays at 1). None without one.
         """
         for loss in self.soft_losses:
             var = getattr(loss, "teacher_temperature", None)
@@ -225,13 +352,14 @@ class Distiller(keras.Model):
         return None
 
     @property
-    def temperature(self):
-        var = self.temperature_variable
+    def teacher_temperature(self):
+        """The value of `teacher_temperature_variable` (a float or None); assignable."""
+        var = self.teacher_temperature_variable
         return None if var is None else float(var.numpy())
 
-    @temperature.setter
-    def temperature(self, value):
-        var = self.temperature_variable
+    @teacher_temperature.setter
+    def teacher_temperature(self, value):
+        var = self.teacher_temperature_variable
         if var is None:
             raise ValueError("This Distiller has no soft loss with a temperature.")
         if (
@@ -240,13 +368,48 @@ class Distiller(keras.Model):
             or value <= 0
         ):
             raise ValueError(
-                f"`temperature` must be a finite number > 0, got temperature={value!r}."
+                "`teacher_temperature` must be a finite number > 0, got "
+                f"teacher_temperature={value!r}."
             )
         var.assign(float(value))
 
+    # Deprecated names (0.x; removed in the next release): `temperature` read
+    # like `SoftTargetKL.temperature`, which is the *student's* temperature.
+    @property
+    def temperature_variable(self):
+        """Deprecated alias of `teacher_temperature_variable`."""
+        _warn_renamed("temperature_variable", "teacher_temperature_variable")
+        return self.teacher_temperature_variable
+
+    @property
+    def temperature(self):
+        """Deprecated alias of `teacher_temperature`."""
+        _warn_renamed("temperature", "teacher_temperature")
+        return self.teacher_temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        _warn_renamed("temperature", "teacher_temperature", setting=True)
+        self.teacher_temperature = value
+
     # ------------------------------------------------------------ keras.Model
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile`; `loss` is the hard loss (default: CE on logits)."""
+        """`keras.Model.compile`; `loss` is the hard loss (default: CE on logits).
+
+        `loss` is a `keras.losses.Loss` applied to the student's *logits* and
+        the labels; None (the default) picks cross-entropy on logits, sparse
+        for integer labels and categorical for one-hot ones. A Keras loss name
+        or function (``"mse"``, ``"huber"``, ...) keeps its Keras meaning
+        (``keras.losses.get``). The cross-entropies, the losses with a
+        ``from_logits`` flag (``"sparse_categorical_crossentropy"``,
+        ``"categorical_crossentropy"``, ``"binary_crossentropy"``, the focal
+        ones, by name or as functions), raise a `ValueError`: in Keras they
+        mean ``from_logits=False``, wrong on logits, and reading them as
+        ``from_logits=True`` instead would give them another meaning than in
+        Keras, silently. Pass the object, e.g.
+        ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``.
+        Other functions raise a `TypeError` (wrap them in a `keras.losses.Loss`).
+        """
         if loss is not None:
             self.hard_loss = _resolve_hard_loss(loss)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
@@ -293,13 +456,15 @@ class Distiller(keras.Model):
         alpha = ops.convert_to_tensor(self._alpha)
         total = (1.0 - alpha) * hard + alpha * soft
         for extra in self.losses:
-            total = total + ops.cast(self._aggregate_additional_loss(extra), "float32")
+            total = total + ops.cast(
+                _keras_compat.aggregate_additional_loss(self, extra), "float32"
+            )
         batch = ops.shape(y_pred)[0]
         self.hard_loss_tracker.update_state(
-            unscale_loss_for_distribution(hard), sample_weight=batch
+            _keras_compat.unscale_loss_for_distribution(hard), sample_weight=batch
         )
         self.soft_loss_tracker.update_state(
-            unscale_loss_for_distribution(soft), sample_weight=batch
+            _keras_compat.unscale_loss_for_distribution(soft), sample_weight=batch
         )
         return total
 
@@ -339,4 +504,4 @@ class Distiller(keras.Model):
         teacher = config.pop("teacher")
         teacher = None if teacher is None else de(teacher)
         soft = [de(c) for c in config.pop("soft_loss", [])]
-        return cls(student, teacher, soft_loss=soft or None, **config)
+        return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)

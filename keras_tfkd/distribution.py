@@ -6,7 +6,9 @@ path works everywhere::
 
     dist = get_distribution()            # all devices of this machine
     with dist.scope():
-        distiller = recipes.tfkd_reg(build_student(), 100, 0.1, 20.0, 100.0)
+        distiller = recipes.tfkd_reg(
+            build_student(), 100, alpha=0.1, temperature=20.0, multiplier=100.0
+        )
         distiller.compile(optimizer="sgd")
         distiller.fit(x, y, batch_size=128)   # 128 is the *global* batch
 
@@ -41,6 +43,13 @@ JAX), and the global batch must divide evenly by the number of devices.
 Everything that owns variables (student, teacher model, `Distiller`, the soft
 losses with their temperature variables, the optimizer) must be created inside
 ``scope()``; `fit`/`evaluate`/`predict` may run inside or outside it.
+
+This module is a backend fence, like `keras_tfkd._backend`: picking and
+driving each backend's own data-parallel engine is all it does, so its
+backend branches (``keras.backend.backend()`` tests) and its lazy imports of
+``jax``, ``tensorflow`` and ``torch`` live here, next to the table above,
+instead of in `_backend`. The rest of the package (the CLI) reaches the
+engines only through `get_distribution` and `Distribution.scope`.
 """
 
 from __future__ import annotations

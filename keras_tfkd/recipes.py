@@ -27,9 +27,37 @@ which means the same at any ``K``; to carry a published setting tuned at
 ``K_ref = 100`` to another ``K`` with unchanged meaning, use
 ``multiplier_batchmean = multiplier / K_ref`` — `translate_multiplier` does this,
 and `keras_tfkd.experiments` applies it.
+
+**Arguments.** Every recipe reads ``recipe(models..., *, hyper-parameters...)``:
+the models are positional, the student first, then the teacher (`kd`,
+`tfkd_self`) or the number of classes (`label_smoothing`, `tfkd_reg`); every
+hyper-parameter (`alpha`, `temperature`, `multiplier`, `correct_prob`,
+`epsilon`, `kl_reduction`) is keyword-only::
+
+    kd(student, teacher, alpha=0.95, temperature=20.0)
+    tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0, multiplier=50.0)
+    tfkd_reg(student, 100, alpha=0.1, temperature=20.0, multiplier=100.0)
+
+Keyword-only, rather than all positional in one order, because the
+hyper-parameters are bare floats whose swaps are mostly valid, so they would
+train the wrong method without an error (``tfkd_self(s, t, 0.95, 50.0, 6.0)``
+would mean T = 50 and m = 6); the published tables name them; and the
+`Distiller` itself is keyword-only. The model arguments stay positional:
+there are two at most, in one order everywhere (the student first, as the
+`Distiller` names it; unlike ``keras.distillation.Distiller(teacher,
+student)``), and an int `num_classes` is checked against the student.
+
+Until 0.x's next release the previous positional style (``kd(s, t, 0.9, 4.0)``,
+``tfkd_self(s, t, alpha, T, m)``, ``tfkd_reg(s, K, alpha, T, m, a)``,
+``label_smoothing(s, K, eps)``) still works, in the old order, and emits a
+`DeprecationWarning` that spells out the keyword call.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import warnings
 
 from keras_tfkd.distiller import Distiller
 from keras_tfkd.losses import LabelSmoothingCrossEntropy, SoftTargetKL
@@ -75,6 +103,48 @@ def _check_multiplier(multiplier):
     return float(multiplier)
 
 
+def _positional_hyperparameters_deprecated(*old_order):
+    """Accept the hyper-parameters positionally, in `old_order`, for one release."""
+
+    def decorate(recipe):
+        params = inspect.signature(recipe).parameters.values()
+        models = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+
+        @functools.wraps(recipe)
+        def wrapper(*args, **kwargs):
+            extra = args[len(models) :]
+            if not extra:
+                return recipe(*args, **kwargs)
+            if len(extra) > len(old_order):
+                raise TypeError(
+                    f"recipes.{recipe.__name__}() takes {len(models)} positional "
+                    f"argument(s) ({', '.join(models)}) and keyword-only "
+                    f"hyper-parameters, got {len(args)} positional arguments."
+                )
+            names = old_order[: len(extra)]
+            for name in names:
+                if name in kwargs:
+                    raise TypeError(
+                        f"recipes.{recipe.__name__}() got multiple values for "
+                        f"argument {name!r}."
+                    )
+            given = ", ".join(f"{n}={v!r}" for n, v in zip(names, extra))
+            warnings.warn(
+                f"recipes.{recipe.__name__}: passing {', '.join(names)} "
+                "positionally is deprecated and will be refused in the next "
+                "release; the hyper-parameters are keyword-only: "
+                f"{recipe.__name__}({', '.join(models)}, {given}, ...).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs.update(zip(names, extra))
+            return recipe(*args[: len(models)], **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def translate_multiplier(multiplier, reference_num_classes=REFERENCE_NUM_CLASSES):
     """A reference (``KLm``) multiplier as a batch-mean one with the same meaning.
 
@@ -91,10 +161,11 @@ def baseline(student):
 
     >>> distiller = baseline(student)  # doctest: +SKIP
     """
-    return Distiller(student, None, alpha=0.0, name="baseline")
+    return Distiller(student=student, teacher=None, alpha=0.0, name="baseline")
 
 
-def label_smoothing(student, num_classes=None, epsilon=0.1):
+@_positional_hyperparameters_deprecated("epsilon")
+def label_smoothing(student, num_classes=None, *, epsilon=0.1):
     """LSR: cross-entropy on ``q = 1-eps`` on ``y`` and ``eps/(K-1)`` elsewhere.
 
     >>> distiller = label_smoothing(student, epsilon=0.1)  # doctest: +SKIP
@@ -105,20 +176,21 @@ def label_smoothing(student, num_classes=None, epsilon=0.1):
             f"`num_classes`={num_classes} but the student predicts {k} classes."
         )
     return Distiller(
-        student,
-        None,
+        student=student,
+        teacher=None,
         alpha=0.0,
         hard_loss=LabelSmoothingCrossEntropy(epsilon),
         name="label_smoothing",
     )
 
 
+@_positional_hyperparameters_deprecated("alpha", "temperature")
 def kd(
     student,
     teacher,
+    *,
     alpha,
     temperature,
-    *,
     multiplier=1.0,
     kl_reduction="elementwise_mean",
 ):
@@ -134,12 +206,18 @@ def kd(
         kl_reduction, _num_classes(student)
     )
     loss = SoftTargetKL(temperature=temperature, scale=scale, name="kd_kl")
-    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="kd")
+    return Distiller(
+        student=student, teacher=teacher, soft_loss=loss, alpha=alpha, name="kd"
+    )
 
 
+@_positional_hyperparameters_deprecated(
+    "alpha", "temperature", "multiplier", "kl_reduction"
+)
 def tfkd_self(
     student,
     teacher,
+    *,
     alpha,
     temperature,
     multiplier=1.0,
@@ -149,7 +227,8 @@ def tfkd_self(
 
     ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` (``m = multiplier``).
 
-    >>> distiller = tfkd_self(student, trained_copy, 0.95, 6.0, 50.0)  # doctest: +SKIP
+    >>> distiller = tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0,
+    ...                       multiplier=50.0)  # doctest: +SKIP
     """
     scale = _kl_scale(kl_reduction, _num_classes(student))
     loss = SoftTargetKL(
@@ -157,12 +236,22 @@ def tfkd_self(
         scale=_check_multiplier(multiplier) * scale,
         name="tfkd_self_kl",
     )
-    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="tfkd_self")
+    return Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=loss,
+        alpha=alpha,
+        name="tfkd_self",
+    )
 
 
+@_positional_hyperparameters_deprecated(
+    "alpha", "temperature", "multiplier", "correct_prob", "kl_reduction"
+)
 def tfkd_reg(
     student,
     num_classes,
+    *,
     alpha,
     temperature,
     multiplier=1.0,
@@ -194,4 +283,10 @@ def tfkd_reg(
         temperature_squared=False,
         name="tfkd_reg_kl",
     )
-    return Distiller(student, teacher, soft_loss=loss, alpha=alpha, name="tfkd_reg")
+    return Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=loss,
+        alpha=alpha,
+        name="tfkd_reg",
+    )

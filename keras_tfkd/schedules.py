@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_tfkd import _keras_compat
+
 __all__ = [
     "CoupledSGD",
     "ReferenceSchedule",
@@ -179,7 +181,7 @@ class ReferenceSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
-class CoupledSGD(keras.optimizers.SGD):
+class CoupledSGD(_keras_compat.NoDecoupledWeightDecay, keras.optimizers.SGD):
     """SGD with momentum and *coupled* L2 weight decay, as ``torch.optim.SGD``.
 
     For each variable ``w`` with gradient ``g`` and momentum buffer ``b``
@@ -238,22 +240,17 @@ class CoupledSGD(keras.optimizers.SGD):
             **kwargs,
         )
 
-    def _apply_weight_decay(self, variables):
-        # Keras calls this for its decoupled decay; ours is coupled and lives in
-        # update_step, so nothing happens here.
-        return
-
     def update_step(self, gradient, variable, learning_rate):
         """One torch-style SGD step on ``variable``."""
         learning_rate = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
-        if self.weight_decay and self._use_weight_decay(variable):
+        if self.weight_decay and _keras_compat.uses_weight_decay(self, variable):
             wd = ops.cast(self.weight_decay, variable.dtype)
             gradient = ops.add(gradient, ops.multiply(wd, variable))
         if self.momentum == 0:
             self.assign_sub(variable, ops.multiply(learning_rate, gradient))
             return
-        buf = self.momentums[self._get_variable_index(variable)]
+        buf = self.momentums[_keras_compat.variable_index(self, variable)]
         momentum = ops.cast(self.momentum, variable.dtype)
         new_buf = ops.add(ops.multiply(momentum, buf), gradient)
         self.assign(buf, new_buf)

@@ -199,7 +199,8 @@ class CachedTeacher(Teacher):
     Example:
 
     >>> cached = CachedTeacher.from_model(teacher_model, x_train)  # doctest: +SKIP
-    >>> distiller = Distiller(student, cached, soft_loss=SoftTargetKL(4.0))
+    >>> distiller = Distiller(student=student, teacher=cached,
+    ...                       soft_loss=SoftTargetKL(4.0))  # doctest: +SKIP
     >>> distiller.fit(cached.attach(x_train), y_train)  # doctest: +SKIP
     """
 

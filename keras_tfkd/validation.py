@@ -117,47 +117,15 @@ def _check_teacher_against_inputs(distiller, x):
     teachers_lib.check_logits_values(sample, argument="teacher")
 
 
-def _tf_dataset_with_checks(dataset, num_classes):
-    import tensorflow as tf
-
-    def check(*batch):
-        y = batch[1] if len(batch) > 1 else None
-        if y is None:
-            return batch
-        if y.dtype.is_floating and (len(y.shape) < 2 or y.shape[-1] == 1):
-            raise ValueError(
-                f"The dataset yields labels of dtype {y.dtype.name}; class labels "
-                "must be integers or one-hot rows."
-            )
-        checks = []
-        if not y.dtype.is_floating and num_classes is not None:
-            checks.append(
-                tf.debugging.assert_less(
-                    tf.cast(y, tf.int64),
-                    tf.constant(num_classes, tf.int64),
-                    message=f"labels must be in [0, {num_classes})",
-                )
-            )
-            checks.append(
-                tf.debugging.assert_non_negative(
-                    tf.cast(y, tf.int64), message="labels must be >= 0"
-                )
-            )
-        if not checks:
-            return batch
-        with tf.control_dependencies(checks):
-            return tuple(tf.identity(t) if i == 1 else t for i, t in enumerate(batch))
-
-    return dataset.map(check)
-
-
 def check_fit_data(distiller, x, y, kwargs, training=True):
     """Validate `fit`/`evaluate` data; return possibly wrapped ``(x, y, kwargs)``."""
     num_classes = distiller.num_classes
     if is_dataset(x):
         spec = x.element_spec
         if isinstance(spec, tuple) and len(spec) >= 2:
-            x = _tf_dataset_with_checks(x, num_classes)
+            from keras_tfkd import _tfdata
+
+            x = _tfdata.with_label_checks(x, num_classes)
         return x, y, kwargs
     if getattr(x, "shuffles_itself", False):  # keras_tfkd.data.pipeline (NumPy)
         check_labels(x.labels, num_classes, "the pipeline's labels")

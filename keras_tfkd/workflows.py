@@ -71,10 +71,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_tfkd import _backend, schedules
 from keras_tfkd import callbacks as callbacks_lib
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
-from keras_tfkd import schedules
 
 __all__ = [
     "OPTIMIZERS",
@@ -189,7 +189,7 @@ def run_key(method, student, teacher, dataset, seed, epochs, hyperparameters):
     """The identity of a run: readable fields plus a hash of the hyper-parameters.
 
     >>> run_key("kd", "cnn_tiny", "cnn_small", "digits", 0, 5, {"alpha": 0.9})
-    'kd/cnn_tiny/cnn_small/digits/seed0/epochs5/...'  # doctest: +SKIP
+    'kd/cnn_tiny/cnn_small/digits/seed0/epochs5/...'
     """
     blob = json.dumps(hyperparameters, sort_keys=True, default=str)
     digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -332,14 +332,7 @@ def build_model(name, num_classes, input_shape):
     return models.get_model(name, num_classes, input_shape=tuple(input_shape))
 
 
-# ------------------------------------------------- the backend-specific bit
-_JAX_CACHE_OPTIONS = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-)
-
-
+# ---------------------------------------- backend-specific (in _backend.py)
 @contextlib.contextmanager
 def compilation_cache(directory):
     """JAX only: keep XLA compilations on disk and reuse them across runs.
@@ -350,36 +343,14 @@ def compilation_cache(directory):
     for the first epoch of `cnn_tiny` on digits, 1 s with this cache).
     TensorFlow (no XLA on CPU by default) and PyTorch (eager) have nothing to
     cache, and there this does nothing. The previous JAX settings are restored
-    on exit. Yields True if the cache is in use.
+    on exit. Yields True if the cache is in use. (The JAX code is
+    `keras_tfkd._backend.jax_compilation_cache`.)
 
     >>> with compilation_cache("runs/study/.jax_cache"):  # doctest: +SKIP
     ...     train(...)
     """
-    if keras.backend.backend() != "jax":
-        yield False
-        return
-    import jax
-
-    def reset():
-        try:  # a cache initialised before the directory was set ignores it
-            from jax.experimental.compilation_cache import compilation_cache as cc
-
-            cc.reset_cache()
-        except (ImportError, AttributeError):  # pragma: no cover - other versions
-            pass
-
-    previous = {name: getattr(jax.config, name) for name in _JAX_CACHE_OPTIONS}
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    reset()
-    try:
-        yield True
-    finally:
-        for name, value in previous.items():
-            jax.config.update(name, value)
-        reset()
+    with _backend.jax_compilation_cache(directory) as in_use:
+        yield in_use
 
 
 def deterministic(seed):
@@ -388,17 +359,15 @@ def deterministic(seed):
     Calls ``keras.utils.set_random_seed(seed)`` (Python, NumPy and the
     backend's generators) and, on the TensorFlow backend only,
     ``tf.config.experimental.enable_op_determinism()`` (for the rest of the
-    process): without it, some TF kernels (e.g. multi-threaded reductions) may
-    sum in a different order from run to run. JAX and PyTorch on CPU are
-    deterministic once seeded. Same seed and backend: the same results.
+    process, via `keras_tfkd._backend.enable_op_determinism`): without it,
+    some TF kernels (e.g. multi-threaded reductions) may sum in a different
+    order from run to run. JAX and PyTorch on CPU are deterministic once
+    seeded. Same seed and backend: the same results.
 
     >>> deterministic(0)  # doctest: +SKIP
     """
     keras.utils.set_random_seed(int(seed))
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    _backend.enable_op_determinism()
 
 
 # ---------------------------------------------------------------- training
@@ -1075,7 +1044,12 @@ def explain_accuracy(record):
             "learning rate or the soft term's weight (alpha, multiplier)"
         )
     k = record.get("num_classes")
-    best, final = record.get("best_test_accuracy"), record.get("test_accuracy")
+
+    def finite(value):  # a run that diverged in its first epoch has NaN here
+        return value if value is not None and math.isfinite(value) else None
+
+    best = finite(record.get("best_test_accuracy"))
+    final = finite(record.get("test_accuracy"))
     acc = best if best is not None else final
     if not k or k < 2 or acc is None:
         return lines

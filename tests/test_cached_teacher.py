@@ -52,9 +52,11 @@ def _dense(name, seed):
 
 def _live_and_cached(teacher, x, student_seed=0):
     """The same KD set-up twice: a live model teacher, and its cached logits."""
-    live = recipes.kd(_dense("live", student_seed), teacher, ALPHA, T)
+    live = recipes.kd(_dense("live", student_seed), teacher, alpha=ALPHA, temperature=T)
     cached_teacher = teachers.CachedTeacher.from_model(teacher, x, batch_size=B)
-    cached = recipes.kd(_dense("cached", student_seed), cached_teacher, ALPHA, T)
+    cached = recipes.kd(
+        _dense("cached", student_seed), cached_teacher, alpha=ALPHA, temperature=T
+    )
     for distiller in (live, cached):
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))
     return live, cached, cached_teacher
@@ -123,7 +125,9 @@ def test_shuffled_fit_keeps_each_row_of_logits_with_its_input():
     cached_teacher = teachers.CachedTeacher.from_model(teacher, x)
 
     def soft_loss(logits):
-        distiller = recipes.kd(_dense("student", seed=5), cached_teacher, 1.0, 1.0)
+        distiller = recipes.kd(
+            _dense("student", seed=5), cached_teacher, alpha=1.0, temperature=1.0
+        )
         distiller.compile(optimizer=keras.optimizers.SGD(0.0))
         packed = cached_teacher.attach(x, logits=logits)
         history = distiller.fit(packed, y, batch_size=B, shuffle=True, verbose=0)

@@ -112,7 +112,7 @@ def test_schedules_take_effect_next_epoch_without_retracing():
     )
     student = _net(0)
     distiller = _CountingDistiller(
-        student, teacher, soft_loss=SoftTargetKL(5.0), alpha=0.5
+        student=student, teacher=teacher, soft_loss=SoftTargetKL(5.0), alpha=0.5
     )
     distiller.compile(optimizer=_sgd())
     history = _fit(
@@ -134,7 +134,10 @@ def test_schedules_take_effect_next_epoch_without_retracing():
     replay = _net(0)
     for alpha, temperature in [(1.0, 2.0), (0.3, 8.0)]:
         fixed = Distiller(
-            replay, teacher, soft_loss=SoftTargetKL(temperature), alpha=alpha
+            student=replay,
+            teacher=teacher,
+            soft_loss=SoftTargetKL(temperature),
+            alpha=alpha,
         )
         fixed.compile(optimizer=_sgd())
         _fit(fixed, 1)
@@ -175,7 +178,7 @@ def test_schedule_with_two_arguments_gets_the_current_value(capsys):
         callback.on_epoch_begin(0)
         callback.on_epoch_begin(1)
     assert distiller.alpha == pytest.approx(0.2)
-    assert distiller.temperature == pytest.approx(2.0)
+    assert distiller.teacher_temperature == pytest.approx(2.0)
     logs = {}
     halve.on_epoch_end(1, logs)
     cool.on_epoch_end(1, logs)
@@ -205,7 +208,8 @@ def test_bad_scheduled_value_names_epoch_and_value(scheduler, bad):
     with pytest.raises(ValueError, match=rf"epoch=3\).*{callback.key}={bad!r}"):
         callback.on_epoch_begin(3)
     # The last valid value is kept.
-    assert getattr(distiller, callback.key) == pytest.approx(0.5)
+    attribute = {"temperature": "teacher_temperature"}.get(callback.key, callback.key)
+    assert getattr(distiller, attribute) == pytest.approx(0.5)
 
 
 @pytest.mark.gradients
@@ -410,7 +414,7 @@ def test_soft_target_monitor_with_virtual_and_uniform_teachers():
     assert on_prob == pytest.approx(0.1045, abs=1e-4)  # near uniform (docs/paper.md)
     assert "teacher_accuracy" not in values  # built from the labels
 
-    uniform = Distiller(_net(0), teachers.UniformTeacher(K), alpha=0.1)
+    uniform = Distiller(student=_net(0), teacher=teachers.UniformTeacher(K), alpha=0.1)
     monitor = cb.SoftTargetMonitor(XV, YV)
     monitor.set_model(uniform)
     monitor.on_train_begin()
@@ -422,7 +426,7 @@ def test_soft_target_monitor_with_virtual_and_uniform_teachers():
 def test_soft_target_monitor_with_a_cached_teacher_and_bad_input():
     teacher = _net(1)
     cached = teachers.CachedTeacher.from_model(teacher, XV)
-    distiller = Distiller(_net(0), cached, soft_loss=SoftTargetKL(3.0))
+    distiller = Distiller(student=_net(0), teacher=cached, soft_loss=SoftTargetKL(3.0))
     monitor = cb.SoftTargetMonitor(cached.attach(XV), YV)
     monitor.set_model(distiller)
     monitor.on_train_begin()
@@ -483,7 +487,7 @@ def test_checkpoints_of_the_student_and_of_the_whole_distiller(tmp_path):
 
     whole = keras.saving.load_model(paths["distiller_k"])
     assert isinstance(whole, Distiller)
-    assert whole.alpha == pytest.approx(0.7) and whole.temperature == 3.0
+    assert whole.alpha == pytest.approx(0.7) and whole.teacher_temperature == 3.0
     _assert_weights_equal(whole.student.get_weights(), expected, atol=0)
     _assert_weights_equal(whole.teacher.get_weights(), distiller.teacher.get_weights())
     evaluated = whole.evaluate(XV, YV, verbose=0, return_dict=True)
@@ -492,7 +496,7 @@ def test_checkpoints_of_the_student_and_of_the_whole_distiller(tmp_path):
     again = recipes.kd(_net(8), _net(9), alpha=0.1, temperature=9.0)
     again.load_weights(paths["distiller_w"])
     _assert_weights_equal(again.student.get_weights(), expected, atol=0)
-    assert again.alpha == pytest.approx(0.7) and again.temperature == 3.0
+    assert again.alpha == pytest.approx(0.7) and again.teacher_temperature == 3.0
 
 
 @pytest.mark.gradients

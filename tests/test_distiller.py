@@ -1,5 +1,7 @@
 """The Distiller in `fit`: numerics, frozen teachers, logging, saving, errors."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -59,7 +61,7 @@ def test_three_sgd_steps_of_kd_match_numpy():
     expected = _numpy_sgd_losses(
         grad, lambda z: ref.kd(z, z_t, y, alpha, t), w0, b0, x.astype("float64")
     )
-    got = _run_keras(recipes.kd(student, teacher, alpha, t), x, y)
+    got = _run_keras(recipes.kd(student, teacher, alpha=alpha, temperature=t), x, y)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
@@ -78,7 +80,9 @@ def test_three_sgd_steps_of_tfkd_reg_match_numpy():
     expected = _numpy_sgd_losses(
         grad, lambda z: ref.tfkd_reg(z, y, alpha, t, m), w0, b0, x.astype("float64")
     )
-    got = _run_keras(recipes.tfkd_reg(student, K, alpha, t, multiplier=m), x, y)
+    got = _run_keras(
+        recipes.tfkd_reg(student, K, alpha=alpha, temperature=t, multiplier=m), x, y
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
@@ -191,8 +195,8 @@ def test_zero_sample_weight_removes_a_sample_from_both_terms():
     # and fit honours it: a zero-weighted copy of the data changes nothing
     x2, y2 = np.concatenate([x, x[:8]]), np.concatenate([y, (y[:8] + 1) % K])
     w2 = np.concatenate([np.ones(N), np.zeros(8)]).astype("float32")
-    a = recipes.kd(_linear("a"), teacher, 0.5, 3.0)
-    b = recipes.kd(_linear("b"), teacher, 0.5, 3.0)
+    a = recipes.kd(_linear("a"), teacher, alpha=0.5, temperature=3.0)
+    b = recipes.kd(_linear("b"), teacher, alpha=0.5, temperature=3.0)
     for d in (a, b):
         d.compile(optimizer=keras.optimizers.SGD(0.1))
     a.train_on_batch(x, y)
@@ -208,7 +212,7 @@ def test_alpha_and_temperature_are_assignable_variables():
     distiller = recipes.kd(_linear("s"), _linear("t", 2), alpha=0.5, temperature=2.0)
     distiller.compile(optimizer="sgd")
     distiller.alpha = 0.25
-    distiller.temperature = 8.0
+    distiller.teacher_temperature = 8.0
     z_s = ops.convert_to_numpy(distiller(x))
     z_t = ops.convert_to_numpy(distiller.teacher(x))
     got = float(ops.convert_to_numpy(distiller.compute_loss(x, y, distiller(x))))
@@ -216,14 +220,16 @@ def test_alpha_and_temperature_are_assignable_variables():
     with pytest.raises(ValueError, match="alpha"):
         distiller.alpha = -0.1
     with pytest.raises(ValueError, match="temperature"):
-        distiller.temperature = 0.0
+        distiller.teacher_temperature = 0.0
 
 
 def test_several_soft_losses_add_up():
     x, y = _data()
     teacher = _linear("t", 4)
     soft = [losses.SoftTargetKL(2.0, name="a"), losses.SoftTargetCrossEntropy(1.0)]
-    distiller = Distiller(_linear("s"), teacher, soft_loss=soft, alpha=1.0)
+    distiller = Distiller(
+        student=_linear("s"), teacher=teacher, soft_loss=soft, alpha=1.0
+    )
     distiller.compile(optimizer="sgd")
     z_s, z_t = ops.convert_to_numpy(distiller(x)), ops.convert_to_numpy(teacher(x))
     expected = (
@@ -265,7 +271,7 @@ def test_student_and_distiller_save_and_reload(tmp_path):
     distiller.save(tmp_path / "d.keras")
     loaded = keras.saving.load_model(tmp_path / "d.keras", safe_mode=True)
     assert isinstance(loaded, Distiller)
-    assert loaded.alpha == pytest.approx(0.3) and loaded.temperature == 3.0
+    assert loaded.alpha == pytest.approx(0.3) and loaded.teacher_temperature == 3.0
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), distiller.predict(x, verbose=0), rtol=1e-6
     )
@@ -280,7 +286,9 @@ def test_student_and_distiller_save_and_reload(tmp_path):
 
 
 def test_virtual_teacher_distiller_serialises_by_config(tmp_path):
-    distiller = recipes.tfkd_reg(_linear("s"), K, 0.1, 40.0, multiplier=50.0)
+    distiller = recipes.tfkd_reg(
+        _linear("s"), K, alpha=0.1, temperature=40.0, multiplier=50.0
+    )
     distiller.save(tmp_path / "reg.keras")
     loaded = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
     assert isinstance(loaded.teacher, teachers.VirtualTeacher)
@@ -299,17 +307,20 @@ def _softmax_teacher():
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="classes"):
         inp = keras.Input((D,))
-        Distiller(_linear("s"), keras.Model(inp, keras.layers.Dense(K + 1)(inp)))
+        Distiller(
+            student=_linear("s"),
+            teacher=keras.Model(inp, keras.layers.Dense(K + 1)(inp)),
+        )
     with pytest.raises(ValueError, match="alpha"):
-        Distiller(_linear("s"), _linear("t"), alpha=2.0)
+        Distiller(student=_linear("s"), teacher=_linear("t"), alpha=2.0)
     with pytest.raises(ValueError, match="softmax"):
-        Distiller(_linear("s"), _softmax_teacher())
+        Distiller(student=_linear("s"), teacher=_softmax_teacher())
     with pytest.raises(ValueError, match="classes"):
-        Distiller(_linear("s"), teachers.VirtualTeacher(K + 2))
+        Distiller(student=_linear("s"), teacher=teachers.VirtualTeacher(K + 2))
     with pytest.raises(ValueError, match="teacher"):
-        Distiller(_linear("s"), None, soft_loss=losses.SoftTargetKL())
+        Distiller(student=_linear("s"), teacher=None, soft_loss=losses.SoftTargetKL())
     with pytest.raises(TypeError, match="student"):
-        Distiller("not a model")
+        Distiller(student="not a model")
     with pytest.raises(ValueError, match="correct_prob"):
         teachers.VirtualTeacher(K, correct_prob=0.1)
 
@@ -320,7 +331,7 @@ def test_teacher_outputting_probabilities_without_softmax_layer_is_caught():
     inp = keras.Input((D,))
     probs = keras.layers.Lambda(lambda t: ops.softmax(t))(keras.layers.Dense(K)(inp))
     teacher = keras.Model(inp, probs)
-    distiller = recipes.kd(_linear("s"), teacher, 0.5, 4.0)
+    distiller = recipes.kd(_linear("s"), teacher, alpha=0.5, temperature=4.0)
     distiller.compile(optimizer="sgd")
     before = [w.copy() for w in distiller.student.get_weights()]
     with pytest.raises(ValueError, match="probabilities"):
@@ -340,7 +351,7 @@ def test_teacher_outputting_probabilities_without_softmax_layer_is_caught():
 )
 def test_bad_labels_fail_before_any_weight_changes(labels, match):
     x, _ = _data()
-    distiller = recipes.tfkd_reg(_linear("s"), K, 0.5, 10.0)
+    distiller = recipes.tfkd_reg(_linear("s"), K, alpha=0.5, temperature=10.0)
     distiller.compile(optimizer="sgd")
     before = [w.copy() for w in distiller.student.get_weights()]
     with pytest.raises(ValueError, match=match):
@@ -353,7 +364,7 @@ def test_teacher_student_input_shape_mismatch():
     x, y = _data()
     inp = keras.Input((D + 1,))
     teacher = keras.Model(inp, keras.layers.Dense(K)(inp))
-    distiller = recipes.kd(_linear("s"), teacher, 0.5, 4.0)
+    distiller = recipes.kd(_linear("s"), teacher, alpha=0.5, temperature=4.0)
     distiller.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="shape"):
         distiller.fit(x, y, epochs=1, verbose=0)
@@ -381,7 +392,142 @@ def test_mixed_precision_losses_stay_finite(policy):
     loss = distiller.compute_loss(x, y, z)
     assert keras.backend.standardize_dtype(loss.dtype) == "float32"
     assert np.isfinite(float(ops.convert_to_numpy(loss)))
-    reg = recipes.tfkd_reg(_linear("r"), K, 0.1, 40.0, multiplier=100.0)
+    reg = recipes.tfkd_reg(
+        _linear("r"), K, alpha=0.1, temperature=40.0, multiplier=100.0
+    )
     reg.compile(optimizer="sgd")
     history = reg.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
+
+
+# ----------------------------------------------- keyword-only models (0.x API)
+
+
+def test_positional_models_are_refused_with_the_fix():
+    student, teacher = _linear("s"), _linear("t", 2)
+    # keras.distillation.Distiller's (teacher, student) order, and ours: both
+    # refused, so neither can silently train the teacher.
+    for args in [(teacher, student), (student, teacher), (student,)]:
+        with pytest.raises(TypeError) as info:
+            Distiller(*args)
+        message = str(info.value)
+        assert "keyword only" in message and "keras.distillation" in message
+        assert "Distiller(student=..., teacher=..." in message
+        assert "opposite order (teacher, student)" in message
+    with pytest.raises(TypeError, match="keyword only"):
+        Distiller(student, teacher=teacher, alpha=0.5)
+    assert teacher.trainable and student.trainable  # nothing was frozen
+    with pytest.raises(TypeError, match="student="):
+        Distiller(teacher=teacher)
+    with pytest.raises(TypeError, match="distillation_losses.*soft_loss="):
+        Distiller(student=student, teacher=teacher, distillation_losses=[])
+
+
+def test_keyword_call_trains_the_student_in_any_keyword_order():
+    x, y = _data()
+    student, teacher = _linear("s"), _linear("t", 2)
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    student_weights = [w.copy() for w in student.get_weights()]
+    # Written in keras.distillation's order, by keyword: same meaning.
+    distiller = Distiller(teacher=teacher, student=student, alpha=0.5)
+    assert distiller.student is student and distiller.teacher is teacher
+    assert not teacher.trainable and student.trainable
+    distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(teacher.get_weights(), teacher_weights):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.allclose(a, b) for a, b in zip(student.get_weights(), student_weights)
+    )
+    ours = Distiller(student=_linear("a"), teacher=teacher, alpha=0.5)
+    keras_order = Distiller(teacher=teacher, student=_linear("b"), alpha=0.5)
+    z, z_t = ops.convert_to_numpy(ours(x)), ops.convert_to_numpy(teacher(x))
+    kl = ref.kl_per_sample(ref.softmax(z_t), ref.log_softmax(z)).mean()
+    for d in (ours, keras_order):
+        d.compile(optimizer="sgd")
+        got = float(ops.convert_to_numpy(d.compute_loss(x, y, d(x))))
+        assert got == pytest.approx(0.5 * ref.ce(z, y) + 0.5 * kl, rel=1e-5)
+    rebuilt = Distiller.from_config(distiller.get_config())
+    assert rebuilt.student.name == "s" and rebuilt.teacher.name == "t"
+    assert rebuilt.alpha == pytest.approx(0.5)
+
+
+# ------------------------------------------------------- hard-loss strings
+
+
+@pytest.mark.parametrize(
+    "name, class_name",
+    [
+        ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"),
+        ("categorical_crossentropy", "CategoricalCrossentropy"),
+        ("SparseCategoricalCrossentropy", "SparseCategoricalCrossentropy"),
+        ("binary_crossentropy", "BinaryCrossentropy"),
+    ],
+)
+def test_logits_loss_strings_are_refused_with_the_loss_to_pass(name, class_name):
+    distiller = recipes.baseline(_linear("s"))
+    fix = rf"keras\.losses\.{class_name}\(from_logits=True\)"
+    with pytest.raises(ValueError, match=rf"from_logits=False.*logits.*{fix}"):
+        distiller.compile(optimizer="sgd", loss=name)
+    with pytest.raises(ValueError, match=fix):
+        Distiller(student=_linear("s2"), hard_loss=name)
+    function = keras.losses.get(name)
+    if not isinstance(function, keras.losses.Loss):  # the same, as a function
+        with pytest.raises(ValueError, match=fix):
+            distiller.compile(optimizer="sgd", loss=function)
+
+
+def test_other_loss_strings_keep_their_keras_meaning():
+    x, y = _data()
+    one_hot = ref.one_hot(y, K).astype("float32")
+    distiller = Distiller(student=_linear("s"), alpha=0.0)
+    distiller.compile(optimizer="sgd", loss="mse")
+    z = distiller(x)
+    want = keras.losses.MeanSquaredError()(one_hot, z)
+    got = distiller.compute_loss(x, one_hot, z)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(got)), float(ops.convert_to_numpy(want)), rtol=1e-6
+    )
+    explicit = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    distiller.compile(optimizer="sgd", loss=explicit)
+    got = distiller.compute_loss(x, y, z)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(got)),
+        ref.ce(ops.convert_to_numpy(z), y),
+        rtol=1e-5,
+    )
+    with pytest.raises(TypeError, match="keras.losses.Loss"):
+        distiller.compile(optimizer="sgd", loss=lambda y_true, y_pred: y_pred)
+
+
+# ----------------------------------------------- teacher_temperature (0.x API)
+
+
+def test_teacher_temperature_and_its_deprecated_alias(tmp_path):
+    reg = recipes.tfkd_reg(_linear("r"), K, alpha=0.1, temperature=20.0)
+    kl = reg.soft_losses[0]
+    # Tf-KD_reg: the teacher side is at T, the student side at 1.
+    assert reg.teacher_temperature == 20.0
+    assert reg.teacher_temperature_variable is kl.teacher_temperature
+    assert float(ops.convert_to_numpy(kl.temperature)) == 1.0
+    reg.teacher_temperature = 5.0
+    assert float(ops.convert_to_numpy(kl.teacher_temperature)) == 5.0
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        reg.teacher_temperature = -1.0
+    with pytest.warns(DeprecationWarning, match="teacher_temperature") as record:
+        assert reg.temperature == 5.0
+    assert record[0].filename == __file__
+    with pytest.warns(DeprecationWarning, match="teacher_temperature") as record:
+        reg.temperature = 7.0
+    assert record[0].filename == __file__
+    assert reg.teacher_temperature == 7.0
+    with pytest.warns(DeprecationWarning, match="teacher_temperature_variable"):
+        assert reg.temperature_variable is kl.teacher_temperature
+    assert recipes.baseline(_linear("b")).teacher_temperature is None
+
+    # Saving and loading read every attribute: no warning for the old names.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Distiller.temperature")
+        reg.save(tmp_path / "reg.keras")
+        loaded = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
+    assert loaded.teacher_temperature == 7.0

@@ -77,7 +77,9 @@ def _run(kind, dist, student_init, teacher_init, x, y, w):
             teacher = teachers.CachedTeacher.from_model(teacher_model, x)
             inputs = teacher.attach(x)
             soft = losses.SoftTargetKL(temperature=TEMPERATURE)
-        distiller = Distiller(student, teacher, soft_loss=soft, alpha=ALPHA)
+        distiller = Distiller(
+            student=student, teacher=teacher, soft_loss=soft, alpha=ALPHA
+        )
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))
         kwargs = dict(batch_size=16, verbose=0, sample_weight=w)
         history = distiller.fit(inputs, y, epochs=2, shuffle=False, **kwargs)

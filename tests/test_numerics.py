@@ -146,10 +146,18 @@ def _recipe(name, k, temp):
     if name == "label_smoothing":
         return recipes.label_smoothing(student, epsilon=0.1)
     if name == "kd":  # a teacher model, run on x
-        return recipes.kd(student, _identity_model(k, "teacher"), 0.95, temp)
+        return recipes.kd(
+            student, _identity_model(k, "teacher"), alpha=0.95, temperature=temp
+        )
     if name == "tfkd_self":  # cached teacher logits, fed with x
-        return recipes.tfkd_self(student, teachers.CachedTeacher(k), 0.9, temp, 50.0)
-    return recipes.tfkd_reg(student, k, 0.1, temp, multiplier=100.0)
+        return recipes.tfkd_self(
+            student,
+            teachers.CachedTeacher(k),
+            alpha=0.9,
+            temperature=temp,
+            multiplier=50.0,
+        )
+    return recipes.tfkd_reg(student, k, alpha=0.1, temperature=temp, multiplier=100.0)
 
 
 def _ce(z, y, w):
@@ -320,8 +328,8 @@ def test_label_smoothing_is_kd_from_a_uniform_teacher(z, a, seed):
     n, k = z.shape
     y = np.random.default_rng(seed).integers(0, k, n)
     distiller = Distiller(
-        _identity_model(k, "student"),
-        teachers.UniformTeacher(k),
+        student=_identity_model(k, "student"),
+        teacher=teachers.UniformTeacher(k),
         soft_loss=losses.SoftTargetKL(temperature=1.0),
         alpha=a,
     )

@@ -1,5 +1,8 @@
 """Every recipe's `compute_loss` equals its docs/paper.md formula (NumPy reference)."""
 
+import inspect
+import re
+
 import numpy as np
 import pytest
 import reference as ref
@@ -71,9 +74,13 @@ def test_baseline_and_label_smoothing(rng, k, weighted):
 def test_batchmean_is_k_times_elementwise_soft_term(rng):
     k, t = 10, 4.0
     x, y, z_s, z_t = _case(rng, k)
-    ref_kd = recipes.kd(_model(z_s, "a"), _model(z_t, "b"), 1.0, t)
+    ref_kd = recipes.kd(_model(z_s, "a"), _model(z_t, "b"), alpha=1.0, temperature=t)
     clean = recipes.kd(
-        _model(z_s, "c"), _model(z_t, "d"), 1.0, t, kl_reduction="batchmean"
+        _model(z_s, "c"),
+        _model(z_t, "d"),
+        alpha=1.0,
+        temperature=t,
+        kl_reduction="batchmean",
     )
     np.testing.assert_allclose(_loss(clean, x, y), k * _loss(ref_kd, x, y), rtol=1e-5)
 
@@ -81,12 +88,14 @@ def test_batchmean_is_k_times_elementwise_soft_term(rng):
 def test_translated_multiplier_keeps_the_k100_meaning(rng):
     """At K = 100, batch-mean with m/100 equals the reference KLm with m."""
     x, y, z_s, _ = _case(rng, 100)
-    reference = recipes.tfkd_reg(_model(z_s, "a"), 100, 0.1, 20.0, multiplier=100.0)
+    reference = recipes.tfkd_reg(
+        _model(z_s, "a"), 100, alpha=0.1, temperature=20.0, multiplier=100.0
+    )
     clean = recipes.tfkd_reg(
         _model(z_s, "b"),
         100,
-        0.1,
-        20.0,
+        alpha=0.1,
+        temperature=20.0,
         multiplier=recipes.translate_multiplier(100.0),
         kl_reduction="batchmean",
     )
@@ -96,12 +105,110 @@ def test_translated_multiplier_keeps_the_k100_meaning(rng):
 def test_recipe_argument_errors(rng):
     _, _, z_s, _ = _case(rng, 10)
     with pytest.raises(ValueError, match="num_classes"):
-        recipes.tfkd_reg(_model(z_s, "s"), 100, 0.1, 20.0)
+        recipes.tfkd_reg(_model(z_s, "s"), 100, alpha=0.1, temperature=20.0)
     with pytest.raises(ValueError, match="kl_reduction"):
-        recipes.kd(_model(z_s, "a"), _model(z_s, "b"), 0.5, 4.0, kl_reduction="sum")
+        recipes.kd(
+            _model(z_s, "a"),
+            _model(z_s, "b"),
+            alpha=0.5,
+            temperature=4.0,
+            kl_reduction="sum",
+        )
     with pytest.raises(ValueError, match="multiplier"):
-        recipes.tfkd_self(_model(z_s, "c"), _model(z_s, "d"), 0.5, 4.0, multiplier=-1.0)
+        recipes.tfkd_self(
+            _model(z_s, "c"),
+            _model(z_s, "d"),
+            alpha=0.5,
+            temperature=4.0,
+            multiplier=-1.0,
+        )
     with pytest.raises(ValueError, match="alpha"):
         recipes.kd(_model(z_s, "e"), _model(z_s, "f"), alpha=1.5, temperature=4.0)
     with pytest.raises(ValueError, match="temperature"):
         recipes.kd(_model(z_s, "g"), _model(z_s, "h"), alpha=0.5, temperature=0.0)
+
+
+# ------------------------------------- one argument style (0.x API change)
+
+RECIPES = {
+    "baseline": ["student"],
+    "label_smoothing": ["student", "num_classes"],
+    "kd": ["student", "teacher"],
+    "tfkd_self": ["student", "teacher"],
+    "tfkd_reg": ["student", "num_classes"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_models_are_positional_and_hyperparameters_keyword_only(name):
+    params = inspect.signature(getattr(recipes, name)).parameters.values()
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == RECIPES[name]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params if p.name not in RECIPES[name])
+
+
+def test_old_positional_hyperparameters_still_work_with_a_deprecation(rng):
+    k, t = 10, 4.0
+    x, y, z_s, z_t = _case(rng, k)
+    hyper = {"alpha": 0.95, "temperature": t, "multiplier": 50.0}
+    cases = [
+        (
+            lambda: recipes.kd(_model(z_s, "a"), _model(z_t, "b"), 0.9, t),
+            lambda: recipes.kd(
+                _model(z_s, "c"), _model(z_t, "d"), alpha=0.9, temperature=t
+            ),
+            "alpha=0.9, temperature=4.0",
+        ),
+        (
+            lambda: recipes.tfkd_self(
+                _model(z_s, "a"), _model(z_t, "b"), 0.95, t, 50.0, "batchmean"
+            ),
+            lambda: recipes.tfkd_self(
+                _model(z_s, "c"), _model(z_t, "d"), **hyper, kl_reduction="batchmean"
+            ),
+            "multiplier=50.0, kl_reduction='batchmean'",
+        ),
+        (
+            lambda: recipes.tfkd_reg(_model(z_s, "a"), k, 0.1, 20.0, 100.0, 0.9),
+            lambda: recipes.tfkd_reg(
+                _model(z_s, "c"),
+                k,
+                alpha=0.1,
+                temperature=20.0,
+                multiplier=100.0,
+                correct_prob=0.9,
+            ),
+            "correct_prob=0.9",
+        ),
+        (
+            lambda: recipes.tfkd_reg(
+                _model(z_s, "a"), k, 0.5, temperature=20.0, correct_prob=0.9
+            ),
+            lambda: recipes.tfkd_reg(
+                _model(z_s, "c"), k, alpha=0.5, temperature=20.0, correct_prob=0.9
+            ),
+            "passing alpha positionally",
+        ),
+        (
+            lambda: recipes.label_smoothing(_model(z_s, "a"), k, 0.2),
+            lambda: recipes.label_smoothing(_model(z_s, "c"), k, epsilon=0.2),
+            "epsilon=0.2",
+        ),
+    ]
+    for old, new, spelled in cases:
+        with pytest.warns(DeprecationWarning, match=re.escape(spelled)) as record:
+            old_style = old()
+        assert record[0].filename == __file__  # the warning names the call
+        np.testing.assert_allclose(
+            _loss(old_style, x, y), _loss(new(), x, y), rtol=1e-6
+        )
+
+
+def test_positional_hyperparameter_mistakes_are_type_errors(rng):
+    _, _, z_s, z_t = _case(rng, 10)
+    with pytest.raises(TypeError, match="multiple values for argument 'alpha'"):
+        recipes.kd(_model(z_s, "a"), _model(z_t, "b"), 0.5, 4.0, alpha=0.3)
+    with pytest.raises(TypeError, match="keyword-only"):
+        recipes.kd(_model(z_s, "c"), _model(z_t, "d"), 0.5, 4.0, 1.0)
+    with pytest.raises(TypeError, match="alpha"):
+        recipes.kd(_model(z_s, "e"), _model(z_t, "f"), temperature=4.0)
