@@ -28,7 +28,7 @@ def test_tf_data_out_of_range_label_names_the_range():
     x = np.ones((8, 4), "float32")
     y = np.array([0, 1, 2, 0, 1, 7, 0, 1], "int32")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    distiller = Distiller(_student(), teachers.UniformTeacher(3))
+    distiller = Distiller(student=_student(), teacher=teachers.UniformTeacher(3))
     distiller.compile(optimizer="sgd")
     with pytest.raises(Exception, match=r"labels must be in \[0, 3\)"):
         distiller.fit(ds, epochs=1, verbose=0)
@@ -59,7 +59,7 @@ def test_nan_teacher_logits_stop_training_and_keep_last_good_backup(tmp_path):
     y = np.arange(32, dtype="int32") % 3
     cached = teachers.CachedTeacher(3)
     student = _student()
-    distiller = Distiller(student, cached, alpha=0.5)
+    distiller = Distiller(student=student, teacher=cached, alpha=0.5)
     distiller.compile(optimizer="sgd")
     z = np.zeros((32, 3), "float32")
     guard = callbacks.NaNGuard(raise_error=False, log=lambda m: None)
@@ -95,7 +95,7 @@ def test_nan_teacher_logits_stop_training_and_keep_last_good_backup(tmp_path):
     assert "epoch 2, batch 3" in guard.message
     meta = callbacks.RunBackup.read_state(tmp_path / "b")
     assert meta["epoch"] == 1
-    fresh = Distiller(_student(), teachers.CachedTeacher(3))
+    fresh = Distiller(student=_student(), teacher=teachers.CachedTeacher(3))
     fresh.compile(optimizer="sgd")
     fresh.fit(
         cached.attach(x, z),
@@ -308,8 +308,57 @@ def test_no_pickle_or_eval_of_user_files():
     assert json  # the only format user files are read in
 
 
+# Runs `keras-tfkd run` in a fresh process with two CPU devices (the device
+# count is fixed when the runtime starts), once --distribution single and once
+# data_parallel, and reports the devices the student's variables live on.
+_DISTRIBUTION_DRIVER = """
+import json, sys
+import keras
+from keras_tfkd import distribution, workflows
+if keras.backend.backend() == "tensorflow":
+    distribution.simulate_cpu_devices(2)
+from keras_tfkd.cli import main
+
+seen = {}
+real_build, real_get = workflows.build_model, distribution.get_distribution
+
+def build_model(*args, **kwargs):
+    seen["student"] = model = real_build(*args, **kwargs)
+    return model
+
+def get_distribution(*args, **kwargs):
+    seen["dist"] = dist = real_get(*args, **kwargs)
+    return dist
+
+workflows.build_model = build_model
+distribution.get_distribution = get_distribution
+out, argv = sys.argv[1], sys.argv[2:]
+results = {}
+for name in ("single", "data_parallel"):
+    code = main([*argv, "--distribution", name, "--output-dir", out + "-" + name])
+    dist, kernel = seen["dist"], seen["student"].weights[0].value
+    if keras.backend.backend() == "jax":
+        used = len(kernel.sharding.device_set)
+    else:  # a MirroredVariable holds one copy per replica
+        used = len(getattr(kernel, "values", [kernel]))
+    in_sync = None
+    if dist.engine is not None and hasattr(dist.engine, "num_replicas_in_sync"):
+        in_sync = int(dist.engine.num_replicas_in_sync)
+    results[name] = {
+        "code": code,
+        "devices": list(dist.devices),
+        "num_replicas": dist.num_replicas,
+        "variable_devices": used,
+        "in_sync": in_sync,
+    }
+with open(out + ".json", "w") as f:
+    json.dump(results, f)
+"""
+
+
 def test_cli_distribution_flag(tmp_path):
-    """data_parallel runs on JAX/TF (one CPU device here); torch says why not."""
+    """data_parallel trains on both of two CPU devices on JAX/TF, single on one;
+    torch says why not."""
     argv = [
         "run",
         "--experiment",
@@ -322,17 +371,43 @@ def test_cli_distribution_flag(tmp_path):
         "200",
         "--epochs",
         "1",
-        "--distribution",
-        "data_parallel",
         "--quiet",
-        "--output-dir",
-        str(tmp_path),
     ]
-    if keras.backend.backend() == "torch":
-        code, err = _cli(argv)
+    backend = keras.backend.backend()
+    if backend == "torch":
+        code, err = _cli([*argv, "--distribution", "data_parallel"])
         assert code == 2 and "torch" in err and "data_parallel" in err
         return
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(argv) == 0
-    records = json.loads((tmp_path / "results.json").read_text())
-    assert len(records) == 1 and 0.0 <= records[0]["test_accuracy"] <= 1.0
+    import os
+    import subprocess
+    import sys
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DISTRIBUTION_DRIVER)
+    env = dict(os.environ, KERAS_BACKEND=backend, CUDA_VISIBLE_DEVICES="")
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(driver), str(out), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "data parallel over 2 devices" in proc.stdout
+    results = json.loads(Path(f"{out}.json").read_text())
+    single, parallel = results["single"], results["data_parallel"]
+    assert single["code"] == parallel["code"] == 0
+    assert (single["num_replicas"], single["variable_devices"]) == (1, 1)
+    assert parallel["devices"] == ["cpu:0", "cpu:1"]
+    assert (parallel["num_replicas"], parallel["variable_devices"]) == (2, 2)
+    if backend == "tensorflow":
+        assert parallel["in_sync"] == 2
+    for name in ("single", "data_parallel"):
+        records = json.loads(Path(f"{out}-{name}/results.json").read_text())
+        assert len(records) == 1 and 0.0 <= records[0]["test_accuracy"] <= 1.0

@@ -62,6 +62,9 @@ def register(name: str) -> Callable[[Builder], Builder]:
     Example:
         >>> @register("my_net")
         ... def my_net(num_classes, input_shape=(32, 32, 3), **kwargs): ...
+        >>> "my_net" in REGISTRY
+        True
+        >>> del REGISTRY["my_net"]  # (this example leaves the registry as it was)
     """
 
     def decorator(builder: Builder) -> Builder:
@@ -96,8 +99,9 @@ def get_model(
         ValueError: if ``name`` is not registered; the message lists the valid names.
 
     Example:
-        >>> model = get_model("mobilenet_v2", num_classes=100)
-        >>> logits = model(images, training=False)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("mobilenet_v2", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     try:
         builder = REGISTRY[name]

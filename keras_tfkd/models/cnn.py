@@ -57,8 +57,9 @@ def cnn5(
     369,124 trainable parameters at 100 classes and a 32x32x3 input.
 
     Example:
-        >>> model = get_model("cnn5", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("cnn5", num_classes=100).output_shape
+        (None, 100)
     """
     width = _positive_int(width, "width")
     inputs = keras.Input(shape=input_shape, name="images")
@@ -98,8 +99,9 @@ def mlp(
     About 26k parameters for 8x8x1 inputs and 10 classes with the defaults.
 
     Example:
-        >>> model = get_model("mlp", 10, input_shape=(8, 8, 1), width=64)
-        >>> logits = model(images)  # (batch, 10)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("mlp", 10, input_shape=(8, 8, 1), width=64).output_shape
+        (None, 10)
     """
     width = _positive_int(width, "width")
     inputs = keras.Input(shape=input_shape, name="images")
@@ -120,8 +122,9 @@ def cnn_tiny(num_classes: int, input_shape=(8, 8, 1), width: int = 8) -> keras.M
     8x8x1 inputs and 10 classes (any ``width`` below ~20 stays under 40k).
 
     Example:
-        >>> model = get_model("cnn_tiny", 10, input_shape=(8, 8, 1))
-        >>> logits = model(images)  # (batch, 10)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("cnn_tiny", 10, input_shape=(8, 8, 1)).output_shape
+        (None, 10)
     """
     width = _positive_int(width, "width")
     inputs = keras.Input(shape=input_shape, name="images")
@@ -147,8 +150,9 @@ def cnn_small(
     dense head. With ``width=32`` it has about 140k parameters (10 classes).
 
     Example:
-        >>> model = get_model("cnn_small", 10, input_shape=(28, 28, 1))
-        >>> logits = model(images)  # (batch, 10)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("cnn_small", 10, input_shape=(28, 28, 1)).output_shape
+        (None, 10)
     """
     width = _positive_int(width, "width")
     inputs = keras.Input(shape=input_shape, name="images")

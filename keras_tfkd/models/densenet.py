@@ -76,8 +76,9 @@ def densenet121(
     Reference size: 7.05M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("densenet121", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("densenet121", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     return _densenet(
         num_classes, input_shape, (6, 12, 24, 16), growth_rate, reduction, "densenet121"

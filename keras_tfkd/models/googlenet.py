@@ -64,8 +64,9 @@ def googlenet(
     Reference size: 6.26M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("googlenet", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("googlenet", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     inputs = keras.Input(shape=input_shape, name="images")
     x = _conv_bn_relu(inputs, 192, 3, "stem")

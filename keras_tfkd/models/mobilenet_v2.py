@@ -65,8 +65,9 @@ def mobilenet_v2(num_classes: int, input_shape=(32, 32, 3)) -> keras.Model:
     Reference size: 2.37M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("mobilenet_v2", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("mobilenet_v2", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.Conv2D(

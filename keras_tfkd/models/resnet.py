@@ -85,8 +85,9 @@ def resnet18(num_classes: int, input_shape=(32, 32, 3)) -> keras.Model:
     Reference size: 11.22M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("resnet18", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("resnet18", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     return _resnet(_basic_block, (2, 2, 2, 2), num_classes, input_shape, "resnet18")
 
@@ -98,8 +99,9 @@ def resnet50(num_classes: int, input_shape=(32, 32, 3)) -> keras.Model:
     Reference size: 23.71M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("resnet50", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("resnet50", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     return _resnet(
         _bottleneck_block, (3, 4, 6, 3), num_classes, input_shape, "resnet50"
@@ -114,8 +116,9 @@ def resnet101(num_classes: int, input_shape=(32, 32, 3)) -> keras.Model:
     100 classes (no reference count in the paper).
 
     Example:
-        >>> model = get_model("resnet101", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("resnet101", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     return _resnet(
         _bottleneck_block, (3, 4, 23, 3), num_classes, input_shape, "resnet101"

@@ -83,7 +83,8 @@ def resnext29_8x64d(num_classes: int, input_shape=(32, 32, 3)) -> keras.Model:
     Reference size: 34.52M trainable parameters at 100 classes.
 
     Example:
-        >>> model = get_model("resnext29_8x64d", num_classes=100)
-        >>> logits = model(images)  # (batch, 100)
+        >>> from keras_tfkd.models import get_model
+        >>> get_model("resnext29_8x64d", num_classes=100).output_shape  # doctest: +SKIP
+        (None, 100)
     """
     return _resnext29(num_classes, input_shape, 8, 64, "resnext29_8x64d")
