@@ -1037,7 +1037,7 @@ def docs_markdown():
     ]
     for spec in NOTEBOOKS:
         lines.append(
-            f"| [{spec.filename}](notebooks/{spec.filename}) | {spec.summary} | "
+            f"| [{spec.filename}](../notebooks/{spec.filename}) | {spec.summary} | "
             f"{badge(spec.filename)} | {spec.full_run} |"
         )
     lines += [
