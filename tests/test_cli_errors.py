@@ -249,10 +249,8 @@ _WITH_CTRL_C = (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a subprocess")
-def test_ctrl_c_says_how_to_resume(tmp_path):
-    out = tmp_path / "study"
+def _interrupt_a_study(out):
+    """Start a study, send SIGINT after its first epoch; (returncode, out, err)."""
     args = ["study", "--epochs", "30", "--seeds", "0", "--methods", "baseline"]
     proc = subprocess.Popen(
         [sys.executable, "-c", _WITH_CTRL_C, *args, "--output-dir", str(out)],
@@ -276,7 +274,24 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 130, stderr
+    return proc.returncode, stdout, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a subprocess")
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    out = tmp_path / "study"
+    pattern = str(out / "checkpoints" / "*" / "backup" / "backup.json")
+    returncode, stdout, stderr = _interrupt_a_study(out)
+    if returncode == -signal.SIGSEGV and BACKEND == "tensorflow":
+        # Seen once in about 15 runs on TensorFlow 2.21 (CI, 2026-12-01): the
+        # process died of SIGSEGV inside TensorFlow while unwinding the
+        # interrupt, before the message. The backup was intact; one retry, so
+        # a crash that repeats still fails here.
+        out = tmp_path / "again"
+        pattern = str(out / "checkpoints" / "*" / "backup" / "backup.json")
+        returncode, stdout, stderr = _interrupt_a_study(out)
+    assert returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     (line,) = [x for x in stderr.splitlines() if "interrupted" in x]
     match = re.fullmatch(

@@ -160,7 +160,7 @@ def test_docs_table_has_a_badge_and_the_estimate_of_every_notebook():
             "https://colab.research.google.com/github/keras-tfkd/keras-tfkd/blob/"
             f"main/notebooks/{filename}"
         )
-        assert f"(notebooks/{filename})" in row
+        assert f"(../notebooks/{filename})" in row  # docs/ links up to notebooks/
         assert f"]({url})" in row
         assert row.rstrip(" |").endswith(_full_run(_read(filename)))
 
