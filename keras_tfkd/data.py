@@ -86,6 +86,7 @@ __all__ = [
     "augmentation_is_random",
     "available",
     "load",
+    "num_batches",
     "pipeline",
     "pipeline_throughput",
     "read_cifar_binary",
@@ -338,6 +339,23 @@ def augmentation_is_random(
         False
     """
     return _resolve_augmentation(dataset, _split(split), augment) != "none"
+
+
+def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batches in one pass of `pipeline` (and so train steps per epoch).
+
+    ``drop_remainder`` drops a last, smaller batch, unless that would leave
+    none (a batch larger than the data still trains one partial batch).
+
+    Example:
+        >>> num_batches(1347, 64, True), num_batches(1347, 64, False)
+        (21, 22)
+        >>> num_batches(10, 64, True)
+        1
+    """
+    if drop_remainder and num_examples >= batch_size:
+        return num_examples // batch_size
+    return max(1, math.ceil(num_examples / batch_size))
 
 
 #: Values of `pipeline`'s ``engine``.

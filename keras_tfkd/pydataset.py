@@ -12,13 +12,13 @@ anew, and batches can be read in any order or by several worker threads.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 
 import keras
 import numpy as np
 
 from keras_tfkd import augment as augment_lib
+from keras_tfkd.data import num_batches
 from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["BatchPipeline"]
@@ -88,10 +88,7 @@ class BatchPipeline(keras.utils.PyDataset):
         self._logits = teacher_logits
         self._weights = sample_weight
         n = len(self._labels)
-        if drop_remainder and n >= self.batch_size:
-            self._per_pass = n // self.batch_size
-        else:
-            self._per_pass = max(1, math.ceil(n / self.batch_size))
+        self._per_pass = num_batches(n, self.batch_size, drop_remainder)
         self._n = n
         self._mean = np.asarray(dataset.mean, np.float32)
         self._std = np.asarray(dataset.std, np.float32)

@@ -57,12 +57,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
+from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
 
 __all__ = [
@@ -274,10 +274,8 @@ def plan(config):
 
 
 def _steps(num_examples, batch_size):
-    """Train steps per epoch, as `workflows` counts them (last batch dropped)."""
-    if num_examples >= batch_size:
-        return num_examples // batch_size
-    return max(1, math.ceil(num_examples / batch_size))
+    """Train steps per epoch of a study run (its last, smaller batch dropped)."""
+    return data_lib.num_batches(num_examples, batch_size, drop_remainder=True)
 
 
 def dekd_teacher_plan(config, num_train_examples):

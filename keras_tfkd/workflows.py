@@ -530,10 +530,7 @@ def _fit(
     student = build_model(experiment.student, dataset.num_classes, dataset.input_shape)
     distiller = experiment.build(student, teacher, translation=config.translation)
     drop = config.drop_remainder and n_train >= experiment.batch_size
-    if drop:
-        steps = n_train // experiment.batch_size
-    else:
-        steps = max(1, math.ceil(n_train / experiment.batch_size))
+    steps = data_lib.num_batches(n_train, experiment.batch_size, drop)
     distiller.compile(
         optimizer=_make_optimizer(experiment, config, steps), metrics=["accuracy"]
     )
