@@ -78,6 +78,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_tfkd.validation import check_sample_weight
+
 __all__ = [
     "AUGMENTATIONS",
     "Dataset",
@@ -535,11 +537,7 @@ def _sample_weight(dataset, split, sample_weight):
             f"sample_weight must have shape (N,) with N = {n}, the size of the "
             f"{split!r} split of {dataset.name!r}; got shape {weights.shape}."
         )
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError(
-            "sample_weight must be finite and >= 0; got values from "
-            f"{float(np.nanmin(weights))!r} to {float(np.nanmax(weights))!r}."
-        )
+    check_sample_weight(weights)
     return weights
 
 

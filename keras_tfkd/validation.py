@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_labels", "check_fit_data", "is_dataset", "leaves"]
+__all__ = [
+    "check_fit_data",
+    "check_labels",
+    "check_sample_weight",
+    "is_dataset",
+    "leaves",
+]
 
 
 def _is_array_like(value):
@@ -117,6 +123,17 @@ def _check_teacher_against_inputs(distiller, x):
     teachers_lib.check_logits_values(sample, argument="teacher")
 
 
+def check_sample_weight(weights, argument="sample_weight"):
+    """Raise unless `weights` are all finite and >= 0; return them as an array."""
+    w = np.asarray(weights, dtype="float64")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(
+            f"`{argument}` must be finite and >= 0; got values from "
+            f"{float(np.nanmin(w))!r} to {float(np.nanmax(w))!r}."
+        )
+    return w
+
+
 def check_fit_data(distiller, x, y, kwargs, training=True):
     """Validate `fit`/`evaluate` data; return possibly wrapped ``(x, y, kwargs)``."""
     num_classes = distiller.num_classes
@@ -135,14 +152,8 @@ def check_fit_data(distiller, x, y, kwargs, training=True):
         _check_finite_inputs(x, "x")
         if training:
             _check_teacher_against_inputs(distiller, x)
-        weights = kwargs.get("sample_weight")
-        if weights is not None:
-            w = np.asarray(weights, dtype="float64")
-            if not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise ValueError(
-                    "`sample_weight` must be finite and >= 0; got values from "
-                    f"{np.nanmin(w)!r} to {np.nanmax(w)!r}."
-                )
+        if kwargs.get("sample_weight") is not None:
+            check_sample_weight(kwargs["sample_weight"])
     val = kwargs.get("validation_data")
     if isinstance(val, (tuple, list)) and len(val) >= 2 and _is_array_like(val[1]):
         check_labels(val[1], num_classes, "validation_data[1]")
