@@ -61,9 +61,7 @@ import datetime
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -71,7 +69,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_tfkd import _backend, schedules
+from keras_tfkd import _backend, _io, schedules
 from keras_tfkd import callbacks as callbacks_lib
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
@@ -199,36 +197,6 @@ def run_key(method, student, teacher, dataset, seed, epochs, hyperparameters):
     )
 
 
-def _write_json_atomic(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would stick after replace
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON: {value!r}")
-
-
 class ResultsStore:
     """A ``results.json`` file: a list of run records, one per key.
 
@@ -286,7 +254,7 @@ class ResultsStore:
                 break
         else:
             records.append(record)
-        _write_json_atomic(self.path, records)
+        _io.write_json_atomic(self.path, records)
         return record
 
 
@@ -476,9 +444,7 @@ def _best_weights_state(tracker, backup_dir):
         name = f"best-epoch-{tracker.best_epoch}.npz"
         path = Path(backup_dir) / name
         if not path.exists():
-            callbacks_lib._write_atomic(
-                str(path), lambda tmp: np.savez(tmp, *tracker.best_weights)
-            )
+            _io.write_atomic(path, lambda tmp: np.savez(tmp, *tracker.best_weights))
         state["best_weights"] = name
         committed = callbacks_lib.RunBackup.read_state(backup_dir) or {}
         keep = {name, committed.get("state", {}).get("best_weights")}
@@ -736,7 +702,7 @@ def _normal_run(
         "best": str(Path(CHECKPOINTS_DIR) / folder.name / "best.keras"),
         "final": str(Path(CHECKPOINTS_DIR) / folder.name / "final.keras"),
     }
-    _write_json_atomic(folder / "run.json", record)
+    _io.write_json_atomic(folder / "run.json", record)
     if store is not None:
         store.add(record)
     shutil.rmtree(folder / "backup", ignore_errors=True)
@@ -815,7 +781,7 @@ def _cached_normal_run(folder, log=_default_log):
 
 
 def _save_model(model, path):
-    callbacks_lib._write_atomic(str(path), model.save)
+    _io.write_atomic(path, model.save)
 
 
 def teacher_checkpoint(

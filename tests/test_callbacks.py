@@ -13,6 +13,7 @@ import reference as ref
 from sklearn.datasets import load_digits
 
 from keras_tfkd import Distiller, recipes, teachers
+from keras_tfkd import born_again as born_again_lib
 from keras_tfkd import callbacks as cb
 from keras_tfkd.losses import SoftTargetKL
 
@@ -333,7 +334,7 @@ def test_snapshot_errors_are_clear():
 def test_born_again_chains_generations_through_frozen_copies():
     seeds = iter(range(10, 20))
     optimizer = _sgd()
-    runs = cb.born_again(
+    runs = born_again_lib.born_again(
         lambda: _net(next(seeds)),
         generations=2,
         recipe_kwargs=dict(alpha=0.9, temperature=4.0),
@@ -357,8 +358,30 @@ def test_born_again_chains_generations_through_frozen_copies():
     optimizers = [g.distiller.optimizer for g in runs]
     assert len({id(o) for o in optimizers}) == 3 and optimizer not in optimizers
     assert all(float(o.learning_rate) == pytest.approx(0.1) for o in optimizers)
+    assert all(isinstance(g, cb.Generation) for g in runs)
     with pytest.raises(ValueError, match="generations"):
-        cb.born_again(lambda: _net(0), generations=-1)
+        born_again_lib.born_again(lambda: _net(0), generations=-1)
+
+
+def test_born_again_in_callbacks_is_a_deprecated_alias(monkeypatch):
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return "runs"
+
+    monkeypatch.setattr(born_again_lib, "born_again", fake)
+    message = "moved to keras_tfkd.born_again.born_again"
+    with pytest.warns(DeprecationWarning, match=message) as record:
+        assert cb.born_again("build", 2, monitor="val_accuracy") == "runs"
+    assert record[0].filename == __file__
+    assert calls == [(("build", 2), {"monitor": "val_accuracy"})]
+    assert "born_again" not in cb.__all__
+    # The real function's argument checks are reached through the alias.
+    monkeypatch.undo()
+    with pytest.warns(DeprecationWarning, match=message):
+        with pytest.raises(ValueError, match="generations"):
+            cb.born_again(lambda: _net(0), generations=-1)
 
 
 # ------------------------------------------------------------------ monitor

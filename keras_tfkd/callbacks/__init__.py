@@ -1,0 +1,77 @@
+"""Keras callbacks for distillation: schedules, self-teacher snapshots, monitors.
+
+What is where (every name is importable from `keras_tfkd.callbacks`):
+
+* `schedulers` - `AlphaScheduler` / `TemperatureScheduler`: change the
+  Distiller's ``alpha`` or temperature at each epoch begin, like
+  `keras.callbacks.LearningRateScheduler`, without retracing the train step;
+  the value in use is logged as ``alpha`` / ``temperature``.
+* `self_teacher` - `SelfTeacherSnapshot` keeps a frozen copy of the student
+  (the best by a monitored metric, or the last) as the teacher of the next
+  stage; `freeze_copy` is a frozen clone of a model with its current weights;
+  `Generation` is one stage of `keras_tfkd.born_again.born_again`.
+* `monitors` - `SoftTargetMonitor` logs what the paper plots to argue that KD
+  is a learned label smoothing: the mean probability the soft targets put on
+  the true class and their mean entropy, at the current temperature, plus the
+  teacher's accuracy.
+* `checkpoint` - `StudentCheckpoint`: `keras.callbacks.ModelCheckpoint` that
+  saves the student alone (the deployable model) rather than the Distiller.
+* `safety` - `NaNGuard` (raising `NonFiniteLossError`) stops training at the
+  first non-finite loss and names the epoch and batch; `RunBackup` is
+  `keras.callbacks.BackupAndRestore` with atomic epoch-end backups and extra
+  JSON state, so a killed run resumes where it stopped.
+
+`born_again`, the multi-generation training loop, is a workflow rather than a
+callback: it moved to `keras_tfkd.born_again.born_again`.
+``keras_tfkd.callbacks.born_again`` still calls it, with a
+`DeprecationWarning`, until the next release.
+
+Put the schedulers and monitors *before* `keras.callbacks.CSVLogger` or
+`TensorBoard` in the ``callbacks`` list: callbacks run in list order, and the
+loggers only see the keys written into the epoch logs before them (Keras's
+`History` and progress bar always run last, so they see everything).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from keras_tfkd.callbacks.checkpoint import StudentCheckpoint
+from keras_tfkd.callbacks.monitors import SoftTargetMonitor
+from keras_tfkd.callbacks.safety import NaNGuard, NonFiniteLossError, RunBackup
+from keras_tfkd.callbacks.schedulers import AlphaScheduler, TemperatureScheduler
+from keras_tfkd.callbacks.self_teacher import (
+    Generation,
+    SelfTeacherSnapshot,
+    freeze_copy,
+)
+
+__all__ = [
+    "AlphaScheduler",
+    "TemperatureScheduler",
+    "SelfTeacherSnapshot",
+    "SoftTargetMonitor",
+    "StudentCheckpoint",
+    "Generation",
+    "freeze_copy",
+    "NaNGuard",
+    "NonFiniteLossError",
+    "RunBackup",
+]
+
+
+def born_again(*args, **kwargs):
+    """Deprecated: moved to `keras_tfkd.born_again.born_again` (same arguments).
+
+    Emits a `DeprecationWarning`, then calls it; removed in the next release.
+    """
+    warnings.warn(
+        "keras_tfkd.callbacks.born_again is deprecated and will be removed in "
+        "the next release: it moved to keras_tfkd.born_again.born_again (same "
+        "arguments).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from keras_tfkd import born_again as born_again_lib  # on call, not at import
+
+    return born_again_lib.born_again(*args, **kwargs)
