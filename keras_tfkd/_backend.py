@@ -10,7 +10,7 @@ backend framework for its job:
   behind `workflows.compilation_cache`) and TensorFlow's deterministic
   kernels (`enable_op_determinism`, behind `workflows.deterministic`);
 * `keras_tfkd.distribution`: each backend's data-parallel engine;
-* `keras_tfkd._tfdata`: the tf.data input pipeline, the only data module
+* `keras_tfkd.data._tfdata`: the tf.data input pipeline, the only data module
   that imports TensorFlow (`keras_tfkd.data.pipeline_engine` picks it on the
   TensorFlow backend);
 * one tf.data function outside these: `keras_tfkd.validation`'s label checks

@@ -672,7 +672,7 @@ def _data_error(e, name):
         f"DIR, or set {data.ENV_DATA}=ROOT with ROOT/{folder}/"
     )
     if name in _KERAS_DOWNLOADS:
-        if not data._download_allowed(None):  # $KERAS_TFKD_OFFLINE is set
+        if not data.sources._download_allowed(None):  # $KERAS_TFKD_OFFLINE set
             fix += f"; or unset {data.ENV_OFFLINE} to let Keras download it"
         else:
             fix += "; or let Keras download it (needs network access)"

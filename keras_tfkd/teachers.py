@@ -287,7 +287,8 @@ class CachedTeacher(Teacher):
 
 def _is_tfkd_dataset(x):
     """A `keras_tfkd.data.Dataset` (checked without importing the data module)."""
-    return type(x).__name__ == "Dataset" and type(x).__module__ == "keras_tfkd.data"
+    module = type(x).__module__
+    return type(x).__name__ == "Dataset" and module == "keras_tfkd.data.dataset"
 
 
 def _is_array_input(x):

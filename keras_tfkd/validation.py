@@ -140,7 +140,7 @@ def check_fit_data(distiller, x, y, kwargs, training=True):
     if is_dataset(x):
         spec = x.element_spec
         if isinstance(spec, tuple) and len(spec) >= 2:
-            from keras_tfkd import _tfdata
+            from keras_tfkd.data import _tfdata
 
             x = _tfdata.with_label_checks(x, num_classes)
         return x, y, kwargs

@@ -1,7 +1,10 @@
 """Data sets and pipelines (every backend; the default engine of each backend)."""
 
 import gzip
+import importlib
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -20,7 +23,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv(data.ENV_OFFLINE, "1")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home" / ".keras"))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
+    monkeypatch.setattr(data.sources, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
     return tmp_path
 
 
@@ -155,7 +158,7 @@ def test_fashion_mnist_from_data_dir(isolated, monkeypatch):
     reason="Debian package dataset-fashion-mnist not installed",
 )
 def test_fashion_mnist_from_debian_package(isolated, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ("/usr/share/datasets",))
+    monkeypatch.setattr(data.sources, "SYSTEM_DATA_DIRS", ("/usr/share/datasets",))
     ds = data.load("fashion_mnist", limit=(500, 200))
     assert ds.source == str(DEBIAN_FASHION)
     assert ds.x_train.shape == (500, 28, 28, 1) and ds.x_test.shape == (200, 28, 28, 1)
@@ -375,3 +378,45 @@ def test_fit_on_digits_pipeline(digits):
 
 def test_pipeline_throughput(digits):
     assert data.pipeline_throughput(digits, "train", 64, steps=3) > 0
+
+
+# ------------------------------------------------------- the package's layout
+def test_data_package_imports_no_framework():
+    """`keras_tfkd.data` (the names, not the engines) imports no Keras."""
+    code = (
+        "import sys, keras_tfkd\n"
+        "keras_tfkd.data.pipeline, keras_tfkd.data.load('digits')\n"
+        "print(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]
+
+
+@pytest.mark.parametrize("old", ["augment", "pydataset"])
+@pytest.mark.parametrize("via", ["import", "attribute"])
+def test_old_module_paths_warn_and_reexport(old, via, monkeypatch):
+    import keras_tfkd
+
+    monkeypatch.delitem(sys.modules, f"keras_tfkd.{old}", raising=False)
+    monkeypatch.delitem(vars(keras_tfkd), old, raising=False)  # no __getattr__
+    message = (
+        rf"keras_tfkd\.{old} moved to keras_tfkd\.data\.{old}; the old path is "
+        "removed in the next release"
+    )
+    with pytest.warns(DeprecationWarning, match=message) as record:
+        if via == "import":
+            module = importlib.import_module(f"keras_tfkd.{old}")
+        else:
+            module = getattr(keras_tfkd, old)
+    assert [w.filename for w in record] == [__file__]  # the importing line
+    moved = importlib.import_module(f"keras_tfkd.data.{old}")
+    assert module.__all__ == moved.__all__
+    for name in moved.__all__:
+        assert getattr(module, name) is getattr(moved, name)

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfkd import augment, data, recipes
+from keras_tfkd import data, recipes
+from keras_tfkd.data import augment
 from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
 
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
@@ -109,7 +110,7 @@ def test_tf_transforms_equal_numpy_transforms(seed):
     """The tf.data ops read the same source pixel as the NumPy ones."""
     import tensorflow as tf
 
-    from keras_tfkd import _tfdata
+    from keras_tfkd.data import _tfdata
 
     rng = np.random.default_rng(seed)
     x = rng.integers(1, 256, (16, 32, 32, 3)).astype(np.float32)

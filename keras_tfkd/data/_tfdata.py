@@ -3,7 +3,7 @@
 `keras_tfkd.data.pipeline` builds it with ``engine="tf.data"`` (the default on
 the TensorFlow backend). This is the one module of the data code that imports
 TensorFlow. The augmentations are TensorFlow ops with the geometry and the
-distributions of `keras_tfkd.augment` (the NumPy path): the same policies,
+distributions of `keras_tfkd.data.augment` (the NumPy path): the same policies,
 ranges and affine maps, nearest neighbour, zero fill. Randomness is drawn per
 batch with stateless ops from seeds streamed by ``tf.data.Dataset.random``, so
 a pipeline with a fixed ``seed`` yields the same batches every time it is
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from keras_tfkd import augment as augment_lib
+from keras_tfkd.data import augment as augment_lib
 from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["build", "with_label_checks"]

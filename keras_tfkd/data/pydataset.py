@@ -17,8 +17,8 @@ import os
 import keras
 import numpy as np
 
-from keras_tfkd import augment as augment_lib
-from keras_tfkd.data import num_batches
+from keras_tfkd.data import augment as augment_lib
+from keras_tfkd.data.batching import num_batches
 from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["BatchPipeline"]
