@@ -256,7 +256,7 @@ def test_run_backup_overrides_every_backup_and_restore_hook(tmp_path):
     left = {h for h in hooks if h not in vars(callbacks.RunBackup)}
     assert not left, (
         f"Keras {keras.__version__}'s BackupAndRestore has hooks RunBackup does "
-        f"not override: {sorted(left)}; override them in keras_tfkd/callbacks.py"
+        f"not override: {sorted(left)}; override them in keras_tfkd/callbacks/safety.py"
     )
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
@@ -293,8 +293,8 @@ PRIVATE_KERAS_NAMES = {
 BACKEND_FENCES = {
     "_backend.py",  # training-path fast paths and per-backend settings
     "distribution.py",  # each backend's data-parallel engine
-    "_tfdata.py",  # the tf.data pipeline, label checks of a user's tf.data
-    "data.py",  # pipeline_engine: tf.data on the TensorFlow backend
+    "data/_tfdata.py",  # the tf.data pipeline, label checks of a user's tf.data
+    "data/batching.py",  # pipeline_engine: tf.data on the TensorFlow backend
     "cli.py",  # picks KERAS_BACKEND before running a command
 }
 FRAMEWORKS = ("tensorflow", "jax", "torch")

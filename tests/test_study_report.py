@@ -159,8 +159,8 @@ def test_mean_and_sample_std_over_three_seeds_known_answers(tmp_path):
     assert kd["delta_best_std"] == pytest.approx(1.0)
     # Constant differences have no spread; a constant row has a zero std.
     assert _row(rows, "baseline", "cnn_small")["best_std"] == pytest.approx(0.0)
-    assert study._mean_std([0.5]) == (50.0, None)
-    assert study._mean_std([None]) == (None, None)
+    assert study.report._mean_std([0.5]) == (50.0, None)
+    assert study.report._mean_std([None]) == (None, None)
     table = study.format_table(rows, "header")
     kd_line = next(line for line in table.splitlines() if line.startswith("KD "))
     assert "94.00 ± 2.65" in kd_line and "+2.00 ± 1.00" in kd_line
@@ -182,7 +182,7 @@ def test_plot_writes_a_png_with_markers_real_scale_and_outside_legend(
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
-    fig = study._figure(rows, "title")
+    fig = study.figure._figure(rows, "title")
     fig.canvas.draw()
     absolute, delta, curves = fig.axes[:3]
     assert absolute.get_xlim() == (0.0, 100.0)  # the real scale
@@ -237,7 +237,9 @@ def test_dekd_teacher_and_kd_teacher_are_different_runs_at_one_epoch(tmp_path):
     kd, dekd = jobs["kd"], jobs["dekd"]
     train_config = config.train_config()
     dplan = study.dekd_teacher_plan(config, dataset.num_examples("train"))
-    teacher = study._PartEpochTeacher(dekd, dataset, 0, dplan, tmp_path, train_config)
+    teacher = study.run._PartEpochTeacher(
+        dekd, dataset, 0, dplan, tmp_path, train_config
+    )
     assert teacher.subset.num_examples("train") == 337
     assert teacher.subset.num_examples("test") == dataset.num_examples("test")
     assert teacher.experiment.teacher_experiment().epochs == 4
@@ -253,9 +255,9 @@ def test_dekd_teacher_and_kd_teacher_are_different_runs_at_one_epoch(tmp_path):
         dekd, dataset, 0, train_config, teacher_checkpoint_path=teacher.path
     ) != workflows.planned_key(kd, dataset, 0, train_config)
     # The seed draws the subset: the same seed, the same examples.
-    again = study._dekd_subset(dataset, 337, 0)
+    again = study.config._dekd_subset(dataset, 337, 0)
     np.testing.assert_array_equal(again.y_train, teacher.subset.y_train)
-    other = study._dekd_subset(dataset, 337, 1)
+    other = study.config._dekd_subset(dataset, 337, 1)
     assert not np.array_equal(other.x_train, teacher.subset.x_train)
 
 

@@ -1,0 +1,214 @@
+"""results.png: `plot` draws the best accuracies, Δ vs baseline and the curves.
+
+A module of its own named ``figure``, not ``plot``: a submodule named like
+the package's `plot` function would be shadowed by it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from keras_tfkd.study.report import _fmt, _fmt_delta, _spread_note, _teacher_epochs_text
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+
+
+def _plot_label(row):
+    name = f"{row['label']} {row['student']}"
+    if row["teacher"]:
+        name += f" <- {row['teacher']}"
+        if row["teacher_epochs"]:
+            name += _teacher_epochs_text(row["teacher_epochs"])
+    return name
+
+
+def plot(rows, path, title=""):
+    """results.png: accuracies on their real scale, Δ vs baseline, curves.
+
+    Three panels: the best test accuracy of every (method, student) as bars
+    on the full 0-100% axis, with chance (1/K) marked; its difference with
+    the same student's baseline in accuracy points, around a zero line,
+    with the per-seed (paired) differences as small marks and error bars of
+    their sample std (none with one seed); and the mean test accuracy per
+    epoch, one marker per epoch (so one epoch is one point), the legend
+    outside the axes. Drawn on a `matplotlib.figure.Figure` with the Agg
+    canvas, so it never touches pyplot's global backend.
+    """
+    fig = _figure(rows, title)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _figure(rows, title=""):
+    """The `matplotlib.figure.Figure` of `plot`: axes absolute, delta, curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    spread = _spread_note(rows)
+    rows = [r for r in rows if r["role"] == "run" and r["best"] is not None]
+    fig = Figure(figsize=(13, 10), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1])
+    absolute = fig.add_subplot(grid[0, 0])
+    delta = fig.add_subplot(grid[0, 1], sharey=absolute)
+    curves = fig.add_subplot(grid[1, :])
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    classes = {r["num_classes"] for r in rows if r.get("num_classes")}
+    chance = 100 / classes.pop() if len(classes) == 1 else None
+    several = any(r["n"] > 1 for r in rows)
+    _accuracy_panel(absolute, rows, colors, chance, several)
+    _delta_panel(delta, rows, colors, several)
+    _curves_panel(curves, rows, colors, chance)
+    fig.suptitle("\n".join(t for t in (title, spread) if t), fontsize=10)
+    return fig
+
+
+def _accuracy_panel(ax, rows, colors, chance, several):
+    """The best accuracy of every row as a bar, on the full 0-100 scale."""
+    y = np.arange(len(rows))
+    ax.barh(
+        y,
+        [r["best"] for r in rows],
+        xerr=[r["best_std"] or 0 for r in rows] if several else None,
+        color=colors,
+        height=0.65,
+        capsize=3,
+    )
+    for yi, r in zip(y, rows):
+        ax.text(
+            1,
+            yi,
+            _fmt(r["best"], r["best_std"]),
+            va="center",
+            ha="left",
+            fontsize=8,
+            color="white",
+            fontweight="bold",
+        )
+    if chance is not None:
+        ax.axvline(chance, color="black", ls=":", lw=1)
+        ax.text(
+            chance,
+            0.005,
+            f" chance (1/K = {chance:.0f}%)",
+            fontsize=7,
+            va="bottom",
+            ha="left",
+            transform=ax.get_xaxis_transform(),
+        )
+    ax.set_xlim(0, 100)
+    ax.set_yticks(y, [_plot_label(r) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("best test accuracy (%)")
+    ax.set_title(
+        "best test accuracy (%), on the full 0-100 scale\n"
+        + ("mean ± sample std over seeds" if several else "n = 1 seed: no spread"),
+        fontsize=10,
+    )
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _delta_panel(ax, rows, colors, several):
+    """The difference of every row with its baseline, in accuracy points, around
+    a zero line: the mean, the std of the paired differences, each seed."""
+    reach = [1.0]
+    for yi, r, color in zip(np.arange(len(rows)), rows, colors):
+        if r["method"] == "baseline":
+            ax.plot(0, yi, marker="D", mfc="none", color="grey", ms=7)
+            ax.text(0, yi - 0.3, "baseline", fontsize=7, ha="center", color="grey")
+            continue
+        if r["delta_best"] is None:
+            ax.text(0, yi, "no baseline", fontsize=7, ha="center", va="center")
+            continue
+        std = r["delta_best_std"]
+        seeds = r.get("delta_best_seeds") or []
+        if len(seeds) > 1:
+            ax.plot(
+                seeds, [yi + 0.22] * len(seeds), "o", color=color, ms=3.5, alpha=0.7
+            )
+        ax.errorbar(
+            r["delta_best"],
+            yi,
+            xerr=std,
+            fmt="o",
+            color=color,
+            ms=7,
+            capsize=4,
+            elinewidth=1.5,
+        )
+        ax.text(
+            r["delta_best"],
+            yi - 0.3,
+            _fmt_delta(r["delta_best"], std),
+            fontsize=7,
+            ha="center",
+        )
+        reach += [abs(r["delta_best"]) + (std or 0), *map(abs, seeds)]
+    span = 1.2 * max(reach)
+    ax.set_xlim(-span, span)
+    ax.axvline(0, color="black", lw=1)
+    ax.tick_params(labelleft=False)
+    ax.grid(axis="x", alpha=0.3)
+    tests = {r["test_examples"] for r in rows if r.get("test_examples")}
+    image = f"; 1 test image = {100 / tests.pop():.2f}" if len(tests) == 1 else ""
+    ax.set_xlabel(f"Δ best vs the same student's baseline (accuracy points{image})")
+    bars = (
+        "bars: sample std of the per-seed differences; small dots: each seed"
+        if several
+        else "n = 1 seed: no error bars"
+    )
+    ax.set_title(f"difference with the baseline, in points\n{bars}", fontsize=10)
+
+
+def _curves_panel(ax, rows, colors, chance):
+    """The mean test accuracy after every epoch, one marker per epoch (dashed:
+    students other than the most common one), the legend outside the axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    values = []
+    longest = max([len(r["curve"]) for r in rows] or [0])
+    students = [r["student"] for r in rows]
+    main = max(students, key=students.count) if students else None
+    dodge = 0.25 / max(1, len(rows) - 1) if longest <= 3 else 0.0
+    for i, (r, color) in enumerate(zip(rows, colors)):
+        if not r["curve"]:
+            continue
+        epochs = np.arange(1, len(r["curve"]) + 1) + dodge * (i - (len(rows) - 1) / 2)
+        ax.plot(
+            epochs,
+            r["curve"],
+            color=color,
+            marker=_MARKERS[i % len(_MARKERS)],
+            ms=6,
+            lw=1.4,
+            ls="-" if r["student"] == main else "--",
+            label=_plot_label(r),
+        )
+        values += r["curve"]
+    if values:
+        low, high = min(values), max(values)
+        if chance is not None and chance < low:
+            ax.axhline(chance, color="black", ls=":", lw=1, label="chance (1/K)")
+            low = chance
+        pad = max(1.0, 0.05 * (high - low))
+        ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 0.5)
+        ax.set_xlim(0.5, longest + 0.5)
+        ax.legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+        )
+    if 0 < longest <= 20:
+        ax.set_xticks(range(1, longest + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(
+        f"test accuracy after every epoch (mean over seeds; dashed: students "
+        f"other than {main}"
+        + ("; points moved sideways to be seen" if dodge else "")
+        + ")",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)

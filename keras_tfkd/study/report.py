@@ -1,0 +1,375 @@
+"""A study's table: `summarize` the records into rows, then text or Markdown.
+
+Accuracies are in %, the mean over seeds with the sample standard deviation
+(``ddof=1``), none with one seed; Δ is against the baseline of the same
+student, its ± the sample std of the paired (per-seed) differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_tfkd import experiments as experiments_lib
+from keras_tfkd.study.config import METHOD_LABELS, STUDY_SOURCES, _fraction_text
+
+
+def _mean_std(values):
+    """Mean and sample standard deviation (``ddof=1``) in %, of fractions.
+
+    None values are left out; the std is None with fewer than two values
+    (one seed has no spread), and both are None with none.
+    """
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype="float64") * 100
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else None
+    return float(arr.mean()), std
+
+
+def _teacher_epochs(record):
+    """The De-KD teacher's training, as the row shows it: epochs or a fraction."""
+    part = record.get("dekd_teacher") or {}
+    if part.get("fraction") is not None:
+        return part["fraction"]
+    return record.get("hyperparameters", {}).get("teacher_epochs")
+
+
+def summarize(records):
+    """Rows of the paper-style table, one per (method, student, teacher).
+
+    Accuracies are in %: the mean over seeds and the sample standard
+    deviation (``ddof=1``; None with one seed, which has no spread); ``n`` is
+    the number of seeds. ``delta_*`` is the difference of the means with the
+    baseline of the same student (None where that baseline is missing) and
+    ``delta_*_std`` the sample std of the per-seed (paired: same seed, same
+    initial weights) differences, None with fewer than two pairs. ``notes``
+    are `workflows.explain_accuracy` lines, with the seeds they hold for.
+    Teacher-only runs (the De-KD teacher) become rows with
+    ``role == "teacher"``.
+    """
+    groups = {}
+    for r in records:
+        groups.setdefault(_group_key(r), []).append(r)
+    paired = {
+        (r["student"], r["epochs"], r["seed"]): r
+        for r in records
+        if r["method"] == "baseline" and r.get("role", "run") == "run"
+    }
+    rows = [
+        {**_row(key, group), **_paired_deltas(group, paired, role=key[-1])}
+        for key, group in groups.items()
+    ]
+    _add_mean_deltas(rows)
+    order = {m: i for i, m in enumerate(experiments_lib.METHODS)}
+    rows.sort(
+        key=lambda r: (r["role"] != "run", order.get(r["method"], 99), r["student"])
+    )
+    return rows
+
+
+def _group_key(record):
+    """The row of a record: (method, student, teacher, teacher epochs, epochs, role)."""
+    return (
+        record["method"],
+        record["student"],
+        record["teacher"],
+        _teacher_epochs(record),
+        record["epochs"],
+        record.get("role", "run"),
+    )
+
+
+def _row(key, group):
+    """The row of one group (its seeds): means and stds in %, notes, curve."""
+    method, student, teacher, t_epochs, epochs, role = key
+    best, best_std = _mean_std([r["best_test_accuracy"] for r in group])
+    final, final_std = _mean_std([r["test_accuracy"] for r in group])
+    t_acc, t_std = _mean_std([r.get("teacher_test_accuracy") for r in group])
+    first = group[0]
+    hp = first.get("hyperparameters", {})
+    return {
+        "method": method,
+        "label": METHOD_LABELS.get(method, method),
+        "student": student,
+        "teacher": teacher,
+        "teacher_epochs": t_epochs,
+        "epochs": epochs,
+        "role": role,
+        "seeds": sorted(r["seed"] for r in group),
+        "n": len(group),
+        "num_classes": first.get("num_classes"),
+        "test_examples": hp.get("test_examples"),
+        "schedule_epochs": hp.get("schedule_epochs"),
+        "dekd_teacher": first.get("dekd_teacher"),
+        "best": best,
+        "best_std": best_std,
+        "final": final,
+        "final_std": final_std,
+        "teacher_accuracy": t_acc,
+        "teacher_accuracy_std": t_std,
+        "diverged": sum(bool(r.get("diverged")) for r in group),
+        "kl_note": first.get("kl_translation", {}).get("note"),
+        "train_seconds": float(sum(r.get("train_seconds", 0) for r in group)),
+        "curve": _mean_curve(group),
+        "notes": _seed_notes(group),
+    }
+
+
+def _seed_notes(group):
+    """`workflows.explain_accuracy` lines of a group, each with its seeds."""
+    from keras_tfkd import workflows
+
+    notes = {}
+    for r in group:
+        for line in workflows.explain_accuracy(r):
+            notes.setdefault(line, []).append(r["seed"])
+    return [(line, sorted(seeds)) for line, seeds in notes.items()]
+
+
+def _paired_deltas(group, paired, role):
+    """``delta_*_seeds``: each seed minus the same seed's baseline, in points
+    (none for a teacher row); ``delta_*_std``: their sample std."""
+    deltas = {}
+    for field, name in (("best", "best_test_accuracy"), ("final", "test_accuracy")):
+        diffs = []
+        for r in group:
+            base = paired.get((r["student"], r["epochs"], r["seed"]))
+            if role == "run" and base is not None:
+                if r[name] is not None and base[name] is not None:
+                    diffs.append(100 * (r[name] - base[name]))
+        deltas[f"delta_{field}_seeds"] = diffs
+        deltas[f"delta_{field}_std"] = (
+            float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None
+        )
+    return deltas
+
+
+def _add_mean_deltas(rows):
+    """Set ``delta_best``/``delta_final`` of every run row: its mean minus the
+    mean of the same student's baseline row (None without one)."""
+    baselines = {
+        (r["student"], r["epochs"]): r
+        for r in rows
+        if r["method"] == "baseline" and r["role"] == "run"
+    }
+    for row in rows:
+        base = baselines.get((row["student"], row["epochs"]))
+        for field in ("best", "final"):
+            ok = base is not None and row[field] is not None and row["role"] == "run"
+            row[f"delta_{field}"] = row[field] - base[field] if ok else None
+
+
+def _mean_curve(group):
+    curves = [r.get("history", {}).get("test_accuracy") for r in group]
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    return [float(v) * 100 for v in np.mean([c[:n] for c in curves], axis=0)]
+
+
+def _fmt(mean, std):
+    """``97.78 ± 0.38``; without a spread (one seed) just ``97.78``."""
+    if mean is None:
+        return "n/a"
+    if std is None:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt_delta(delta, std=None):
+    if delta is None:
+        return ""
+    if std is None:
+        return f"{delta:+.2f}"
+    return f"{delta:+.2f} ± {std:.2f}"
+
+
+def _spread_note(rows):
+    """What the ± means (or that there is none), from the rows' seed counts."""
+    counts = sorted({r["n"] for r in rows if r["role"] == "run"})
+    if not counts or counts == [1]:
+        return "n = 1 seed: no spread (one run per row, no standard deviation)"
+    if len(counts) == 1:
+        return f"mean ± sample std (ddof=1) over n = {counts[0]} seeds"
+    return (
+        "mean ± sample std (ddof=1) over the n seeds of each row (column n; "
+        "rows with n = 1 have no spread)"
+    )
+
+
+def _teacher_epochs_text(teacher_epochs):
+    if teacher_epochs is None:
+        return ""
+    if teacher_epochs < 1:
+        return f"@{_fraction_text(teacher_epochs)}ep"
+    return f"@{teacher_epochs}ep"
+
+
+def _teacher_cell(row):
+    if row["teacher"] is None:
+        return "-"
+    name = row["teacher"]
+    if row["teacher_epochs"]:
+        name += " " + _teacher_epochs_text(row["teacher_epochs"])
+    if row["teacher_accuracy"] is not None:
+        name += f" ({row['teacher_accuracy']:.1f}%)"
+    return name
+
+
+def _table_cells(rows):
+    head = [
+        "method",
+        "student",
+        "teacher (test acc)",
+        "best acc %",
+        "Δ best",
+        "final acc %",
+        "Δ final",
+        "n",
+    ]
+    body = []
+    for row in rows:
+        if row["role"] != "run":
+            continue
+        if row["method"] == "baseline":
+            deltas = ["ref", "ref"]
+        else:
+            deltas = [
+                _fmt_delta(row[f"delta_{f}"], row[f"delta_{f}_std"])
+                for f in ("best", "final")
+            ]
+        body.append(
+            [
+                row["label"] + (" (diverged)" if row["diverged"] else ""),
+                row["student"],
+                _teacher_cell(row),
+                _fmt(row["best"], row["best_std"]),
+                deltas[0],
+                _fmt(row["final"], row["final_std"]),
+                deltas[1],
+                str(row["n"]),
+            ]
+        )
+    return head, body
+
+
+def _header(config, dataset):
+    import keras
+
+    epochs = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''}"
+    return (
+        f"{dataset.name} (K={dataset.num_classes}), {epochs}, "
+        f"seeds {' '.join(map(str, config.seeds))}, Adam lr {config.learning_rate:g} "
+        "(cosine), "
+        f"batch {config.batch_size}, backend {keras.backend.backend()}"
+    )
+
+
+def format_table(rows, header=""):
+    """The paper-style table as aligned text (mean ± std over seeds, Δ vs baseline).
+
+    "best" is the best test accuracy over epochs (what the paper reports),
+    "final" the accuracy after the last epoch; Δ is against the baseline of
+    the same student ("ref" on the baseline rows), ± the sample std over
+    seeds of the paired differences; n is the number of seeds. With one seed
+    there is no ± at all, and the line under the header says so.
+    """
+    head, body = _table_cells(rows)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = [header] if header else []
+    lines.append(_spread_note(rows))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    for cells in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    lines += _teacher_notes(rows)
+    lines += [f"Note: {note}" for note in _accuracy_notes(rows)]
+    return "\n".join(lines)
+
+
+def _teacher_notes(rows):
+    notes = []
+    for row in rows:
+        if row["role"] != "teacher":
+            continue
+        acc = _fmt(row["final"], row["final_std"])
+        part = row.get("dekd_teacher")
+        if part and part.get("fraction") is not None:
+            notes.append(
+                f"De-KD teacher: {row['student']} after the first "
+                f"{_fraction_text(part['fraction'])} of an epoch ({part['steps']} "
+                f"steps against the KD teacher's {part['kd_teacher_steps']}, on a "
+                f"random {part['train_examples']} of the "
+                f"{part['full_train_examples']} training examples): {acc} % test "
+                "acc. One whole epoch would be the KD teacher itself, and De-KD "
+                "would equal KD."
+            )
+            continue
+        e, run = row["epochs"], row.get("schedule_epochs")
+        run = f" of its {run}-epoch run" if run else " of normal training"
+        notes.append(
+            f"De-KD teacher: {row['student']} after {e} epoch{'s' if e > 1 else ''}"
+            f"{run}: {acc} % test acc."
+        )
+    return notes
+
+
+def _accuracy_notes(rows):
+    """`workflows.explain_accuracy` lines of the rows: near chance, diverged."""
+    notes = []
+    for row in rows:
+        name = row["label"] + " " + row["student"]
+        if row["role"] == "teacher":
+            name = f"De-KD teacher {row['student']}"
+        for line, seeds in row.get("notes", ()):
+            which = "seed" if len(seeds) == 1 else "seeds"
+            notes.append(f"{name} ({which} {', '.join(map(str, seeds))}): {line}.")
+    return notes
+
+
+def format_markdown(rows, header, config):
+    """results.md: settings, the table, the K-translation used, the plot."""
+    head, body = _table_cells(rows)
+    lines = [
+        "# Tf-KD study",
+        "",
+        header + ".",
+        "",
+        _spread_note(rows) + ".",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines.append("")
+    lines += [f"- {note}" for note in _teacher_notes(rows)]
+    lines += [f"- **Note:** {note}" for note in _accuracy_notes(rows)]
+    counts = {r["n"] for r in rows if r["role"] == "run"}
+    if counts <= {1}:
+        spread = "one seed (n = 1), so no spread"
+        paired = ""
+    else:
+        spread = "mean ± sample std (ddof=1) over the n seeds of each row"
+        paired = ", ± the sample std of the per-seed differences"
+    lines += [
+        "- best: best test accuracy over epochs (as the paper reports); final: "
+        f"after the last epoch; {spread}; Δ: against the baseline of the same "
+        f"student (same seeds, same initial weights){paired}; n: seeds.",
+        f"- Student `{config.student}` plays MobileNetV2 and teacher "
+        f"`{config.teacher}` ResNet18; hyper-parameters from: "
+        + ", ".join(
+            f"{METHOD_LABELS[m]} `{STUDY_SOURCES[m]}`"
+            for m in config.methods
+            if m != "baseline"
+        )
+        + ".",
+    ]
+    notes = {row["kl_note"] for row in rows if row["kl_note"] and row["role"] == "run"}
+    notes.discard(None)
+    for note in sorted(n for n in notes if "no KL term" not in n):
+        lines.append(f"- KL term: {note}.")
+    if config.plot:
+        lines += ["", "![results](results.png)"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""`run_study`: train (or resume) a study's runs and write its results."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from keras_tfkd.study.config import (
+    METHOD_LABELS,
+    StudyConfig,
+    _dekd_plan_line,
+    _dekd_subset,
+    _fraction_text,
+    dekd_teacher_plan,
+    plan,
+)
+from keras_tfkd.study.figure import plot
+from keras_tfkd.study.report import _header, format_markdown, format_table, summarize
+
+
+class _PartEpochTeacher:
+    """The De-KD teacher of a one-epoch study: part of the epoch, cached."""
+
+    def __init__(self, experiment, dataset, seed, dplan, out, train_config):
+        from keras_tfkd import workflows
+
+        self.subset = _dekd_subset(dataset, dplan["train_examples"], seed)
+        # One epoch of a `schedule_epochs`-epoch run on the subset: the steps
+        # and learning rates of the first part of the full one-epoch run.
+        self.experiment = experiment.replace(
+            epochs=dplan["schedule_epochs"], teacher_epochs=1
+        )
+        self.seed = seed
+        self.info = {
+            "fraction": dplan["fraction"],
+            "train_examples": dplan["train_examples"],
+            "full_train_examples": dplan["full_train_examples"],
+            "steps": dplan["steps"],
+            "kd_teacher_steps": dplan["kd_teacher_steps"],
+        }
+        record = workflows._planned_record(
+            self.experiment.teacher_experiment(),
+            self.subset,
+            seed,
+            train_config,
+            stop_after=1,
+        )
+        self.path = (
+            Path(out)
+            / workflows.CHECKPOINTS_DIR
+            / workflows._folder_name(record)
+            / "final.keras"
+        )
+
+    def train(self, out, train_config, store, log):
+        """Train (or reuse) the teacher; return its record, annotated."""
+        from keras_tfkd import workflows
+
+        path, record = workflows.teacher_checkpoint(
+            self.experiment,
+            self.subset,
+            seed=self.seed,
+            output_dir=out,
+            config=train_config,
+            store=store,
+            log=log,
+        )
+        self.path = path
+        if record.get("dekd_teacher") != self.info:
+            record = {**record, "dekd_teacher": self.info}
+            store.add(record)
+        return record
+
+
+def run_study(config=None, log=print):
+    """Run (or resume) a study; write results.json/.md/.png; return a summary.
+
+    Returns a dict with ``records`` (this study's runs, teachers included),
+    ``rows`` (`summarize`), ``table`` (the printed text), ``seconds`` and the
+    paths written.
+    """
+    from keras_tfkd import data, workflows
+
+    config = config or StudyConfig()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for name in (config.student, config.teacher):
+        workflows.check_model_name(name)
+    load_kw = {} if config.limit is None else {"limit": config.limit}
+    dataset = data.load(config.dataset, config.data_dir, **load_kw)
+    with contextlib.ExitStack() as stack:
+        if config.compilation_cache:
+            stack.enter_context(workflows.compilation_cache(out / ".jax_cache"))
+        return _run_jobs(config, dataset, out, start, log)
+
+
+def _run_jobs(config, dataset, out, start, log):
+    import keras
+
+    from keras_tfkd import workflows
+
+    store = workflows.ResultsStore(out / workflows.RESULTS_FILE)
+    train_config = config.train_config()
+    jobs = plan(config)
+    log(
+        f"Study: {len(config.methods)} methods x {len(config.seeds)} seeds on "
+        f"{dataset.name} (K={dataset.num_classes}, {dataset.num_examples('train')} "
+        f"train / {dataset.num_examples('test')} test), {config.epochs} epochs, "
+        f"backend {keras.backend.backend()} -> {out}"
+    )
+    dplan = dekd_teacher_plan(config, dataset.num_examples("train"))
+    if "dekd" in config.methods:
+        log(_dekd_plan_line(config, dplan))
+    keys = []
+    for i, (exp, seed) in enumerate(jobs, 1):
+        label = f"[{i}/{len(jobs)}] {_run_label(exp, dplan)}, seed {seed}"
+        before = time.perf_counter()
+        teacher = None
+        if exp.method == "dekd" and dplan["fraction"] is not None:
+            teacher = _PartEpochTeacher(exp, dataset, seed, dplan, out, train_config)
+        path = None if teacher is None else teacher.path
+        done = store.get(
+            workflows.planned_key(
+                exp, dataset, seed, train_config, teacher_checkpoint_path=path
+            )
+        )
+        if done is None:
+            log(f"{label} ...")
+        teacher_record = None
+        if teacher is not None and done is None:
+            teacher_record = teacher.train(out, train_config, store, log)
+        record = workflows.train(
+            exp,
+            dataset,
+            seed=seed,
+            output_dir=out,
+            config=train_config,
+            store=store,
+            teacher_checkpoint_path=None if teacher is None else teacher.path,
+            log=log,
+        )
+        if teacher_record is not None and (
+            record.get("teacher_key") != teacher_record["key"]
+            or record.get("dekd_teacher") != teacher.info
+        ):
+            record = {
+                **record,
+                "teacher_key": teacher_record["key"],
+                "dekd_teacher": teacher.info,
+            }
+            store.add(record)
+        keys.append(record["key"])
+        if record.get("teacher_key"):
+            keys.append(record["teacher_key"])
+        status = "skipped (already in results.json)" if done else "done"
+        took = time.perf_counter() - before
+        log(
+            f"{label}: {status}; test acc {_pct(record['test_accuracy'])} (best "
+            f"{_pct(record['best_test_accuracy'])}) [{took:.1f} s]"
+        )
+        for line in workflows.explain_accuracy(record):
+            log(f"    note: {line}")
+    by_key = {r["key"]: r for r in store.records}
+    records = [by_key[k] for k in dict.fromkeys(keys) if k in by_key]
+    rows = summarize(records)
+    header = _header(config, dataset)
+    table = format_table(rows, header)
+    (out / "results.md").write_text(format_markdown(rows, header, config))
+    paths = {
+        "results.json": out / workflows.RESULTS_FILE,
+        "results.md": out / "results.md",
+    }
+    if config.plot:
+        paths["results.png"] = plot(rows, out / "results.png", title=header)
+    seconds = time.perf_counter() - start
+    log("")
+    log(table)
+    log(f"\nWrote {', '.join(str(p) for p in paths.values())} ({seconds:.0f} s)")
+    return {
+        "records": records,
+        "rows": rows,
+        "table": table,
+        "seconds": seconds,
+        "paths": paths,
+    }
+
+
+def _run_label(exp, dplan=None):
+    name = METHOD_LABELS[exp.method]
+    if exp.teacher is None:
+        return f"{name} {exp.student}"
+    teacher = exp.teacher
+    if exp.method == "dekd":
+        if dplan is not None and dplan["fraction"] is not None:
+            teacher += f"@{_fraction_text(dplan['fraction'])}ep"
+        else:
+            teacher += f"@{exp.teacher_epochs}ep"
+    return f"{name} {exp.student} <- {teacher}"
+
+
+def _pct(value):
+    return "n/a" if value is None else f"{100 * value:.2f}%"
