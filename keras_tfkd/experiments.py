@@ -399,6 +399,24 @@ class Experiment:
         weight = self.alpha * self.multiplier * t_factor
         return weight / k if self.kl == "reference" else weight
 
+    def kl_note(self, num_classes):
+        """One line on the KL term at K = `num_classes`: its form and weight.
+
+        >>> get("tfkd_reg/resnet18").kl_note(10)
+        'batch-mean KL, multiplier 1 (paper: 100 with KL/K at K=100); weight 0.1'
+        """
+        if self.method not in KL_METHODS:
+            return f"{self.method}: no KL term"
+        form = (
+            "batch-mean KL"
+            if self.kl == "batchmean"
+            else f"reference KL/K (K={num_classes})"
+        )
+        text = f"{form}, multiplier {self.multiplier:g}"
+        if self.published_multiplier is not None:
+            text += f" (paper: {self.published_multiplier:g} with KL/K at K=100)"
+        return f"{text}; weight {self.kl_weight(num_classes):.4g}"
+
     def build(self, student, teacher=None):
         """The uncompiled `Distiller` of this experiment for a built `student`.
 
