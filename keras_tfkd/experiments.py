@@ -68,8 +68,12 @@ __all__ = [
     "REGISTRY",
     "RegistryError",
     "UnknownNameError",
+    "FIELD_CHOICES",
+    "FIELD_HELP",
+    "RUN_FIELDS",
     "available",
     "experiment_id",
+    "field_kind",
     "get",
     "load_registry",
 ]
@@ -157,6 +161,38 @@ _FIELD_TYPES = {
     "source": (_STR, False),
     "based_on": (_STR, True),
 }
+
+
+#: One line on each field, for ``keras-tfkd run --help`` (its flags are the
+#: fields of `RUN_FIELDS`, generated from this table and `_FIELD_TYPES`).
+FIELD_HELP = types.MappingProxyType(
+    {
+        "student": "another student model",
+        "teacher": "another teacher model",
+        "alpha": "the soft term's weight, in [0, 1]",
+        "temperature": "the KL's temperature T",
+        "multiplier": "the factor in front of the KL of form --kl",
+        "kl": "the KL form: batchmean (default) or reference (the authors' KL / K)",
+        "batch_size": None,
+        "dataset": "(default: the experiment's, cifar100)",
+        "epochs": None,
+        "teacher_epochs": "De-KD: epochs of the teacher's normal run it stops at",
+        "teacher_batch_size": "the teacher's batch size (default: batch_size)",
+        "correct_prob": "Tf-KD_reg's a",
+        "epsilon": "LSR's epsilon",
+    }
+)
+#: The fields a run may override from the command line, in this order; the
+#: others (method, protocol, published values, provenance) belong to the row.
+RUN_FIELDS = tuple(FIELD_HELP)
+#: Fields whose values are one of a few names.
+FIELD_CHOICES = types.MappingProxyType({"kl": KL_FORMS})
+
+
+def field_kind(name):
+    """``"number"``, ``"integer"`` or ``"string"``: what field `name` holds."""
+    kind = _FIELD_TYPES[name][0]
+    return {_FLOAT: "number", _INT: "integer", _STR: "string"}[kind]
 
 
 def _coerce(name, value):
