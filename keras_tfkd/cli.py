@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 
 # Keras-free imports only: the backend is chosen after the arguments are parsed.
+from keras_tfkd import experiments as _experiments
 from keras_tfkd.experiments import METHODS, UnknownNameError
 
 __all__ = ["build_parser", "check_backend", "main"]
@@ -76,8 +77,6 @@ DEFAULT_SEEDS = (0, 1, 2)
 # call to cuInit" ERROR line of a CUDA build on a machine without a GPU)
 # drowns the progress lines: 3 hides ERROR too. Users can still set their own.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Set in the environment of a re-executed command (see `_select_backend`).
-_REEXEC_FLAG = "KERAS_TFKD_CLI_REEXEC"
 # Above this many valid names, an unknown name gets the closest ones and the
 # `keras-tfkd list` command that prints them all.
 _LIST_ALL_UP_TO = 8
@@ -192,18 +191,16 @@ def _add_backend(parser):
 #: The `run` flags that override an `Experiment` field: field -> (argparse type,
 #: help). The flag is the field with dashes (``batch_size``: ``--batch-size``);
 #: `build_parser` adds them and `_run` collects them over ``--config``'s fields.
+_FIELD_TYPES = {"number": float, "integer": _positive_int, "string": None}
+#: ``keras-tfkd run``'s experiment flags, one per overridable field of
+#: `Experiment` (`experiments.RUN_FIELDS`): field -> (type, choices, help).
 _RUN_FIELD_FLAGS = {
-    "dataset": (None, "(default: the experiment's, cifar100)"),
-    "epochs": (_positive_int, None),
-    "batch_size": (_positive_int, None),
-    "alpha": (float, None),
-    "temperature": (float, None),
-    "multiplier": (float, None),
-    "correct_prob": (float, "Tf-KD_reg's a"),
-    "epsilon": (float, "LSR's epsilon"),
-    "teacher_epochs": (_positive_int, None),
-    "student": (None, "another student model"),
-    "teacher": (None, "another teacher model"),
+    field: (
+        _FIELD_TYPES[_experiments.field_kind(field)],
+        _experiments.FIELD_CHOICES.get(field),
+        _experiments.FIELD_HELP[field],
+    )
+    for field in _experiments.RUN_FIELDS
 }
 
 
@@ -290,11 +287,14 @@ def build_parser():
         help="epochs of the De-KD teacher (default: %(default)s)",
     )
     study.add_argument(
-        "--translation",
-        choices=("auto", "none"),
-        default="auto",
-        help="carry the K=100 hyper-parameters to K classes (default: %(default)s)",
+        "--kl",
+        choices=_experiments.KL_FORMS,
+        default="batchmean",
+        help="the KL form of every method: batchmean (the registry's, the "
+        "published meaning at any K) or reference (the authors' KL / K with the "
+        "published multipliers) (default: %(default)s)",
     )
+    study.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
     study.add_argument("--no-plot", action="store_true", help="skip results.png")
     study.add_argument("--quiet", action="store_true", help="print the table only")
     _add_backend(study)
@@ -306,8 +306,9 @@ def build_parser():
         "with the reference protocol: reference optimiser and schedule, "
         "reference augmentation, 200 epochs (90 for ImageNet), seed 230. The "
         "teacher of kd/rekd/dekd/tfkd_self is trained first and cached in the "
-        "output folder. Flags override the published values; on a data set "
-        "with K != 100 the KL term keeps its K=100 meaning (see --translation). "
+        "output folder. Flags override the published values (the registry "
+        "stores the multipliers for the batch-mean KL, --kl batchmean, so a "
+        "setting means the same at any number of classes). "
         "An interrupted run resumes from its last finished epoch.",
     )
     run.add_argument("--experiment", required=True, help="e.g. tfkd_reg/resnet18")
@@ -316,8 +317,10 @@ def build_parser():
         help="JSON file of experiment fields to override, e.g. "
         '{"alpha": 0.5, "epochs": 30}; flags given here win',
     )
-    for field, (kind, text) in _RUN_FIELD_FLAGS.items():
-        run.add_argument("--" + field.replace("_", "-"), type=kind, help=text)
+    for field, (kind, choices, text) in _RUN_FIELD_FLAGS.items():
+        run.add_argument(
+            "--" + field.replace("_", "-"), type=kind, choices=choices, help=text
+        )
         if field == "dataset":  # where to find the data set, next to its name
             run.add_argument(
                 "--data-dir", help="folder to search for the data set first"
@@ -348,12 +351,7 @@ def build_parser():
         default="constant",
         help="Adam's schedule (default: %(default)s)",
     )
-    run.add_argument(
-        "--translation",
-        choices=("auto", "none"),
-        default="auto",
-        help="(default: auto)",
-    )
+    run.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
     run.add_argument(
         "--output-dir",
         default="runs/experiments",
@@ -504,13 +502,13 @@ def _quiet_tensorflow():
             logger.setLevel(before)
 
 
-def _select_backend(name, argv):
-    """Set KERAS_BACKEND; re-run the command if Keras is already on another one.
+def _select_backend(name):
+    """Set KERAS_BACKEND before Keras is imported; refuse a Keras already on another.
 
-    Called as the ``keras-tfkd`` program (``argv is None``), a Keras already
-    imported on another backend (the package imports it) means a fresh
-    process with ``KERAS_BACKEND`` set; called in-process (``main([...])``),
-    it is an error.
+    The command imports Keras only after its arguments are parsed (the
+    package itself imports nothing heavy), so this always runs first when
+    ``keras-tfkd`` is the program; called in-process (``main([...])``) after
+    Keras was imported on another backend, it is an error.
     """
     if name is None:
         return
@@ -524,16 +522,26 @@ def _select_backend(name, argv):
     if current is None or current == name:
         os.environ["KERAS_BACKEND"] = name
         return
-    if argv is None and not os.environ.get(_REEXEC_FLAG):
-        env = dict(os.environ, KERAS_BACKEND=name, **{_REEXEC_FLAG: "1"})
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(
-            sys.executable, [sys.executable, "-m", "keras_tfkd", *sys.argv[1:]], env
-        )
     raise _UsageError(
         f"--backend {name}: Keras is already imported with the {current!r} "
         f"backend in this process; start a new process with KERAS_BACKEND={name}."
+    )
+
+
+def _translation_removed(value):
+    """--translation (0.1.0): 'auto' is what always happens now; 'none' is --kl."""
+    if value is None:
+        return
+    if value == "auto":
+        print(
+            f"{PROG}: note: --translation is deprecated (the registry's "
+            "multipliers now mean the same at any K); drop it.",
+            file=sys.stderr,
+        )
+        return
+    raise _UsageError(
+        f"--translation {value} was removed in 0.2: for the authors' KL at any K "
+        "use --kl reference (with the published --multiplier for `run`)."
     )
 
 
@@ -599,9 +607,9 @@ def _check_dataset(name, flag="--dataset"):
 
 def _check_models(*pairs):
     """Each ``(flag, name)``: an unknown model name is a usage error."""
-    from keras_tfkd import workflows
+    from keras_tfkd import runs
 
-    names = workflows.model_names()
+    names = runs.model_names()
     for flag, name in pairs:
         if name is not None and name not in names:
             raise _UsageError(_unknown("model", name, names, flag, "models"))
@@ -735,7 +743,7 @@ def _pending_signals_run_here():
 class _Progress:
     """The command's log, remembering what it trains (for the Ctrl-C message).
 
-    It reads the lines the study and the workflows print (``[i/n] <run>
+    It reads the lines the study and the runs print (``[i/n] <run>
     ...``, ``<label>: resuming after epoch N from <backup>``) and, on
     interruption, the ``backup.json`` files the runs wrote (`RunBackup`):
     the newest one written by this command, or the one it resumed from,
@@ -765,21 +773,25 @@ class _Progress:
 
     def saved_epoch(self):
         """The last epoch saved by the run that was interrupted (0: none)."""
+        from keras_tfkd.callbacks import RunBackup
+        from keras_tfkd.runs import BACKUPS_DIR, CHECKPOINTS_DIR
+
         out = self.output_dir
         found = []
-        for path in [
-            *out.glob("checkpoints/*/backup/backup.json"),  # normal runs
-            *out.glob("backups/*/backup.json"),  # the other runs
+        for folder in [
+            *out.glob(f"{CHECKPOINTS_DIR}/*/backup"),  # normal runs
+            *out.glob(f"{BACKUPS_DIR}/*"),  # the other runs
         ]:
             try:
-                mtime = path.stat().st_mtime
-                with open(path, encoding="utf-8") as f:
-                    epoch = int(json.load(f)["epoch"])
-            except (OSError, ValueError, KeyError, TypeError):
+                meta = RunBackup.read_state(folder)
+                mtime = (folder / RunBackup.METADATA).stat().st_mtime
+            except (OSError, ValueError):
                 continue
-            ours = mtime >= self.started - 1 or path.parent.absolute() in self.resumed
+            if meta is None:
+                continue
+            ours = mtime >= self.started - 1 or folder.absolute() in self.resumed
             if ours:
-                found.append((mtime, epoch))
+                found.append((mtime, int(meta["epoch"])))
         return max(found)[1] if found else 0
 
     def interrupted(self, study):
@@ -797,8 +809,9 @@ class _Progress:
 
 # ---------------------------------------------------------------- commands
 def _study(args, log):
-    from keras_tfkd import data, study, workflows
+    from keras_tfkd import data, runs, study
 
+    _translation_removed(args.translation)
     methods = tuple(args.methods) if args.methods else METHODS
     for m in methods:
         if m not in METHODS:
@@ -821,7 +834,7 @@ def _study(args, log):
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             dekd_teacher_epochs=args.dekd_teacher_epochs,
-            translation=args.translation,
+            kl=args.kl,
             data_dir=args.data_dir,
             limit=args.limit,
             plot=not args.no_plot,
@@ -832,7 +845,7 @@ def _study(args, log):
         summary = study.run_study(config, log=log)
     except data.DatasetNotFoundError as e:
         raise _UsageError(_data_error(e, dataset), status=1) from None
-    except workflows.CorruptCheckpointError as e:  # the message says what to do
+    except runs.CorruptCheckpointError as e:  # the message says what to do
         raise _UsageError(str(e), status=1) from None
     if args.quiet:
         print(summary["table"])
@@ -868,9 +881,8 @@ def _load_dataset(name, data_dir, limit):
     return data.load(name, data_dir, **kwargs)
 
 
-def _run(args, log):
-    from keras_tfkd import data, workflows
-
+def _run_experiment(args):
+    """The registry row of --experiment with --config and the flags applied."""
     experiment = _check_experiment(args.experiment)
     overrides = _read_config(args.config) if args.config else {}
     for field in _RUN_FIELD_FLAGS:  # a flag given wins over --config
@@ -878,10 +890,9 @@ def _run(args, log):
         if value is not None:
             overrides[field] = value
     dataset_flag = "--dataset" if args.dataset else None
-    dataset_name = _check_dataset(
+    overrides["dataset"] = _check_dataset(
         overrides.get("dataset") or experiment.dataset, dataset_flag
     )
-    overrides["dataset"] = dataset_name
     try:
         experiment = experiment.replace(**overrides)
     except (TypeError, ValueError) as e:  # a published value overridden badly
@@ -900,31 +911,41 @@ def _run(args, log):
             "Pass a .keras file, e.g. <output-dir>/checkpoints/<run>/best.keras.",
             status=1,
         )
+    return experiment
+
+
+def _run(args, log):
+    from keras_tfkd import data, runs
+    from keras_tfkd.distribution import get_distribution
+
+    _translation_removed(args.translation)
+    experiment = _run_experiment(args)
     try:
-        config = workflows.TrainConfig(
+        config = runs.TrainConfig(
             optimizer=args.optimizer,
             learning_rate=args.learning_rate,
             lr_schedule=args.lr_schedule,
-            translation=args.translation,
             progress_every=0 if args.quiet else 1,
         )
     except ValueError as e:
         raise _UsageError(str(e)) from None
     try:
-        dataset = _load_dataset(dataset_name, args.data_dir, args.limit)
+        dataset = _load_dataset(experiment.dataset, args.data_dir, args.limit)
     except data.DatasetNotFoundError as e:
-        raise _UsageError(_data_error(e, dataset_name), status=1) from None
-    store = workflows.ResultsStore(
-        os.path.join(args.output_dir, workflows.RESULTS_FILE)
+        raise _UsageError(_data_error(e, experiment.dataset), status=1) from None
+    # The run, resolved once: what follows only executes this plan.
+    plan = runs.plan_run(
+        experiment,
+        dataset,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        config=config,
+        teacher_checkpoint=args.teacher_checkpoint,
     )
-    info = experiment.kl_translation(dataset.num_classes, args.translation)
-    log(
-        f"{experiment.id} on {dataset.name} (K={dataset.num_classes}), seed {args.seed}"
-    )
+    store = runs.ResultsStore(os.path.join(args.output_dir, runs.RESULTS_FILE))
+    log(f"{experiment.id} on {dataset.name} (K={plan.num_classes}), seed {plan.seed}")
     log(f"  {experiment.describe()}")
-    log(f"  KL term: {info['note']}")
-    from keras_tfkd.distribution import get_distribution
-
+    log(f"  KL term: {experiment.kl_note(plan.num_classes)}")
     try:
         distribution = get_distribution(args.distribution)
     except (NotImplementedError, ValueError) as e:
@@ -934,17 +955,8 @@ def _run(args, log):
     log.label = experiment.id
     try:
         with distribution.scope():
-            record = workflows.train(
-                experiment,
-                dataset,
-                seed=args.seed,
-                output_dir=args.output_dir,
-                config=config,
-                store=store,
-                teacher_checkpoint_path=args.teacher_checkpoint,
-                log=log,
-            )
-    except workflows.CorruptCheckpointError as e:  # the message says what to do
+            record = runs.execute(plan, dataset, store=store, log=log)
+    except runs.CorruptCheckpointError as e:  # the message says what to do
         raise _UsageError(str(e), status=1) from None
     best, final = record["best_test_accuracy"], record["test_accuracy"]
     print(
@@ -953,7 +965,7 @@ def _run(args, log):
         + f" (epoch {record['best_epoch']}), final "
         + ("n/a" if final is None else f"{100 * final:.2f}%")
         + f", {record['train_seconds']:.0f} s -> {store.path}"
-        + "".join(f"\n  note: {line}" for line in workflows.explain_accuracy(record))
+        + "".join(f"\n  note: {line}" for line in runs.explain_accuracy(record))
     )
     return 0
 
@@ -970,9 +982,9 @@ def _list(args):
             for exp_id in experiments.available():
                 print(indent + experiments.get(exp_id).describe())
         elif section == "models":
-            from keras_tfkd import workflows
+            from keras_tfkd import runs
 
-            for name in workflows.model_names():
+            for name in runs.model_names():
                 print(indent + name)
         else:
             for name in data.available():
@@ -989,7 +1001,7 @@ def _execute(args, argv, log):
     if _needs_keras(args):
         backend = getattr(args, "backend", None)
         check_backend(backend, has_flag=hasattr(args, "backend"))
-        _select_backend(backend, argv)
+        _select_backend(backend)
         _import_keras(backend)
     try:
         with _quiet_tensorflow():

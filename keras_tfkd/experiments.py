@@ -24,40 +24,30 @@ Ids are ``<method>/<student>`` for one-model methods (``tfkd_reg/resnet18``,
 ``dekd/mobilenet_v2_from_resnet18``, ``rekd/resnet18_from_mobilenet_v2``).
 The model names are those of `keras_tfkd.models`.
 
-Translating the hyper-parameters across K
------------------------------------------
-The published ``alpha``, ``T`` and ``multiplier`` were tuned on CIFAR-100
-(``K = 100``) with the reference code's element-wise-mean KL
-(``KLm = batch-mean KL / K``). Copied as they are to ``K = 10``, ``KLm`` is
-10x larger for the same distributions, the soft term weighs 10x more, and
-training can diverge. So an experiment keeps the *meaning* of its published
-setting, whatever the number of classes of the data it runs on
-(:meth:`Experiment.kl_translation`, applied by :meth:`Experiment.build`):
-
-* ``K = 100``: the reference recipe, unchanged
-  (``kl_reduction="elementwise_mean"``, the published multiplier).
-* ``K != 100``: the batch-mean KL (``kl_reduction="batchmean"``) with the
-  multiplier translated by `keras_tfkd.recipes.translate_multiplier`
-  (``m -> m / 100``). The weight in front of the batch-mean KL is then
-  ``alpha * m * T^2 / 100`` for kd, rekd, dekd and tfkd_self and
-  ``alpha * m / 100`` for tfkd_reg -- exactly the weight the reference gives
-  it at ``K = 100``, where the two forms coincide.
-
-``translation="none"`` builds the reference recipe verbatim at any ``K``
-(to reproduce the reference code itself on CIFAR-10, say). The workflows
-record which translation was applied with every result.
+The KL term: ``kl`` and ``multiplier``
+--------------------------------------
+The paper tuned ``alpha``, ``T`` and ``multiplier`` on CIFAR-100 (``K = 100``)
+with the reference code's KL, which divides by ``N*K`` (``kl="reference"``).
+Copied as they are to ``K = 10``, that term is 10x larger for the same
+distributions and training can diverge. So the registry stores every row in
+the form that means the same at any K, as the rest of keras-tfkd does: the
+batch-mean KL (``kl="batchmean"``, the default) with
+``multiplier = published_multiplier / 100``, the published number kept
+beside it. At ``K = 100`` the two forms are the same loss; elsewhere the
+batch-mean one keeps the published meaning. ``replace(kl="reference",
+multiplier=published_multiplier)`` runs the reference code's form verbatim
+(to reproduce it on CIFAR-10, say). Nothing is translated at run time:
+`multiplier` goes to the loss as it is.
 
 Example:
 
 >>> from keras_tfkd import experiments
 >>> exp = experiments.get("tfkd_reg/resnet18")
->>> exp.alpha, exp.temperature, exp.multiplier, exp.batch_size
-(0.1, 20.0, 100.0, 128)
+>>> exp.alpha, exp.temperature, exp.multiplier, exp.published_multiplier
+(0.1, 20.0, 1.0, 100.0)
 >>> quick = exp.replace(student="cnn_tiny", dataset="digits", epochs=5)
->>> quick.id, quick.based_on
-('tfkd_reg/cnn_tiny', 'tfkd_reg/resnet18')
->>> quick.kl_translation(num_classes=10)["multiplier"]
-1.0
+>>> quick.id, quick.based_on, quick.kl
+('tfkd_reg/cnn_tiny', 'tfkd_reg/resnet18', 'batchmean')
 """
 
 from __future__ import annotations
@@ -78,8 +68,12 @@ __all__ = [
     "REGISTRY",
     "RegistryError",
     "UnknownNameError",
+    "FIELD_CHOICES",
+    "FIELD_HELP",
+    "RUN_FIELDS",
     "available",
     "experiment_id",
+    "field_kind",
     "get",
     "load_registry",
 ]
@@ -106,9 +100,9 @@ TEACHER_SOURCE = types.MappingProxyType(
     }
 )
 PROTOCOLS = ("cifar", "imagenet")
-#: K the published hyper-parameters were tuned at (`recipes.REFERENCE_NUM_CLASSES`;
-#: this module imports Keras only when it builds a Distiller).
-REFERENCE_NUM_CLASSES = 100
+#: The values of ``kl`` (`keras_tfkd.losses.KL_FORMS`; this module imports Keras
+#: only when it builds a Distiller).
+KL_FORMS = ("batchmean", "reference")
 
 #: ImageNet students: registry name -> `keras.applications` builder name.
 IMAGENET_APPLICATIONS = types.MappingProxyType(
@@ -152,6 +146,8 @@ _FIELD_TYPES = {
     "alpha": (_FLOAT, False),
     "temperature": (_FLOAT, True),
     "multiplier": (_FLOAT, False),
+    "kl": (_STR, False),
+    "published_multiplier": (_FLOAT, True),
     "batch_size": (_INT, False),
     "dataset": (_STR, False),
     "epochs": (_INT, False),
@@ -165,6 +161,38 @@ _FIELD_TYPES = {
     "source": (_STR, False),
     "based_on": (_STR, True),
 }
+
+
+#: One line on each field, for ``keras-tfkd run --help`` (its flags are the
+#: fields of `RUN_FIELDS`, generated from this table and `_FIELD_TYPES`).
+FIELD_HELP = types.MappingProxyType(
+    {
+        "student": "another student model",
+        "teacher": "another teacher model",
+        "alpha": "the soft term's weight, in [0, 1]",
+        "temperature": "the KL's temperature T",
+        "multiplier": "the factor in front of the KL of form --kl",
+        "kl": "the KL form: batchmean (default) or reference (the authors' KL / K)",
+        "batch_size": None,
+        "dataset": "(default: the experiment's, cifar100)",
+        "epochs": None,
+        "teacher_epochs": "De-KD: epochs of the teacher's normal run it stops at",
+        "teacher_batch_size": "the teacher's batch size (default: batch_size)",
+        "correct_prob": "Tf-KD_reg's a",
+        "epsilon": "LSR's epsilon",
+    }
+)
+#: The fields a run may override from the command line, in this order; the
+#: others (method, protocol, published values, provenance) belong to the row.
+RUN_FIELDS = tuple(FIELD_HELP)
+#: Fields whose values are one of a few names.
+FIELD_CHOICES = types.MappingProxyType({"kl": KL_FORMS})
+
+
+def field_kind(name):
+    """``"number"``, ``"integer"`` or ``"string"``: what field `name` holds."""
+    kind = _FIELD_TYPES[name][0]
+    return {_FLOAT: "number", _INT: "integer", _STR: "string"}[kind]
 
 
 def _coerce(name, value):
@@ -203,10 +231,12 @@ class Experiment:
     * ``method``: one of `METHODS`. ``student``/``teacher``: model names of
       `keras_tfkd.models` (or `IMAGENET_APPLICATIONS`); ``teacher`` is None for
       baseline, lsr and tfkd_reg, and equals ``student`` for tfkd_self.
-    * ``alpha``, ``temperature``, ``multiplier``: the soft term's weight,
-      temperature and multiplier as published (tuned at ``K = 100``, see
-      the module docstring); ``alpha = 0`` and ``temperature = None`` for
-      baseline and lsr.
+    * ``alpha``, ``temperature``: the soft term's weight and temperature as
+      published; ``alpha = 0`` and ``temperature = None`` for baseline and
+      lsr. ``multiplier``: the factor in front of the KL of form ``kl``
+      (``"batchmean"``, default, or ``"reference"``), passed to the loss as
+      it is; ``published_multiplier``: the paper's number (reference form,
+      ``K = 100``; see the module docstring).
     * ``batch_size``, ``dataset``, ``epochs``, ``protocol`` (``"cifar"``:
       SGD + warm-up + x0.2 at 60/120/160; ``"imagenet"``: x0.1 at 30/60/80).
     * ``teacher_epochs``: De-KD stops the teacher's normal training after this
@@ -233,6 +263,8 @@ class Experiment:
     alpha: float = 0.0
     temperature: float | None = None
     multiplier: float = 1.0
+    kl: str = "batchmean"
+    published_multiplier: float | None = None
     batch_size: int = 128
     dataset: str = "cifar100"
     epochs: int = 200
@@ -270,6 +302,8 @@ class Experiment:
             )
         if self.protocol not in PROTOCOLS:
             fail("protocol", f"must be one of {PROTOCOLS}")
+        if self.kl not in KL_FORMS:
+            fail("kl", f"must be one of {KL_FORMS}")
         needs_teacher = self.method not in ONE_MODEL_METHODS
         if needs_teacher and self.teacher is None:
             fail("teacher", "must name the teacher model of this method")
@@ -351,9 +385,10 @@ class Experiment:
         # The published numbers belong to the registry row, not to a variant.
         overrides.setdefault("published_accuracy", None)
         overrides.setdefault("teacher_accuracy", None)
+        overrides.setdefault("published_multiplier", None)
         return dataclasses.replace(self, **overrides)
 
-    # ----------------------------------------------------------- translation
+    # ---------------------------------------------------------------- teacher
     @property
     def teacher_source(self):
         """``"trained"``, ``"early"``, ``"self"`` or None (see `TEACHER_SOURCE`)."""
@@ -382,88 +417,48 @@ class Experiment:
             source=f"teacher of {self.id}",
         )
 
-    def soft_weight(self, num_classes=REFERENCE_NUM_CLASSES):
-        """The weight in front of the *batch-mean* KL once built for K classes.
+    def kl_weight(self, num_classes):
+        """The weight in front of the batch-mean KL once built for K classes.
 
-        ``alpha * m * T^2 / 100`` (kd, rekd, dekd, tfkd_self) or
-        ``alpha * m / 100`` (tfkd_reg) with the translation; 0 without a KL.
+        ``alpha * m * T^2`` (kd, rekd, dekd, tfkd_self) or ``alpha * m``
+        (tfkd_reg), divided by K with ``kl="reference"``; 0 without a KL.
+
+        >>> get("tfkd_reg/resnet18").kl_weight(10)
+        0.1
         """
-        info = self.kl_translation(num_classes)
-        return info["soft_weight"]
-
-    def kl_translation(self, num_classes, translation="auto"):
-        """How the KL term is built for a data set with `num_classes` classes.
-
-        Returns a dict: ``kl_reduction`` (for the recipe), ``multiplier`` (the
-        one passed to the recipe), ``published_multiplier``, ``num_classes``,
-        ``translated`` (bool), ``soft_weight`` (weight in front of the
-        batch-mean KL, ``alpha * m * T^2 / K`` in the reference form) and a
-        one-line ``note``. With ``translation="auto"`` and ``K != 100`` the
-        multiplier becomes ``m / 100`` on a batch-mean KL; with
-        ``translation="none"`` the reference recipe is kept at any ``K``.
-
-        >>> info = get("tfkd_reg/resnet18").kl_translation(10)
-        >>> info["kl_reduction"], info["multiplier"], info["soft_weight"]
-        ('batchmean', 1.0, 0.1)
-        """
-        if translation not in ("auto", "none"):
-            raise ValueError(
-                f"`translation` must be 'auto' or 'none', got translation="
-                f"{translation!r}."
-            )
         k = int(num_classes)
         if k < 2:
             raise ValueError(f"`num_classes` must be >= 2, got num_classes={k!r}.")
         if self.method not in KL_METHODS:
-            return {
-                "kl_reduction": None,
-                "multiplier": None,
-                "published_multiplier": None,
-                "num_classes": k,
-                "translated": False,
-                "soft_weight": 0.0,
-                "note": f"{self.method}: no KL term, nothing to translate",
-            }
-        ref = REFERENCE_NUM_CLASSES
+            return 0.0
         t_factor = 1.0 if self.method == "tfkd_reg" else self.temperature**2
-        translate = translation == "auto" and k != ref
-        if translate:
-            reduction = "batchmean"
-            from keras_tfkd import recipes
+        weight = self.alpha * self.multiplier * t_factor
+        return weight / k if self.kl == "reference" else weight
 
-            multiplier = recipes.translate_multiplier(self.multiplier, ref)
-            weight = self.alpha * multiplier * t_factor
-            note = (
-                f"K={k} != {ref}: batch-mean KL, multiplier {self.multiplier:g} -> "
-                f"{multiplier:g} (= m/{ref}), the K={ref} meaning of the "
-                "published setting"
-            )
-        else:
-            reduction = "elementwise_mean"
-            multiplier = self.multiplier
-            weight = self.alpha * multiplier * t_factor / k
-            note = (
-                f"K={k}: reference KLm (element-wise mean), multiplier "
-                f"{multiplier:g} as published"
-            )
-            if k != ref:
-                note += " (translation disabled)"
-        return {
-            "kl_reduction": reduction,
-            "multiplier": multiplier,
-            "published_multiplier": self.multiplier,
-            "num_classes": k,
-            "translated": translate,
-            "soft_weight": weight,
-            "note": note,
-        }
+    def kl_note(self, num_classes):
+        """One line on the KL term at K = `num_classes`: its form and weight.
 
-    def build(self, student, teacher=None, *, translation="auto"):
+        >>> get("tfkd_reg/resnet18").kl_note(10)
+        'batch-mean KL, multiplier 1 (paper: 100 with KL/K at K=100); weight 0.1'
+        """
+        if self.method not in KL_METHODS:
+            return f"{self.method}: no KL term"
+        form = (
+            "batch-mean KL"
+            if self.kl == "batchmean"
+            else f"reference KL/K (K={num_classes})"
+        )
+        text = f"{form}, multiplier {self.multiplier:g}"
+        if self.published_multiplier is not None:
+            text += f" (paper: {self.published_multiplier:g} with KL/K at K=100)"
+        return f"{text}; weight {self.kl_weight(num_classes):.4g}"
+
+    def build(self, student, teacher=None):
         """The uncompiled `Distiller` of this experiment for a built `student`.
 
         `teacher` is the trained teacher model for kd/rekd/dekd/tfkd_self (a
         logits `keras.Model`) and must be None otherwise. K is read from the
-        student's output; the KL term is built as `kl_translation` says.
+        student's output; `multiplier` and `kl` go to the loss as they are.
 
         >>> distiller = get("lsr/resnet18").build(student)  # doctest: +SKIP
         """
@@ -485,30 +480,16 @@ class Experiment:
                 "The student must be built (call it once or give an Input)."
             )
         k = int(student.output_shape[-1])
-        info = self.kl_translation(k, translation)
         if self.method == "baseline":
             return recipes.baseline(student)
         if self.method == "lsr":
             return recipes.label_smoothing(student, epsilon=self.epsilon)
+        kl = {"alpha": self.alpha, "temperature": self.temperature}
+        kl.update(multiplier=self.multiplier, kl=self.kl)
         if self.method == "tfkd_reg":
-            return recipes.tfkd_reg(
-                student,
-                k,
-                alpha=self.alpha,
-                temperature=self.temperature,
-                multiplier=info["multiplier"],
-                correct_prob=self.correct_prob,
-                kl_reduction=info["kl_reduction"],
-            )
+            return recipes.tfkd_reg(student, k, correct_prob=self.correct_prob, **kl)
         recipe = recipes.tfkd_self if self.method == "tfkd_self" else recipes.kd
-        return recipe(
-            student,
-            teacher,
-            alpha=self.alpha,
-            temperature=self.temperature,
-            multiplier=info["multiplier"],
-            kl_reduction=info["kl_reduction"],
-        )
+        return recipe(student, teacher, **kl)
 
     def hyperparameters(self):
         """The hyper-parameters that define a run of this method, as a dict."""
@@ -518,6 +499,7 @@ class Experiment:
                 alpha=self.alpha,
                 temperature=self.temperature,
                 multiplier=self.multiplier,
+                kl=self.kl,
             )
         if self.method == "tfkd_reg":
             hp["correct_prob"] = self.correct_prob
@@ -533,9 +515,12 @@ class Experiment:
         """One line: id, hyper-parameters and the published accuracy."""
         parts = [self.id.ljust(44)]
         if self.method in KL_METHODS:
-            parts.append(
-                f"alpha={self.alpha:g} T={self.temperature:g} m={self.multiplier:g}"
-            )
+            text = f"alpha={self.alpha:g} T={self.temperature:g} m={self.multiplier:g}"
+            if self.kl != "batchmean":
+                text += f" kl={self.kl}"
+            if self.published_multiplier is not None:
+                text += f" (paper m={self.published_multiplier:g})"
+            parts.append(text)
         elif self.method == "lsr":
             parts.append(f"eps={self.epsilon:g}")
         if self.method == "dekd":
@@ -637,7 +622,7 @@ def get(experiment_id):
             closest ids, the whole list and how to print it.
 
     >>> get("tfkd_self/resnet18_from_resnet18").multiplier
-    50.0
+    0.5
     """
     if isinstance(experiment_id, str) and experiment_id in REGISTRY:
         return REGISTRY[experiment_id]

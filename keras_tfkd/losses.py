@@ -4,20 +4,23 @@ Every loss here takes *logits* and computes in float32 (whatever the mixed
 precision policy), through `log_softmax`, so it stays finite for logits of
 magnitude 1e4 and temperatures up to 100.
 
-Two parametrisations of the KL term exist (see docs/paper.md):
+Two forms of the KL term exist (see docs/paper.md), chosen with one setting,
+``kl``, everywhere in keras-tfkd (losses, recipes, experiments, the command):
 
-* the reference code's `nn.KLDivLoss()` averages over all N*K elements
-  (``KLm``); its hyper-parameters (`multiplier`, `alpha`) are tuned for K = 100.
-* the clean *batch-mean* KL sums over classes and averages over the batch
-  (``KL = K * KLm``); a weight means the same at any number of classes.
+* ``kl="batchmean"`` (the default): sum over classes, mean over the batch,
+  as `keras.losses.KLDivergence` and `keras.distillation`; a `multiplier`
+  means the same at any number of classes K.
+* ``kl="reference"``: the reference code's ``nn.KLDivLoss()``, which averages
+  over all N*K elements (``KLm = batch-mean KL / K``); its published
+  multipliers were tuned with it at K = 100.
 
-The building blocks here use the batch-mean form. `keras_tfkd.recipes`
-reproduces the reference by folding ``1/K`` into `scale`.
+The factor in front of either is `multiplier`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -28,7 +31,34 @@ __all__ = [
     "LabelSmoothingCrossEntropy",
     "kl_divergence_with_logits",
     "label_smoothing_targets",
+    "KL_FORMS",
 ]
+
+#: The values of the ``kl`` setting: the batch-mean KL and the reference code's
+#: element-wise mean (``batch-mean / K``).
+KL_FORMS = ("batchmean", "reference")
+
+
+def check_kl(kl):
+    """`kl` if it is one of `KL_FORMS`, else a ValueError naming the value."""
+    if kl not in KL_FORMS:
+        raise ValueError(
+            f"`kl` must be one of {', '.join(map(repr, KL_FORMS))}, got kl={kl!r}."
+        )
+    return kl
+
+
+def check_multiplier(multiplier):
+    """`multiplier` as a float if it is a finite number >= 0, else an error."""
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
+        raise TypeError(
+            f"`multiplier` must be a number, got multiplier={multiplier!r}."
+        )
+    if not math.isfinite(multiplier) or multiplier < 0:
+        raise ValueError(
+            f"`multiplier` must be a finite number >= 0, got multiplier={multiplier!r}."
+        )
+    return float(multiplier)
 
 
 def _float32(x):
@@ -139,25 +169,29 @@ class SoftTargetKL(keras.losses.Loss):
     For teacher logits ``z_t`` (passed as ``y_true``) and student logits
     ``z_s`` (``y_pred``), per sample::
 
-        loss = scale * T_s**2 * sum_k p_t[k] * (log p_t[k] - log p_s[k])
-        p_t = softmax(z_t / T_t)        T_t = teacher_temperature
-        p_s = softmax(z_s / T_s)        T_s = temperature
+        loss = m * T_s**2 * KL(p_t || p_s)        kl="batchmean" (default)
+        loss = m * T_s**2 * KL(p_t || p_s) / K    kl="reference"
+        KL(p_t || p_s) = sum_k p_t[k] * (log p_t[k] - log p_s[k])
+        p_t = softmax(z_t / T_t)    T_t = teacher_temperature
+        p_s = softmax(z_s / T_s)    T_s = temperature,  m = multiplier
 
     reduced like every Keras loss: weighted sum over the batch divided by the
-    batch size (``"sum_over_batch_size"``), i.e. the *batch-mean* KL. The
+    batch size (``"sum_over_batch_size"``). With the default
+    ``kl="batchmean"`` that is the batch-mean KL of `keras.losses.KLDivergence`;
+    ``kl="reference"`` divides it by the number of classes K, as the reference
+    code's ``nn.KLDivLoss()`` does (a mean over all N*K elements). The
     ``T_s**2`` factor (Hinton et al.; drop it with ``temperature_squared=False``)
     keeps the gradient magnitude independent of the temperature, and follows
     the temperature when a schedule changes it.
 
     Written with it:
 
-    * normal KD / Tf-KD_self, clean form:
-      ``SoftTargetKL(temperature=T)``.
-    * the same term as the reference code (element-wise mean ``KLm``):
-      ``SoftTargetKL(temperature=T, scale=multiplier / K)``.
+    * normal KD / Tf-KD_self: ``SoftTargetKL(temperature=T)``.
+    * the same term exactly as the reference code computes it:
+      ``SoftTargetKL(temperature=T, multiplier=m, kl="reference")``.
     * Tf-KD_reg as the reference code computes it (teacher softened, student
       not, no ``T^2``): ``SoftTargetKL(temperature=1, teacher_temperature=T,
-      scale=multiplier / K, temperature_squared=False)``, with a
+      multiplier=m, kl="reference", temperature_squared=False)``, with a
       `VirtualTeacher` producing ``z_t``.
     * the paper's Eq. 9 (both sides softened): ``SoftTargetKL(temperature=T)``
       with a `VirtualTeacher`.
@@ -170,7 +204,8 @@ class SoftTargetKL(keras.losses.Loss):
         temperature: student temperature ``T_s`` (> 0).
         teacher_temperature: teacher temperature ``T_t``; defaults to
             `temperature` (one shared variable).
-        scale: constant factor in front of the KL (>= 0), default 1.
+        multiplier: constant factor ``m`` in front of the KL (>= 0), default 1.
+        kl: ``"batchmean"`` (default) or ``"reference"`` (divided by K).
         temperature_squared: also multiply by ``T_s ** 2`` (default True).
         reduction, name: as for any `keras.losses.Loss`.
 
@@ -181,17 +216,24 @@ class SoftTargetKL(keras.losses.Loss):
     >>> z_t = np.array([[2.0, 0.0, -1.0]], "float32")
     >>> float(loss(z_t, z_t))  # identical distributions
     0.0
+    >>> z_s = np.zeros((1, 3), "float32")
+    >>> batchmean = float(SoftTargetKL(multiplier=2.0)(z_t, z_s))
+    >>> reference = float(SoftTargetKL(multiplier=2.0, kl="reference")(z_t, z_s))
+    >>> round(batchmean / reference, 4)  # K = 3
+    3.0
     """
 
     def __init__(
         self,
         temperature=1.0,
         teacher_temperature=None,
-        scale=1.0,
+        multiplier=1.0,
+        kl="batchmean",
         temperature_squared=True,
         reduction="sum_over_batch_size",
         name="soft_target_kl",
         dtype=None,
+        scale=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         tied = teacher_temperature is None
@@ -204,16 +246,16 @@ class SoftTargetKL(keras.losses.Loss):
                 f"{name}_teacher_temperature", teacher_temperature
             )
         )
-        if (
-            not isinstance(scale, (int, float))
-            or isinstance(scale, bool)
-            or not math.isfinite(scale)
-            or scale < 0
-        ):
-            raise ValueError(
-                f"`scale` must be a finite number >= 0, got scale={scale!r}."
+        if scale is not None:  # the 0.1.0 name of `multiplier`
+            warnings.warn(
+                "SoftTargetKL(scale=...) is deprecated and will be removed in the "
+                f"next release: use multiplier={scale!r}.",
+                DeprecationWarning,
+                stacklevel=2,
             )
-        self.scale = float(scale)
+            multiplier = scale
+        self.multiplier = check_multiplier(multiplier)
+        self.kl = check_kl(kl)
         self.temperature_squared = bool(temperature_squared)
 
     @property
@@ -223,17 +265,31 @@ class SoftTargetKL(keras.losses.Loss):
             return [self.temperature]
         return [self.temperature, self.teacher_temperature]
 
-    def factor(self):
-        """The weight in front of the KL: ``scale`` times ``T_s ** 2`` if asked."""
+    @property
+    def scale(self):
+        """Deprecated name of `multiplier` (0.1.0)."""
+        return self.multiplier
+
+    def factor(self, num_classes=None):
+        """The weight in front of the per-sample KL summed over classes.
+
+        ``m * T_s**2`` (``T_s**2`` only with `temperature_squared`), divided by
+        `num_classes` K when ``kl="reference"``.
+        """
+        weight = self.multiplier
+        if self.kl == "reference":
+            if num_classes is None:
+                raise ValueError('kl="reference" needs `num_classes`.')
+            weight = weight / num_classes
         if self.temperature_squared:
-            return self.scale * ops.square(_float32(self.temperature))
-        return self.scale
+            return weight * ops.square(_float32(self.temperature))
+        return weight
 
     def call(self, y_true, y_pred):
         kl = kl_divergence_with_logits(
             y_true, y_pred, self.teacher_temperature, self.temperature
         )
-        return self.factor() * kl
+        return self.factor(y_pred.shape[-1]) * kl
 
     def get_config(self):
         return {
@@ -241,7 +297,8 @@ class SoftTargetKL(keras.losses.Loss):
             "teacher_temperature": None
             if self._tied
             else float(self.teacher_temperature.numpy()),
-            "scale": self.scale,
+            "multiplier": self.multiplier,
+            "kl": self.kl,
             "temperature_squared": self.temperature_squared,
             "reduction": self.reduction,
             "name": self.name,
@@ -275,7 +332,8 @@ class SoftTargetCrossEntropy(SoftTargetKL):
         log_p_s = ops.log_softmax(
             _float32(y_pred) / _float32(self.temperature), axis=-1
         )
-        return -self.factor() * ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
+        factor = self.factor(y_pred.shape[-1])
+        return -factor * ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")

@@ -3,40 +3,40 @@
 Each recipe returns an uncompiled `Distiller` whose `compute_loss` is, after
 `compile`, the docs/paper.md formula of its method. ``N`` is the batch size, ``K``
 the number of classes, ``CE`` the mean cross-entropy on the student logits
-``z_s`` and ``S`` the softmax.
+``z_s``, ``S`` the softmax and ``KL`` the batch-mean KL divergence (summed over
+classes, averaged over the batch).
 
 ==============  ==============================================================
-recipe          total loss (``kl_reduction="elementwise_mean"``, the default)
+recipe          total loss (``kl="batchmean"``, the default)
 ==============  ==============================================================
 baseline        ``CE``
 label_smoothing ``-(1/N) sum_n sum_k q[n,k] log S(z_s)[n,k]``, ``q = 1-eps`` on
                 ``y``, ``eps/(K-1)`` elsewhere
-kd              ``(1-alpha) CE + alpha T^2 KLm(S(z_t/T) || S(z_s/T))``
-tfkd_self       ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))``
-tfkd_reg        ``(1-alpha) CE + alpha m KLm(S(p_d/T) || S(z_s))``, ``p_d = a`` on
+kd              ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))``
+tfkd_self       ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))``
+tfkd_reg        ``(1-alpha) CE + alpha m KL(S(p_d/T) || S(z_s))``, ``p_d = a`` on
                 ``y``, ``(1-a)/(K-1)`` elsewhere
 ==============  ==============================================================
 
-**Reference vs clean KL.** The reference code's ``nn.KLDivLoss()`` divides by
-``N*K`` (``KLm``), so its `multiplier`/`alpha` values were tuned for ``K = 100``;
-copied to ``K = 10`` the soft term weighs 10x more. The recipes reproduce the
-reference exactly by default (``kl_reduction="elementwise_mean"``: the loss is
-`SoftTargetKL` with ``scale = multiplier / K``). With
-``kl_reduction="batchmean"`` the KL is summed over classes (``KL = K * KLm``),
-which means the same at any ``K``; to carry a published setting tuned at
-``K_ref = 100`` to another ``K`` with unchanged meaning, use
-``multiplier_batchmean = multiplier / K_ref`` — `translate_multiplier` does this,
-and `keras_tfkd.experiments` applies it.
+``m`` is `multiplier` (default 1).
+
+**The KL form: one setting, ``kl``.** ``kl="batchmean"`` (the default, here
+as in `keras_tfkd.losses` and `keras.distillation`) means the same at any K.
+``kl="reference"`` is the reference code's ``nn.KLDivLoss()``, which divides
+by ``N*K`` instead of ``N`` (``KL / K``): with it, the published multipliers
+reproduce the reference code exactly. They were tuned at ``K = 100``, so on
+the batch-mean KL the same setting is ``m / 100``; the registry
+(`keras_tfkd.experiments`) stores every published row in that form.
 
 **Arguments.** Every recipe reads ``recipe(models..., *, hyper-parameters...)``:
 the models are positional, the student first, then the teacher (`kd`,
 `tfkd_self`) or the number of classes (`label_smoothing`, `tfkd_reg`); every
-hyper-parameter (`alpha`, `temperature`, `multiplier`, `correct_prob`,
-`epsilon`, `kl_reduction`) is keyword-only::
+hyper-parameter (`alpha`, `temperature`, `multiplier`, `kl`, `correct_prob`,
+`epsilon`) is keyword-only::
 
-    kd(student, teacher, alpha=0.95, temperature=20.0)
-    tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0, multiplier=50.0)
-    tfkd_reg(student, 100, alpha=0.1, temperature=20.0, multiplier=100.0)
+    kd(student, teacher, alpha=0.95, temperature=20.0, multiplier=0.01)
+    tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0, multiplier=0.5)
+    tfkd_reg(student, 100, alpha=0.1, temperature=20.0, multiplier=1.0)
 
 Keyword-only, rather than all positional in one order, because the
 hyper-parameters are bare floats whose swaps are mostly valid, so they would
@@ -50,7 +50,8 @@ student)``), and an int `num_classes` is checked against the student.
 Until 0.x's next release the previous positional style (``kd(s, t, 0.9, 4.0)``,
 ``tfkd_self(s, t, alpha, T, m)``, ``tfkd_reg(s, K, alpha, T, m, a)``,
 ``label_smoothing(s, K, eps)``) still works, in the old order, and emits a
-`DeprecationWarning` that spells out the keyword call.
+`DeprecationWarning` that spells out the keyword call, as does the 0.1.0
+name ``kl_reduction`` (``"elementwise_mean"`` is now ``kl="reference"``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ import inspect
 import warnings
 
 from keras_tfkd.distiller import Distiller
-from keras_tfkd.losses import LabelSmoothingCrossEntropy, SoftTargetKL
+from keras_tfkd.losses import (
+    LabelSmoothingCrossEntropy,
+    SoftTargetKL,
+    check_kl,
+    check_multiplier,
+)
 from keras_tfkd.teachers import VirtualTeacher
 
 __all__ = [
@@ -70,12 +76,10 @@ __all__ = [
     "tfkd_self",
     "tfkd_reg",
     "translate_multiplier",
-    "KL_REDUCTIONS",
-    "REFERENCE_NUM_CLASSES",
 ]
 
-KL_REDUCTIONS = ("elementwise_mean", "batchmean")
-REFERENCE_NUM_CLASSES = 100
+#: The 0.1.0 values of `kl_reduction` -> the `kl` setting that replaced it.
+_KL_REDUCTION_NAMES = {"elementwise_mean": "reference", "batchmean": "batchmean"}
 
 
 def _num_classes(student):
@@ -84,23 +88,23 @@ def _num_classes(student):
     return int(student.output_shape[-1])
 
 
-def _kl_scale(kl_reduction, num_classes):
-    if kl_reduction not in KL_REDUCTIONS:
+def _kl_form(kl, kl_reduction, recipe):
+    """`kl`, or the 0.1.0 `kl_reduction` it replaces (with a DeprecationWarning)."""
+    if kl_reduction is None:
+        return check_kl(kl)
+    if kl_reduction not in _KL_REDUCTION_NAMES:
         raise ValueError(
-            f"`kl_reduction` must be one of {KL_REDUCTIONS}, got "
+            f"`kl_reduction` must be one of {tuple(_KL_REDUCTION_NAMES)}, got "
             f"kl_reduction={kl_reduction!r}."
         )
-    return 1.0 / num_classes if kl_reduction == "elementwise_mean" else 1.0
-
-
-def _check_multiplier(multiplier):
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
-        raise TypeError(
-            f"`multiplier` must be a number, got multiplier={multiplier!r}."
-        )
-    if not multiplier >= 0:
-        raise ValueError(f"`multiplier` must be >= 0, got multiplier={multiplier!r}.")
-    return float(multiplier)
+    new = _KL_REDUCTION_NAMES[kl_reduction]
+    warnings.warn(
+        f"recipes.{recipe}(kl_reduction={kl_reduction!r}) is deprecated and will be "
+        f"removed in the next release: use kl={new!r}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return new
 
 
 def _positional_hyperparameters_deprecated(*old_order):
@@ -145,15 +149,25 @@ def _positional_hyperparameters_deprecated(*old_order):
     return decorate
 
 
-def translate_multiplier(multiplier, reference_num_classes=REFERENCE_NUM_CLASSES):
-    """A reference (``KLm``) multiplier as a batch-mean one with the same meaning.
+def translate_multiplier(multiplier, reference_num_classes=100):
+    """Deprecated (0.1.0): a reference-form multiplier as a batch-mean one.
 
-    ``m * KLm`` at ``K_ref`` classes equals ``(m / K_ref) * KL_batchmean``.
+    ``m * KL / K_ref`` equals ``(m / K_ref) * KL``: divide by 100 by hand, or
+    pass ``kl="reference"``.
 
-    >>> translate_multiplier(100.0)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     translate_multiplier(100.0)
     1.0
     """
-    return _check_multiplier(multiplier) / reference_num_classes
+    warnings.warn(
+        "recipes.translate_multiplier is deprecated and will be removed in the next "
+        f"release: the batch-mean multiplier is multiplier / {reference_num_classes}.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return check_multiplier(multiplier) / reference_num_classes
 
 
 def baseline(student):
@@ -192,20 +206,25 @@ def kd(
     alpha,
     temperature,
     multiplier=1.0,
-    kl_reduction="elementwise_mean",
+    kl="batchmean",
+    kl_reduction=None,
 ):
     """Normal KD (also Re-KD and De-KD: only the teacher differs).
 
-    ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` by default
-    (``m = multiplier``, 1 in every published KD row); with
-    ``kl_reduction="batchmean"``, ``KLm`` becomes the batch-mean KL.
+    ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))`` with the batch-mean
+    ``KL`` (``m = multiplier``); ``kl="reference"`` divides the KL by K, as the
+    reference code (the published KD rows use m = 1 with it, i.e. m = 0.01 on
+    the batch-mean KL at K = 100).
 
     >>> distiller = kd(student, teacher, alpha=0.95, temperature=20.0)  # doctest: +SKIP
     """
-    scale = _check_multiplier(multiplier) * _kl_scale(
-        kl_reduction, _num_classes(student)
+    _num_classes(student)
+    loss = SoftTargetKL(
+        temperature=temperature,
+        multiplier=check_multiplier(multiplier),
+        kl=_kl_form(kl, kl_reduction, "kd"),
+        name="kd_kl",
     )
-    loss = SoftTargetKL(temperature=temperature, scale=scale, name="kd_kl")
     return Distiller(
         student=student, teacher=teacher, soft_loss=loss, alpha=alpha, name="kd"
     )
@@ -221,19 +240,22 @@ def tfkd_self(
     alpha,
     temperature,
     multiplier=1.0,
-    kl_reduction="elementwise_mean",
+    kl="batchmean",
+    kl_reduction=None,
 ):
     """Tf-KD_self: KD from a trained, frozen copy of the same architecture.
 
-    ``(1-alpha) CE + alpha m T^2 KLm(S(z_t/T) || S(z_s/T))`` (``m = multiplier``).
+    ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))`` (``m = multiplier``,
+    batch-mean ``KL``; ``kl="reference"`` divides it by K).
 
     >>> distiller = tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0,
-    ...                       multiplier=50.0)  # doctest: +SKIP
+    ...                       multiplier=0.5)  # doctest: +SKIP
     """
-    scale = _kl_scale(kl_reduction, _num_classes(student))
+    _num_classes(student)
     loss = SoftTargetKL(
         temperature=temperature,
-        scale=_check_multiplier(multiplier) * scale,
+        multiplier=check_multiplier(multiplier),
+        kl=_kl_form(kl, kl_reduction, "tfkd_self"),
         name="tfkd_self_kl",
     )
     return Distiller(
@@ -256,18 +278,20 @@ def tfkd_reg(
     temperature,
     multiplier=1.0,
     correct_prob=0.99,
-    kl_reduction="elementwise_mean",
+    kl="batchmean",
+    kl_reduction=None,
 ):
     """Tf-KD_reg: a virtual teacher built from the labels, no teacher model.
 
-    ``(1-alpha) CE + alpha m KLm(S(p_d/T) || S(z_s))`` with ``p_d = a`` on the
+    ``(1-alpha) CE + alpha m KL(S(p_d/T) || S(z_s))`` (batch-mean ``KL``;
+    ``kl="reference"`` divides it by K) with ``p_d = a`` on the
     label and ``(1-a)/(K-1)`` elsewhere (``a = correct_prob``). As in the
     reference code the temperature softens the virtual teacher's
     *probabilities* only; the student is not softened and there is no ``T^2``
     (the paper's Eq. 9 softens both: build it with `SoftTargetKL` directly).
 
-    >>> distiller = tfkd_reg(student, 100, alpha=0.1, temperature=20.0,
-    ...                      multiplier=100.0)  # doctest: +SKIP
+    >>> distiller = tfkd_reg(student, 100, alpha=0.1,
+    ...                      temperature=20.0)  # doctest: +SKIP
     """
     k = _num_classes(student)
     if num_classes != k:
@@ -279,7 +303,8 @@ def tfkd_reg(
     loss = SoftTargetKL(
         temperature=1.0,
         teacher_temperature=temperature,
-        scale=_check_multiplier(multiplier) * _kl_scale(kl_reduction, k),
+        multiplier=check_multiplier(multiplier),
+        kl=_kl_form(kl, kl_reduction, "tfkd_reg"),
         temperature_squared=False,
         name="tfkd_reg_kl",
     )

@@ -1,4 +1,4 @@
-"""The experiment registry holds every docs/paper.md row; overrides; K translation."""
+"""The experiment registry holds every docs/paper.md row; overrides; the KL form."""
 
 import dataclasses
 import importlib.resources
@@ -12,7 +12,7 @@ import reference as ref
 from helpers import fixed_logits_model
 from keras import ops
 
-from keras_tfkd import experiments, recipes
+from keras_tfkd import experiments, losses, recipes
 
 # docs/paper.md, "KD-style runs" -- one line per (student <- teacher) of the table,
 # written out here from the paper: (id, alpha, T, multiplier, batch).
@@ -83,12 +83,14 @@ PAPER_MODELS = [
 @pytest.mark.parametrize("exp_id,alpha,t,m,batch", KD_TABLE + REG_TABLE)
 def test_every_paper_row_is_registered(exp_id, alpha, t, m, batch):
     exp = experiments.get(exp_id)
-    assert (exp.alpha, exp.temperature, exp.multiplier, exp.batch_size) == (
+    assert (exp.alpha, exp.temperature, exp.published_multiplier, exp.batch_size) == (
         alpha,
         t,
         m,
         batch,
     )
+    # Stored in batch-mean units: the paper's m was tuned with KL / K at K = 100.
+    assert (exp.kl, exp.multiplier) == ("batchmean", pytest.approx(m / 100, rel=1e-12))
     assert (exp.dataset, exp.epochs, exp.protocol) == ("cifar100", 200, "cifar")
     if exp.method == "tfkd_reg":
         assert exp.correct_prob == 0.99 and exp.teacher is None
@@ -165,7 +167,7 @@ def test_ids_are_derived_and_well_formed():
         if exp.method == "tfkd_self":
             assert exp.teacher == exp.student
     assert experiments.available() == sorted(experiments.REGISTRY)
-    assert experiments.REFERENCE_NUM_CLASSES == recipes.REFERENCE_NUM_CLASSES
+    assert experiments.KL_FORMS == losses.KL_FORMS
 
 
 def test_unknown_id_lists_the_closest_and_all():
@@ -233,7 +235,8 @@ def test_hyperparameters_and_teacher_experiment():
         "batch_size": 64,
         "alpha": 0.95,
         "temperature": 20.0,
-        "multiplier": 1.0,
+        "multiplier": 0.01,
+        "kl": "batchmean",
         "teacher_batch_size": 64,
     }
     teacher = exp.teacher_experiment()
@@ -262,25 +265,25 @@ baseline/resnet18 0 - 1 128 - - 200 75.87
 baseline/resnet50 0 - 1 128 - - 200 78.16
 baseline/resnext29_8x64d 0 - 1 64 - - 200 81.03
 baseline/shufflenet_v2 0 - 1 128 - - 200 70.34
-dekd/mobilenet_v2_from_resnet18 0.95 20 1 128 128 1 200 70.65
-dekd/mobilenet_v2_from_resnet50 0.95 20 1 128 128 50 200 -
-dekd/mobilenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 50 200 -
-dekd/resnet18_from_resnext29_8x64d 0.6 20 1 64 64 50 200 77.28
-dekd/shufflenet_v2_from_resnet18 0.95 20 1 128 128 1 200 71.82
-dekd/shufflenet_v2_from_resnet50 0.95 20 1 128 128 50 200 -
-dekd/shufflenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 50 200 -
-kd/cnn5_from_resnet18 0.9 20 1 128 128 - 200 -
-kd/mobilenet_v2_from_densenet121 0.95 20 1 128 128 - 200 -
-kd/mobilenet_v2_from_resnet101 0.95 20 1 128 128 - 200 -
-kd/mobilenet_v2_from_resnet18 0.95 20 1 128 128 - 200 71.05
-kd/mobilenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 - 200 -
-kd/resnet18_from_densenet121 0.95 6 1 128 128 - 200 -
-kd/resnet18_from_resnet50 0.6 20 1 64 128 - 200 77.19
-kd/resnet18_from_resnext29_8x64d 0.6 20 1 64 64 - 200 -
-kd/shufflenet_v2_from_densenet121 0.95 20 1 128 128 - 200 -
-kd/shufflenet_v2_from_resnet18 0.95 20 1 128 128 - 200 72.05
-kd/shufflenet_v2_from_resnet50 0.95 20 1 128 128 - 200 -
-kd/shufflenet_v2_from_resnext29_8x64d 0.95 20 1 64 64 - 200 -
+dekd/mobilenet_v2_from_resnet18 0.95 20 0.01 128 128 1 200 70.65
+dekd/mobilenet_v2_from_resnet50 0.95 20 0.01 128 128 50 200 -
+dekd/mobilenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 50 200 -
+dekd/resnet18_from_resnext29_8x64d 0.6 20 0.01 64 64 50 200 77.28
+dekd/shufflenet_v2_from_resnet18 0.95 20 0.01 128 128 1 200 71.82
+dekd/shufflenet_v2_from_resnet50 0.95 20 0.01 128 128 50 200 -
+dekd/shufflenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 50 200 -
+kd/cnn5_from_resnet18 0.9 20 0.01 128 128 - 200 -
+kd/mobilenet_v2_from_densenet121 0.95 20 0.01 128 128 - 200 -
+kd/mobilenet_v2_from_resnet101 0.95 20 0.01 128 128 - 200 -
+kd/mobilenet_v2_from_resnet18 0.95 20 0.01 128 128 - 200 71.05
+kd/mobilenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 - 200 -
+kd/resnet18_from_densenet121 0.95 6 0.01 128 128 - 200 -
+kd/resnet18_from_resnet50 0.6 20 0.01 64 128 - 200 77.19
+kd/resnet18_from_resnext29_8x64d 0.6 20 0.01 64 64 - 200 -
+kd/shufflenet_v2_from_densenet121 0.95 20 0.01 128 128 - 200 -
+kd/shufflenet_v2_from_resnet18 0.95 20 0.01 128 128 - 200 72.05
+kd/shufflenet_v2_from_resnet50 0.95 20 0.01 128 128 - 200 -
+kd/shufflenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 - 200 -
 lsr/cnn5 0 - 1 128 - - 200 -
 lsr/densenet121 0 - 1 128 - - 200 -
 lsr/googlenet 0 - 1 64 - - 200 79.07
@@ -292,33 +295,33 @@ lsr/resnet18 0 - 1 128 - - 200 77.26
 lsr/resnet50 0 - 1 128 - - 200 -
 lsr/resnext29_8x64d 0 - 1 64 - - 200 -
 lsr/shufflenet_v2 0 - 1 128 - - 200 70.83
-rekd/densenet121_from_mobilenet_v2 0.6 20 1 128 128 - 200 -
-rekd/densenet121_from_shufflenet_v2 0.6 20 1 100 128 - 200 -
-rekd/resnet18_from_mobilenet_v2 0.6 20 1 128 128 - 200 77.28
-rekd/resnet18_from_shufflenet_v2 0.6 20 1 128 128 - 200 77.35
-rekd/resnet50_from_mobilenet_v2 0.6 20 1 128 128 - 200 79.3
-rekd/resnet50_from_shufflenet_v2 0.6 20 1 128 128 - 200 -
-rekd/resnext29_8x64d_from_mobilenet_v2 0.6 20 1 64 128 - 200 81.53
-rekd/resnext29_8x64d_from_resnet18 0.6 20 1 64 128 - 200 81.62
-tfkd_reg/densenet121 0.1 40 1 128 - - 200 -
-tfkd_reg/googlenet 0.1 40 50 64 - - 200 79.22
-tfkd_reg/imagenet_densenet121 0.1 40 1 512 - - 90 -
-tfkd_reg/imagenet_mobilenet_v2 0.95 40 1 512 - - 90 -
-tfkd_reg/imagenet_resnet50 0.1 20 100 512 - - 90 -
-tfkd_reg/mobilenet_v2 0.95 40 1 128 - - 200 70.88
-tfkd_reg/resnet18 0.1 20 100 128 - - 200 77.36
-tfkd_reg/resnext29_8x64d 0.5 40 1 64 - - 200 -
-tfkd_reg/shufflenet_v2 0.95 10 1 128 - - 200 72.09
-tfkd_self/densenet121_from_densenet121 0.9 20 50 100 128 - 200 80.26
-tfkd_self/googlenet_from_googlenet 0.4 20 50 64 64 - 200 80.17
-tfkd_self/imagenet_densenet121_from_imagenet_densenet121 0.9 20 50 512 512 - 90 -
-tfkd_self/imagenet_mobilenet_v2_from_imagenet_mobilenet_v2 0.95 20 1 512 512 - 90 -
-tfkd_self/imagenet_resnet50_from_imagenet_resnet50 0.95 6 1 512 512 - 90 -
-tfkd_self/mobilenet_v2_from_mobilenet_v2 0.95 20 1 128 128 - 200 70.96
-tfkd_self/resnet18_from_resnet18 0.95 6 50 128 128 - 200 77.1
-tfkd_self/resnet50_from_resnet50 0.95 6 1 128 128 - 200 -
-tfkd_self/resnext29_8x64d_from_resnext29_8x64d 0.9 20 100 64 64 - 200 82.08
-tfkd_self/shufflenet_v2_from_shufflenet_v2 0.95 20 1 128 128 - 200 72.23
+rekd/densenet121_from_mobilenet_v2 0.6 20 0.01 128 128 - 200 -
+rekd/densenet121_from_shufflenet_v2 0.6 20 0.01 100 128 - 200 -
+rekd/resnet18_from_mobilenet_v2 0.6 20 0.01 128 128 - 200 77.28
+rekd/resnet18_from_shufflenet_v2 0.6 20 0.01 128 128 - 200 77.35
+rekd/resnet50_from_mobilenet_v2 0.6 20 0.01 128 128 - 200 79.3
+rekd/resnet50_from_shufflenet_v2 0.6 20 0.01 128 128 - 200 -
+rekd/resnext29_8x64d_from_mobilenet_v2 0.6 20 0.01 64 128 - 200 81.53
+rekd/resnext29_8x64d_from_resnet18 0.6 20 0.01 64 128 - 200 81.62
+tfkd_reg/densenet121 0.1 40 0.01 128 - - 200 -
+tfkd_reg/googlenet 0.1 40 0.5 64 - - 200 79.22
+tfkd_reg/imagenet_densenet121 0.1 40 0.01 512 - - 90 -
+tfkd_reg/imagenet_mobilenet_v2 0.95 40 0.01 512 - - 90 -
+tfkd_reg/imagenet_resnet50 0.1 20 1.0 512 - - 90 -
+tfkd_reg/mobilenet_v2 0.95 40 0.01 128 - - 200 70.88
+tfkd_reg/resnet18 0.1 20 1.0 128 - - 200 77.36
+tfkd_reg/resnext29_8x64d 0.5 40 0.01 64 - - 200 -
+tfkd_reg/shufflenet_v2 0.95 10 0.01 128 - - 200 72.09
+tfkd_self/densenet121_from_densenet121 0.9 20 0.5 100 128 - 200 80.26
+tfkd_self/googlenet_from_googlenet 0.4 20 0.5 64 64 - 200 80.17
+tfkd_self/imagenet_densenet121_from_imagenet_densenet121 0.9 20 0.5 512 512 - 90 -
+tfkd_self/imagenet_mobilenet_v2_from_imagenet_mobilenet_v2 0.95 20 0.01 512 512 - 90 -
+tfkd_self/imagenet_resnet50_from_imagenet_resnet50 0.95 6 0.01 512 512 - 90 -
+tfkd_self/mobilenet_v2_from_mobilenet_v2 0.95 20 0.01 128 128 - 200 70.96
+tfkd_self/resnet18_from_resnet18 0.95 6 0.5 128 128 - 200 77.1
+tfkd_self/resnet50_from_resnet50 0.95 6 0.01 128 128 - 200 -
+tfkd_self/resnext29_8x64d_from_resnext29_8x64d 0.9 20 1.0 64 64 - 200 82.08
+tfkd_self/shufflenet_v2_from_shufflenet_v2 0.95 20 0.01 128 128 - 200 72.23
 """
 
 
@@ -426,7 +429,7 @@ def test_a_malformed_row_names_the_table_row_and_field(tables, words):
         assert word in message
 
 
-# ------------------------------------------------------------ K translation
+# ------------------------------------------------------------ the KL form
 _model = fixed_logits_model
 
 
@@ -460,9 +463,17 @@ KL_IDS = [
 ]
 
 
-def _build(exp, z_s, z_t, translation="auto"):
+def _build(exp, z_s, z_t):
     teacher = None if exp.teacher_source is None else _model(z_t, "teacher")
-    return exp.build(_model(z_s, "student"), teacher, translation=translation)
+    return exp.build(_model(z_s, "student"), teacher)
+
+
+def test_every_kl_row_stores_the_published_multiplier_over_100():
+    for exp in experiments.REGISTRY.values():
+        if exp.method in experiments.KL_METHODS:
+            assert exp.published_multiplier is not None, exp.id
+            assert exp.multiplier == pytest.approx(exp.published_multiplier / 100)
+        assert exp.kl == "batchmean", exp.id
 
 
 @pytest.mark.parametrize("exp_id", KL_IDS)
@@ -470,63 +481,54 @@ def test_at_k100_the_experiment_is_the_reference_recipe(exp_id):
     exp = experiments.get(exp_id)
     x, y, z_s, z_t = _case(100)
     got = _loss(_build(exp, z_s, z_t), x, y)
-    a, t, m = exp.alpha, exp.temperature, exp.multiplier
+    a, t, m = exp.alpha, exp.temperature, exp.published_multiplier
+    kl = {"alpha": a, "temperature": t, "multiplier": m, "kl": "reference"}
     if exp.method == "tfkd_reg":
-        recipe = recipes.tfkd_reg(
-            _model(z_s, "s2"), 100, alpha=a, temperature=t, multiplier=m
-        )
+        recipe = recipes.tfkd_reg(_model(z_s, "s2"), 100, **kl)
         expected = ref.tfkd_reg(z_s, y, a, t, m)
     else:
         student, teacher = _model(z_s, "s2"), _model(z_t, "t2")
-        if exp.method == "tfkd_self":
-            recipe = recipes.tfkd_self(
-                student, teacher, alpha=a, temperature=t, multiplier=m
-            )
-        else:
-            recipe = recipes.kd(student, teacher, alpha=a, temperature=t)
+        recipe = recipes.tfkd_self(student, teacher, **kl)
         expected = ref.kd(z_s, z_t, y, a, t, m)
-    np.testing.assert_allclose(got, _loss(recipe, x, y), rtol=1e-6)
+    np.testing.assert_allclose(got, _loss(recipe, x, y), rtol=1e-5)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-    info = exp.kl_translation(100)
-    assert info["kl_reduction"] == "elementwise_mean" and not info["translated"]
-    assert info["multiplier"] == m
+    # The reference form run verbatim is the same loss at K = 100.
+    verbatim = exp.replace(kl="reference", multiplier=m)
+    np.testing.assert_allclose(_loss(_build(verbatim, z_s, z_t), x, y), got, rtol=1e-5)
 
 
 @pytest.mark.parametrize("exp_id", KL_IDS)
 def test_at_k10_the_published_meaning_is_kept(exp_id):
     exp = experiments.get(exp_id)
     x, y, z_s, z_t = _case(10, seed=1)
-    a, t, m = exp.alpha, exp.temperature, exp.multiplier
+    a, t, m = exp.alpha, exp.temperature, exp.published_multiplier
     ce = ref.ce(z_s, y)
     if exp.method == "tfkd_reg":
         p_t = ref.softmax(ref.virtual_teacher(y, 10, 0.99) / t)
         kl, t_sq = _batchmean_kl(p_t, z_s), 1.0
     else:
         kl, t_sq = _batchmean_kl(ref.softmax(z_t / t), z_s / t), t**2
-    # batch-mean KL with the multiplier translated to m / 100 ...
+    # batch-mean KL with the published multiplier over 100 ...
     expected = (1 - a) * ce + a * (m / 100) * t_sq * kl
     got = _loss(_build(exp, z_s, z_t), x, y)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-    info = exp.kl_translation(10)
-    assert info["kl_reduction"] == "batchmean" and info["translated"]
-    assert info["multiplier"] == pytest.approx(m / 100)
-    assert "10" in info["note"] and "m/100" in info["note"]
     # ... the weight the reference gives the batch-mean KL at K = 100 ...
-    assert exp.soft_weight(10) == pytest.approx(exp.soft_weight(100))
-    assert exp.soft_weight(10) == pytest.approx(a * m * t_sq / 100)
+    assert exp.kl_weight(10) == pytest.approx(exp.kl_weight(100))
+    assert exp.kl_weight(10) == pytest.approx(a * m * t_sq / 100)
     # ... whereas copying the reference recipe to K = 10 weighs the KL 10x more.
-    untranslated = _loss(_build(exp, z_s, z_t, translation="none"), x, y)
+    verbatim = exp.replace(kl="reference", multiplier=m)
+    assert verbatim.kl_weight(10) == pytest.approx(10 * exp.kl_weight(10))
+    untranslated = _loss(_build(verbatim, z_s, z_t), x, y)
     np.testing.assert_allclose(
         untranslated - (1 - a) * ce, 10 * (expected - (1 - a) * ce), rtol=1e-4
     )
 
 
-def test_translation_is_not_applied_without_a_kl_term():
+def test_kl_weight_without_a_kl_term_and_a_bad_kl():
     for exp_id in ("baseline/resnet18", "lsr/resnet18"):
-        info = experiments.get(exp_id).kl_translation(10)
-        assert info["kl_reduction"] is None and info["soft_weight"] == 0.0
-    with pytest.raises(ValueError, match="translation"):
-        experiments.get("tfkd_reg/resnet18").kl_translation(10, translation="yes")
+        assert experiments.get(exp_id).kl_weight(10) == 0.0
+    with pytest.raises(ValueError, match="`kl` must be one of"):
+        experiments.get("tfkd_reg/resnet18").replace(kl="elementwise_mean")
 
 
 def test_lsr_experiment_builds_the_paper_lsr():

@@ -19,14 +19,32 @@ def test_soft_target_kl_matches_numpy(rng, k, t_s, t_t):
     z_t = rng.normal(size=(16, k)).astype("float32") * 3
     z_s = rng.normal(size=(16, k)).astype("float32") * 3
     w = rng.uniform(size=16).astype("float32")
-    loss = losses.SoftTargetKL(temperature=t_s, teacher_temperature=t_t, scale=0.5)
+    loss = losses.SoftTargetKL(temperature=t_s, teacher_temperature=t_t, multiplier=0.5)
     per = ref.kl_per_sample(ref.softmax(z_t / t_t), ref.log_softmax(z_s / t_s))
     expected = 0.5 * t_s**2 * ref.weighted_mean(per, w)
     np.testing.assert_allclose(
         _np(loss(z_t, z_s, sample_weight=w)), expected, rtol=1e-4
     )
-    no_t2 = losses.SoftTargetKL(t_s, t_t, scale=0.5, temperature_squared=False)
+    no_t2 = losses.SoftTargetKL(t_s, t_t, multiplier=0.5, temperature_squared=False)
     np.testing.assert_allclose(_np(no_t2(z_t, z_s)), 0.5 * per.mean(), rtol=1e-4)
+    # kl="reference": the reference code's nn.KLDivLoss(), a mean over N*K.
+    reference = losses.SoftTargetKL(t_s, t_t, multiplier=0.5, kl="reference")
+    np.testing.assert_allclose(
+        _np(reference(z_t, z_s, sample_weight=w)), expected / k, rtol=1e-4
+    )
+    xent = losses.SoftTargetCrossEntropy(t_s, t_t, kl="reference")
+    full = losses.SoftTargetCrossEntropy(t_s, t_t)
+    np.testing.assert_allclose(_np(xent(z_t, z_s)), _np(full(z_t, z_s)) / k, rtol=1e-5)
+
+
+def test_soft_target_kl_scale_is_a_deprecated_name_of_multiplier(rng):
+    z_t, z_s = rng.normal(size=(2, 4, 6)).astype("float32")
+    with pytest.warns(DeprecationWarning, match="multiplier=0.25"):
+        old = losses.SoftTargetKL(2.0, scale=0.25)
+    assert old.multiplier == 0.25 and old.scale == 0.25
+    new = losses.SoftTargetKL(2.0, multiplier=0.25)
+    np.testing.assert_allclose(_np(old(z_t, z_s)), _np(new(z_t, z_s)), rtol=1e-6)
+    assert "scale" not in new.get_config()
 
 
 def test_soft_target_cross_entropy_is_kl_plus_teacher_entropy(rng):
@@ -88,8 +106,9 @@ def test_losses_are_finite_for_huge_logits_and_temperature():
     "factory",
     [
         lambda: losses.SoftTargetKL(
-            temperature=3.0, teacher_temperature=7.0, scale=0.2
+            temperature=3.0, teacher_temperature=7.0, multiplier=0.2
         ),
+        lambda: losses.SoftTargetKL(temperature=2.0, multiplier=3.0, kl="reference"),
         lambda: losses.SoftTargetCrossEntropy(
             temperature=2.0, temperature_squared=False
         ),
@@ -118,7 +137,9 @@ def test_loss_config_round_trip(rng, factory):
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"teacher_temperature": 0}, "teacher_temperature"),
-        ({"scale": -1.0}, "scale"),
+        ({"multiplier": -1.0}, "multiplier"),
+        ({"multiplier": float("inf")}, "multiplier"),
+        ({"kl": "elementwise_mean"}, "kl"),
     ],
 )
 def test_soft_target_kl_rejects_bad_arguments(kwargs, match):

@@ -39,13 +39,24 @@ def test_kd_and_tfkd_self(rng, k, t, weighted):
     x, y, z_s, z_t = _case(rng, k)
     w = rng.uniform(size=len(y)).astype("float32") if weighted else None
     student, teacher = _model(z_s, "student"), _model(z_t, "teacher")
-    got = _loss(recipes.kd(student, teacher, alpha=0.9, temperature=t), x, y, w)
+    # kl="reference": the reference code's KLm (batch-mean / K), verbatim.
+    kd = recipes.kd(student, teacher, alpha=0.9, temperature=t, kl="reference")
+    got = _loss(kd, x, y, w)
     np.testing.assert_allclose(got, ref.kd(z_s, z_t, y, 0.9, t, 1.0, w), rtol=1e-4)
     self_kd = recipes.tfkd_self(
-        _model(z_s, "s2"), _model(z_t, "t2"), alpha=0.95, temperature=t, multiplier=50.0
+        _model(z_s, "s2"),
+        _model(z_t, "t2"),
+        alpha=0.95,
+        temperature=t,
+        multiplier=50.0,
+        kl="reference",
     )
     expected = ref.kd(z_s, z_t, y, 0.95, t, 50.0, w)
     np.testing.assert_allclose(_loss(self_kd, x, y, w), expected, rtol=1e-4)
+    # The default, kl="batchmean": K times KLm.
+    clean = recipes.kd(_model(z_s, "s3"), _model(z_t, "t3"), alpha=0.9, temperature=t)
+    expected = ref.kd(z_s, z_t, y, 0.9, t, float(k), w)
+    np.testing.assert_allclose(_loss(clean, x, y, w), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -54,10 +65,13 @@ def test_tfkd_reg(rng, k, t, weighted):
     x, y, z_s, _ = _case(rng, k)
     w = rng.uniform(size=len(y)).astype("float32") if weighted else None
     distiller = recipes.tfkd_reg(
-        _model(z_s, "s"), k, alpha=0.1, temperature=t, multiplier=100.0
+        _model(z_s, "s"), k, alpha=0.1, temperature=t, multiplier=100.0, kl="reference"
     )
     expected = ref.tfkd_reg(z_s, y, 0.1, t, 100.0, 0.99, w)
     np.testing.assert_allclose(_loss(distiller, x, y, w), expected, rtol=1e-4)
+    clean = recipes.tfkd_reg(_model(z_s, "s2"), k, alpha=0.1, temperature=t)
+    expected = ref.tfkd_reg(z_s, y, 0.1, t, float(k), 0.99, w)
+    np.testing.assert_allclose(_loss(clean, x, y, w), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -74,30 +88,39 @@ def test_baseline_and_label_smoothing(rng, k, weighted):
 def test_batchmean_is_k_times_elementwise_soft_term(rng):
     k, t = 10, 4.0
     x, y, z_s, z_t = _case(rng, k)
-    ref_kd = recipes.kd(_model(z_s, "a"), _model(z_t, "b"), alpha=1.0, temperature=t)
-    clean = recipes.kd(
-        _model(z_s, "c"),
-        _model(z_t, "d"),
-        alpha=1.0,
-        temperature=t,
-        kl_reduction="batchmean",
+    ref_kd = recipes.kd(
+        _model(z_s, "a"), _model(z_t, "b"), alpha=1.0, temperature=t, kl="reference"
     )
+    clean = recipes.kd(_model(z_s, "c"), _model(z_t, "d"), alpha=1.0, temperature=t)
     np.testing.assert_allclose(_loss(clean, x, y), k * _loss(ref_kd, x, y), rtol=1e-5)
+    # The 0.1.0 name still works for one release, with a warning.
+    with pytest.warns(DeprecationWarning, match="kl='reference'"):
+        old = recipes.kd(
+            _model(z_s, "e"),
+            _model(z_t, "f"),
+            alpha=1.0,
+            temperature=t,
+            kl_reduction="elementwise_mean",
+        )
+    np.testing.assert_allclose(_loss(old, x, y), _loss(ref_kd, x, y), rtol=1e-6)
 
 
 def test_translated_multiplier_keeps_the_k100_meaning(rng):
     """At K = 100, batch-mean with m/100 equals the reference KLm with m."""
     x, y, z_s, _ = _case(rng, 100)
     reference = recipes.tfkd_reg(
-        _model(z_s, "a"), 100, alpha=0.1, temperature=20.0, multiplier=100.0
-    )
-    clean = recipes.tfkd_reg(
-        _model(z_s, "b"),
+        _model(z_s, "a"),
         100,
         alpha=0.1,
         temperature=20.0,
-        multiplier=recipes.translate_multiplier(100.0),
-        kl_reduction="batchmean",
+        multiplier=100.0,
+        kl="reference",
+    )
+    with pytest.warns(DeprecationWarning, match="translate_multiplier"):
+        multiplier = recipes.translate_multiplier(100.0)
+    assert multiplier == 1.0
+    clean = recipes.tfkd_reg(
+        _model(z_s, "b"), 100, alpha=0.1, temperature=20.0, multiplier=multiplier
     )
     np.testing.assert_allclose(_loss(clean, x, y), _loss(reference, x, y), rtol=1e-5)
 
@@ -113,6 +136,10 @@ def test_recipe_argument_errors(rng):
             alpha=0.5,
             temperature=4.0,
             kl_reduction="sum",
+        )
+    with pytest.raises(ValueError, match="`kl` must be one of 'batchmean', 'refer"):
+        recipes.kd(
+            _model(z_s, "a2"), _model(z_s, "b2"), alpha=0.5, temperature=4.0, kl="sum"
         )
     with pytest.raises(ValueError, match="multiplier"):
         recipes.tfkd_self(
@@ -164,7 +191,7 @@ def test_old_positional_hyperparameters_still_work_with_a_deprecation(rng):
                 _model(z_s, "a"), _model(z_t, "b"), 0.95, t, 50.0, "batchmean"
             ),
             lambda: recipes.tfkd_self(
-                _model(z_s, "c"), _model(z_t, "d"), **hyper, kl_reduction="batchmean"
+                _model(z_s, "c"), _model(z_t, "d"), **hyper, kl="batchmean"
             ),
             "multiplier=50.0, kl_reduction='batchmean'",
         ),
