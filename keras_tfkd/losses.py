@@ -381,7 +381,7 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         num_classes = y_pred.shape[-1]
         if num_classes < 2:
             raise ValueError(f"Label smoothing needs >= 2 classes, got {num_classes}.")
-        labels = _labels_from(y_true, num_classes)
+        labels = integer_labels(y_true, num_classes)
         q = label_smoothing_targets(labels, num_classes, self.epsilon)
         return -ops.sum(q * ops.log_softmax(y_pred, axis=-1), axis=-1)
 
@@ -389,8 +389,11 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         return {"epsilon": self.epsilon, "reduction": self.reduction, "name": self.name}
 
 
-def _labels_from(y_true, num_classes):
-    """Integer labels ``(N,)`` from ``(N,)``, ``(N, 1)`` or one-hot ``(N, K)``."""
+def integer_labels(y_true, num_classes):
+    """Integer labels ``(N,)`` from ``(N,)``, ``(N, 1)`` or one-hot ``(N, K)``.
+
+    The one label normaliser of the losses and the virtual teachers.
+    """
     y_true = ops.convert_to_tensor(y_true)
     if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
         return ops.argmax(y_true, axis=-1)

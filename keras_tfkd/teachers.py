@@ -22,6 +22,8 @@ import numpy as np
 from keras import ops
 
 from keras_tfkd import _backend
+from keras_tfkd.data.dataset import Dataset
+from keras_tfkd.losses import integer_labels
 
 __all__ = [
     "Teacher",
@@ -49,15 +51,6 @@ def _check_num_classes(num_classes):
             f"`num_classes` must be an integer >= 2, got num_classes={num_classes!r}."
         )
     return int(num_classes)
-
-
-def _integer_labels(labels, num_classes):
-    labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == 2 and labels.shape[-1] == num_classes:
-        return ops.argmax(labels, axis=-1)
-    if len(labels.shape) == 2 and labels.shape[-1] == 1:
-        labels = ops.squeeze(labels, axis=-1)
-    return ops.cast(labels, "int32")
 
 
 class Teacher(keras.layers.Layer):
@@ -152,7 +145,7 @@ class VirtualTeacher(Teacher):
         on, off = self.distribution()
         if self.logits_form == "log_probabilities":
             on, off = math.log(on), math.log(off) if off > 0 else -1e4
-        labels = _integer_labels(labels, self.num_classes)
+        labels = integer_labels(labels, self.num_classes)
         one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
         return one_hot * (on - off) + off
 
@@ -181,7 +174,7 @@ class UniformTeacher(Teacher):
     def call(self, inputs, labels=None):
         if labels is None:
             raise ValueError("UniformTeacher needs the labels of the batch.")
-        labels = _integer_labels(labels, self.num_classes)
+        labels = integer_labels(labels, self.num_classes)
         return ops.zeros((ops.shape(labels)[0], self.num_classes), dtype="float32")
 
 
@@ -286,9 +279,8 @@ class CachedTeacher(Teacher):
 
 
 def _is_tfkd_dataset(x):
-    """A `keras_tfkd.data.Dataset` (checked without importing the data module)."""
-    module = type(x).__module__
-    return type(x).__name__ == "Dataset" and module == "keras_tfkd.data.dataset"
+    """A `keras_tfkd.data.Dataset`."""
+    return isinstance(x, Dataset)
 
 
 def _is_array_input(x):

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_tfkd import teachers as teachers_lib
+from keras_tfkd.metrics import accuracy
 from keras_tfkd.validation import leaves
 
 __all__ = ["SoftTargetMonitor"]
@@ -149,9 +150,7 @@ class SoftTargetMonitor(keras.callbacks.Callback):
             "soft_target_entropy": float(entropy.mean()),
         }
         if not getattr(self, "_label_teacher", False):
-            values["teacher_accuracy"] = float(
-                (self._logits.argmax(axis=-1) == self.y).mean()
-            )
+            values["teacher_accuracy"] = accuracy(self._logits, self.y)
         return values
 
     def on_epoch_end(self, epoch, logs=None):

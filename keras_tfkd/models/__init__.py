@@ -125,6 +125,16 @@ def count_parameters(model: keras.Model) -> int:
     return total
 
 
+def batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """BatchNorm with PyTorch's defaults (`BN_MOMENTUM`, `BN_EPSILON`).
+
+    Every model of the zoo builds its BatchNorm layers with it.
+    """
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
 def conv_initializer() -> keras.initializers.Initializer:
     """Kaiming-normal (fan-out, ReLU gain) initializer used for convolution kernels."""
     return keras.initializers.VarianceScaling(

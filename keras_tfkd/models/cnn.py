@@ -12,13 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import BN_EPSILON, BN_MOMENTUM, conv_initializer, register
-
-
-def _bn(name):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
+from keras_tfkd.models import batch_norm as _bn
+from keras_tfkd.models import conv_initializer, register
 
 
 def _conv_bn_relu(x, filters, name):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import BN_EPSILON, BN_MOMENTUM, conv_initializer, register
+from keras_tfkd.models import batch_norm, conv_initializer, register
 
 # (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection) per inception block.
 _BLOCKS = {
@@ -36,9 +36,7 @@ def _conv_bn_relu(x, filters, kernel_size, name):
         kernel_initializer=conv_initializer(),
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
-    )(x)
+    x = batch_norm(f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import BN_EPSILON, BN_MOMENTUM, conv_initializer, register
+from keras_tfkd.models import batch_norm as _bn
+from keras_tfkd.models import conv_initializer, register
 
 # (expansion t, output channels c, repeats n, first stride s) per stage.
 _STAGES = (
@@ -24,12 +25,6 @@ _STAGES = (
     (6, 160, 3, 1),
     (6, 320, 1, 1),
 )
-
-
-def _bn(name):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
 
 
 def _conv1x1(filters, name):

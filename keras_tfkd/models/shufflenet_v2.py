@@ -15,7 +15,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import BN_EPSILON, BN_MOMENTUM, conv_initializer, register
+from keras_tfkd.models import batch_norm as _bn
+from keras_tfkd.models import conv_initializer, register
 
 # Stage output channels and the head width for each supported width multiplier.
 _WIDTHS = {
@@ -26,12 +27,6 @@ _WIDTHS = {
 }
 # Basic units after the downsampling unit of each stage.
 _REPEATS = (3, 7, 3)
-
-
-def _bn(name):
-    return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
 
 
 def _conv1x1(filters, name):
