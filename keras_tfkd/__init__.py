@@ -17,8 +17,10 @@ Public API:
 * `keras_tfkd.callbacks` - schedulers, self-teacher snapshots, monitors,
   `StudentCheckpoint`, `NaNGuard`, `RunBackup`; `keras_tfkd.born_again` -
   born-again (multi-generation Tf-KD_self) training.
-* `keras_tfkd.models`, `keras_tfkd.schedules`, `keras_tfkd.experiments`,
-  `keras_tfkd.workflows`.
+* `keras_tfkd.experiments` - the paper's experiments as data; `keras_tfkd.runs` -
+  a run planned once (`plan_run`) and executed (`execute`, `train`);
+  `keras_tfkd.study` - the whole comparison, its table and plot.
+* `keras_tfkd.models`, `keras_tfkd.schedules`, `keras_tfkd.metrics`.
 
 Every name is imported on first use, so `import keras_tfkd` does not import
 Keras: the `keras-tfkd` command can still choose the backend.
@@ -38,15 +40,17 @@ _MODULES = {
     "callbacks",
     "born_again",
     "experiments",
-    "workflows",
+    "runs",
+    "metrics",
     "study",
     "cli",
     "distribution",
 }
 
-# Old paths of modules that moved into `keras_tfkd.data`: they still import,
+# Old paths of modules that moved (into `keras_tfkd.data`, `keras_tfkd.runs`):
+# they still import,
 # with a DeprecationWarning, and are left out of __all__.
-_MOVED_MODULES = {"augment", "pydataset"}
+_MOVED_MODULES = {"augment", "pydataset", "workflows"}
 
 __all__ = ["Distiller", *sorted(_MODULES)]
 

@@ -7,8 +7,8 @@ backend framework for its job:
 
 * this module: the frozen-teacher forward pass (`frozen_forward`, a PyTorch
   fast path), JAX's persistent compilation cache (`jax_compilation_cache`,
-  behind `workflows.compilation_cache`) and TensorFlow's deterministic
-  kernels (`enable_op_determinism`, behind `workflows.deterministic`);
+  behind `runs.compilation_cache`) and TensorFlow's deterministic
+  kernels (`enable_op_determinism`, behind `runs.deterministic`);
 * `keras_tfkd.distribution`: each backend's data-parallel engine;
 * `keras_tfkd.data._tfdata`: the tf.data input pipeline, the only data module
   that imports TensorFlow (`keras_tfkd.data.pipeline_engine` picks it on the
@@ -93,7 +93,7 @@ _JAX_CACHE_OPTIONS = (
 def jax_compilation_cache(directory):
     """On JAX, keep XLA compilations in `directory`; elsewhere do nothing.
 
-    The implementation of `keras_tfkd.workflows.compilation_cache` (see
+    The implementation of `keras_tfkd.runs.compilation_cache` (see
     there). Yields True if the cache is in use (JAX), else False. The previous
     JAX settings are restored on exit.
     """
@@ -135,7 +135,7 @@ def enable_op_determinism():
     ``tf.config.experimental.enable_op_determinism()``: without it some TF
     kernels (e.g. multi-threaded reductions) may sum in a different order
     from run to run. JAX and PyTorch on CPU are deterministic once seeded:
-    there this does nothing. Used by `keras_tfkd.workflows.deterministic`.
+    there this does nothing. Used by `keras_tfkd.runs.deterministic`.
     """
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf

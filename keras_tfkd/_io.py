@@ -8,7 +8,7 @@ Both give the file the permissions of any new file (``0o666`` less the
 umask), not the ``0o600`` of `tempfile.mkstemp`.
 
 Used for run backups (`keras_tfkd.callbacks.RunBackup`), results files,
-run records and saved models (`keras_tfkd.workflows`).
+run records and saved models (`keras_tfkd.runs`).
 """
 
 from __future__ import annotations

@@ -385,7 +385,8 @@ class Experiment:
         # The published numbers belong to the registry row, not to a variant.
         overrides.setdefault("published_accuracy", None)
         overrides.setdefault("teacher_accuracy", None)
-        overrides.setdefault("published_multiplier", None)
+        if "multiplier" in overrides or "kl" in overrides:  # no longer the paper's
+            overrides.setdefault("published_multiplier", None)
         return dataclasses.replace(self, **overrides)
 
     # ---------------------------------------------------------------- teacher

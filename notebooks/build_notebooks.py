@@ -625,7 +625,7 @@ CIFAR_CELLS = (
         """
         ## The same, packaged
 
-        `keras_tfkd.workflows.train(exp, ds, seed=230, output_dir=...)` runs
+        `keras_tfkd.runs.train(exp, ds, seed=230, output_dir=...)` runs
         one experiment with this protocol, trains and caches the teacher of
         kd/rekd/dekd/tfkd_self itself, and records the results; from a shell,
         `keras-tfkd run --experiment tfkd_reg/resnet18` does the same

@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfkd import callbacks, data, experiments, teachers, workflows
+from keras_tfkd import callbacks, data, experiments, teachers
+from keras_tfkd import runs as runs_lib
 from keras_tfkd.cli import main
 from keras_tfkd.distiller import Distiller
 
@@ -123,7 +124,7 @@ def _sliced(ds, n_train, n_test):
     )
 
 
-CONFIG = workflows.TrainConfig(optimizer="adam", learning_rate=1e-2)
+CONFIG = runs_lib.TrainConfig(optimizer="adam", learning_rate=1e-2)
 
 
 def _exp(epochs=1, batch_size=64):
@@ -135,12 +136,12 @@ def _exp(epochs=1, batch_size=64):
 def test_empty_train_split_is_a_clear_error(tmp_path):
     ds = _sliced(data.load("digits", limit=20), 0, 20)
     with pytest.raises(ValueError, match=r"train split of dataset 'digits' is empty"):
-        workflows.train(_exp(), ds, seed=0, output_dir=tmp_path, config=CONFIG)
+        runs_lib.train(_exp(), ds, seed=0, output_dir=tmp_path, config=CONFIG)
 
 
 def test_batch_larger_than_data_trains_one_partial_batch(tmp_path):
     ds = _sliced(data.load("digits", limit=20), 10, 20)
-    record = workflows.train(
+    record = runs_lib.train(
         _exp(epochs=2),
         ds,
         seed=0,
@@ -155,7 +156,7 @@ def test_batch_larger_than_data_trains_one_partial_batch(tmp_path):
 
 # ---------------------------------------------------- corrupt checkpoints
 def _saved_model(path):
-    model = workflows.build_model("cnn_tiny", 10, (8, 8, 1))
+    model = runs_lib.build_model("cnn_tiny", 10, (8, 8, 1))
     model.save(path)
     return path
 
@@ -165,10 +166,10 @@ def test_truncated_teacher_checkpoint_names_the_file(tmp_path):
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(
-        workflows.CorruptCheckpointError,
+        runs_lib.CorruptCheckpointError,
         match=r"teacher\.keras.*truncated or corrupt.*Delete it",
     ):
-        workflows.check_keras_file(path, "teacher checkpoint")
+        runs_lib.check_keras_file(path, "teacher checkpoint")
     ds = data.load("digits", limit=50)
     exp = (
         experiments.get("kd/cnn5_from_resnet18").replace(
@@ -183,8 +184,8 @@ def test_truncated_teacher_checkpoint_names_the_file(tmp_path):
     )
     if exp is None:
         pytest.skip("no kd experiment to override")
-    with pytest.raises(workflows.CorruptCheckpointError, match="teacher.keras"):
-        workflows.train(
+    with pytest.raises(runs_lib.CorruptCheckpointError, match="teacher.keras"):
+        runs_lib.train(
             exp,
             ds,
             seed=0,
@@ -200,18 +201,18 @@ def test_corrupt_cached_teacher_is_retrained_not_reused(tmp_path):
     exp = experiments.get("baseline/resnet18").replace(
         student="cnn_tiny", dataset="digits", epochs=1, batch_size=32
     )
-    first = workflows.train(
+    first = runs_lib.train(
         exp, ds, seed=0, output_dir=tmp_path, config=CONFIG, log=lambda m: None
     )
     best = tmp_path / first["checkpoints"]["best"]
     best.write_bytes(best.read_bytes()[:100])
     lines = []
-    again = workflows.train(
+    again = runs_lib.train(
         exp, ds, seed=0, output_dir=tmp_path, config=CONFIG, log=lines.append
     )
     assert any("truncated or corrupt" in line for line in lines)
     assert any("normally" in line for line in lines)  # trained again
-    workflows.check_keras_file(best)  # intact again
+    runs_lib.check_keras_file(best)  # intact again
     assert again["best_test_accuracy"] == first["best_test_accuracy"]
 
 
@@ -284,11 +285,11 @@ def test_cli_config_file_errors_name_the_key(tmp_path, content, named):
 def test_cli_config_file_overrides_apply(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(experiment, dataset, **kwargs):
-        seen["experiment"] = experiment
+    def fake_execute(plan, dataset, **kwargs):
+        seen["experiment"] = plan.experiment
         raise SystemExit(0)
 
-    monkeypatch.setattr(workflows, "train", fake_train)
+    monkeypatch.setattr(runs_lib, "execute", fake_execute)
     config = tmp_path / "exp.json"
     config.write_text(json.dumps({"alpha": 0.25, "epochs": 2, "dataset": "digits"}))
     argv = ["run", "--experiment", "tfkd_reg/resnet18", "--config", str(config)]
@@ -299,7 +300,7 @@ def test_cli_config_file_overrides_apply(tmp_path, monkeypatch):
 
 
 def test_no_pickle_or_eval_of_user_files():
-    root = Path(workflows.__file__).parent
+    root = Path(runs_lib.__file__).parent
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "pickle.load" not in text and "allow_pickle=True" not in text, path
@@ -314,13 +315,14 @@ def test_no_pickle_or_eval_of_user_files():
 _DISTRIBUTION_DRIVER = """
 import json, sys
 import keras
-from keras_tfkd import distribution, workflows
+from keras_tfkd import distribution
+from keras_tfkd.runs import loop
 if keras.backend.backend() == "tensorflow":
     distribution.simulate_cpu_devices(2)
 from keras_tfkd.cli import main
 
 seen = {}
-real_build, real_get = workflows.build_model, distribution.get_distribution
+real_build, real_get = loop.build_model, distribution.get_distribution
 
 def build_model(*args, **kwargs):
     seen["student"] = model = real_build(*args, **kwargs)
@@ -330,7 +332,7 @@ def get_distribution(*args, **kwargs):
     seen["dist"] = dist = real_get(*args, **kwargs)
     return dist
 
-workflows.build_model = build_model
+loop.build_model = build_model  # where the training loop looks it up
 distribution.get_distribution = get_distribution
 out, argv = sys.argv[1], sys.argv[2:]
 results = {}

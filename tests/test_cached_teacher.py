@@ -52,10 +52,20 @@ def _dense(name, seed):
 
 def _live_and_cached(teacher, x, student_seed=0):
     """The same KD set-up twice: a live model teacher, and its cached logits."""
-    live = recipes.kd(_dense("live", student_seed), teacher, alpha=ALPHA, temperature=T)
+    live = recipes.kd(
+        _dense("live", student_seed),
+        teacher,
+        alpha=ALPHA,
+        temperature=T,
+        kl="reference",
+    )
     cached_teacher = teachers.CachedTeacher.from_model(teacher, x, batch_size=B)
     cached = recipes.kd(
-        _dense("cached", student_seed), cached_teacher, alpha=ALPHA, temperature=T
+        _dense("cached", student_seed),
+        cached_teacher,
+        alpha=ALPHA,
+        temperature=T,
+        kl="reference",
     )
     for distiller in (live, cached):
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -126,7 +136,11 @@ def test_shuffled_fit_keeps_each_row_of_logits_with_its_input():
 
     def soft_loss(logits):
         distiller = recipes.kd(
-            _dense("student", seed=5), cached_teacher, alpha=1.0, temperature=1.0
+            _dense("student", seed=5),
+            cached_teacher,
+            alpha=1.0,
+            temperature=1.0,
+            kl="reference",
         )
         distiller.compile(optimizer=keras.optimizers.SGD(0.0))
         packed = cached_teacher.attach(x, logits=logits)

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfkd import data, experiments, workflows
+from keras_tfkd import data, experiments
+from keras_tfkd import runs as runs_lib
 from keras_tfkd.cli import main
 
 # Small and fast: an MLP student and the conv net `cnn_tiny` as the strong model,
@@ -43,7 +44,6 @@ REQUIRED = {
     "backend",
     "hyperparameters",
     "experiment",
-    "kl_reduction",
     "history",
     "key",
 }
@@ -80,6 +80,8 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
     assert {m for m, role in runs if role == "run"} == set(experiments.METHODS)
     for record in records:
         assert REQUIRED <= set(record), REQUIRED - set(record)
+        if record["method"] in experiments.KL_METHODS:  # the KL term, said once
+            assert {"kl", "kl_weight", "kl_note"} <= set(record), record["method"]
         assert record["dataset"] == "digits" and record["seed"] == 0
         assert record["backend"] == keras.backend.backend()
         curve = record["history"]["test_accuracy"]
@@ -108,13 +110,11 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         0.95,
         20.0,
     )
-    assert kd["kl_reduction"] == "batchmean"
-    assert kd["kl_translation"]["multiplier"] == pytest.approx(0.01)
-    assert runs[("tfkd_reg", "run")]["kl_translation"]["soft_weight"] == pytest.approx(
-        0.95 * 1 / 100
-    )
+    assert kd["kl"] == "batchmean"
+    assert kd["hyperparameters"]["multiplier"] == pytest.approx(0.01)
+    assert runs[("tfkd_reg", "run")]["kl_weight"] == pytest.approx(0.95 * 1 / 100)
     assert runs[("lsr", "run")]["hyperparameters"]["epsilon"] == 0.1
-    assert runs[("lsr", "run")]["kl_reduction"] is None
+    assert "kl" not in runs[("lsr", "run")]
     # Each teacher accuracy is that of the checkpoint it came from.
     teachers = {r["key"]: r for r in records}
     assert (
@@ -129,7 +129,10 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
     assert "De-KD teacher: cnn_tiny after 1 epoch" in output
     markdown = (folder / "results.md").read_text()
     assert markdown.count("\n| ") == 1 + 8  # header + one row per (method, student)
-    assert "batch-mean KL, multiplier 1 -> 0.01" in markdown
+    assert (
+        "KL term of KD: batch-mean KL, multiplier 0.01 (paper: 1 with KL/K at K=100)"
+        in markdown
+    )
     png = (folder / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -249,7 +252,7 @@ def test_run_with_a_given_teacher_checkpoint(study_dir, tmp_path):
     assert record["teacher_test_accuracy"] == pytest.approx(
         teacher_run["best_test_accuracy"], abs=1e-6
     )
-    assert record["kl_translation"]["translated"] is True
+    assert record["kl"] == "batchmean" and record["kl_note"].startswith("batch-mean")
     assert "epoch 1/1" in output and "batch-mean KL" in output
     assert not (tmp_path / "checkpoints").exists()  # no teacher was trained
 
@@ -290,7 +293,7 @@ def test_unknown_names_exit_2_with_the_valid_list(capsys, tmp_path):
         capsys,
     )
     assert "--student: unknown model 'nope'. No close match." in err
-    assert f"prints the {len(workflows.model_names())} valid models." in err
+    assert f"prints the {len(runs_lib.model_names())} valid models." in err
     assert not any(tmp_path.iterdir())  # nothing was trained or written
 
 
@@ -307,11 +310,11 @@ def test_list(capsys):
     assert main(["list", "experiments"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == experiments.available()
-    assert "alpha=0.1 T=20 m=100" in next(
+    assert "alpha=0.1 T=20 m=1 (paper m=100)" in next(
         line for line in lines if "tfkd_reg/resnet18" in line
     )
     assert main(["list", "models"]) == 0
-    assert capsys.readouterr().out.split() == workflows.model_names()
+    assert capsys.readouterr().out.split() == runs_lib.model_names()
     assert main(["list", "datasets"]) == 0
     assert capsys.readouterr().out.split() == data.available()
     assert main(["list"]) == 0
@@ -320,7 +323,7 @@ def test_list(capsys):
 
 
 def test_results_store_merges_by_key_and_writes_atomically(tmp_path):
-    store = workflows.ResultsStore(tmp_path / "results.json")
+    store = runs_lib.ResultsStore(tmp_path / "results.json")
     store.add({"key": "a", "value": 1})
     store.add({"key": "b", "value": 2})
     store.add({"key": "a", "value": 3})
@@ -332,23 +335,23 @@ def test_results_store_merges_by_key_and_writes_atomically(tmp_path):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
     (tmp_path / "bad.json").write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="not a keras-tfkd results file"):
-        workflows.ResultsStore(tmp_path / "bad.json").get("a")
+        runs_lib.ResultsStore(tmp_path / "bad.json").get("a")
 
 
 def test_run_keys_change_with_every_identity_field():
     hp = {"alpha": 0.9, "batch_size": 64}
-    key = workflows.run_key("kd", "a", "b", "digits", 0, 5, hp)
+    key = runs_lib.run_key("kd", "a", "b", "digits", 0, 5, hp)
     variants = [
-        workflows.run_key("lsr", "a", "b", "digits", 0, 5, hp),
-        workflows.run_key("kd", "c", "b", "digits", 0, 5, hp),
-        workflows.run_key("kd", "a", None, "digits", 0, 5, hp),
-        workflows.run_key("kd", "a", "b", "cifar10", 0, 5, hp),
-        workflows.run_key("kd", "a", "b", "digits", 1, 5, hp),
-        workflows.run_key("kd", "a", "b", "digits", 0, 6, hp),
-        workflows.run_key("kd", "a", "b", "digits", 0, 5, {**hp, "alpha": 0.8}),
+        runs_lib.run_key("lsr", "a", "b", "digits", 0, 5, hp),
+        runs_lib.run_key("kd", "c", "b", "digits", 0, 5, hp),
+        runs_lib.run_key("kd", "a", None, "digits", 0, 5, hp),
+        runs_lib.run_key("kd", "a", "b", "cifar10", 0, 5, hp),
+        runs_lib.run_key("kd", "a", "b", "digits", 1, 5, hp),
+        runs_lib.run_key("kd", "a", "b", "digits", 0, 6, hp),
+        runs_lib.run_key("kd", "a", "b", "digits", 0, 5, {**hp, "alpha": 0.8}),
     ]
     assert len({key, *variants}) == 8
-    assert key == workflows.run_key(
+    assert key == runs_lib.run_key(
         "kd", "a", "b", "digits", 0, 5, dict(reversed(hp.items()))
     )
 
@@ -423,19 +426,19 @@ def test_run_field_flags_come_from_one_table_and_win_over_config(
         assert f"{_flag(field)} " in run_help, field
     seen = []
 
-    def fake_train(experiment, dataset, **kwargs):
-        seen.append(experiment)
+    def fake_execute(plan, dataset, **kwargs):
+        seen.append(plan.experiment)
         raise SystemExit(0)
 
-    monkeypatch.setattr(workflows, "train", fake_train)
+    monkeypatch.setattr(runs_lib, "execute", fake_execute)
     from_config = {"epochs": 2, "batch_size": 16, "alpha": 0.5, "temperature": 4.0}
     from_config.update(multiplier=2.0, correct_prob=0.9, epsilon=0.2)
     from_config.update(teacher_epochs=1, student="mlp", teacher="cnn_tiny")
-    from_config["dataset"] = "digits"
+    from_config.update(dataset="digits", kl="reference", teacher_batch_size=32)
     from_flags = {"epochs": 3, "batch_size": 8, "alpha": 0.25, "temperature": 2.0}
     from_flags.update(multiplier=3.0, correct_prob=0.8, epsilon=0.05)
     from_flags.update(teacher_epochs=2, student="cnn_tiny", teacher="mlp")
-    from_flags["dataset"] = "digits"
+    from_flags.update(dataset="digits", kl="batchmean", teacher_batch_size=24)
     assert set(from_config) == set(from_flags) == set(table)
     config = tmp_path / "exp.json"
     config.write_text(json.dumps(from_config))

@@ -342,6 +342,14 @@ def test_ctrl_c_before_training(capsys, monkeypatch, tmp_path):
     )
 
 
+def _backup(folder, epoch):
+    """A committed `RunBackup` folder (its metadata and the weights it names)."""
+    folder.mkdir(parents=True)
+    (folder / "w.weights.h5").write_bytes(b"")
+    meta = {"epoch": epoch, "weights": "w.weights.h5"}
+    (folder / "backup.json").write_text(json.dumps(meta))
+
+
 def test_interrupted_message_reads_the_backups(tmp_path):
     progress = cli._Progress(tmp_path, echo=False)
     progress("[3/9] KD cnn_tiny <- cnn_small, seed 1 ...")
@@ -350,13 +358,11 @@ def test_interrupted_message_reads_the_backups(tmp_path):
         "skipped)."
     )
     old = tmp_path / "backups" / "kd-old"  # a stale backup of another run
-    old.mkdir(parents=True)
-    (old / "backup.json").write_text(json.dumps({"epoch": 9}))
+    _backup(old, 9)
     os.utime(old / "backup.json", (1, 1))
     assert progress.saved_epoch() == 0
     mine = tmp_path / "checkpoints" / "run" / "backup"
-    mine.mkdir(parents=True)
-    (mine / "backup.json").write_text(json.dumps({"epoch": 4}))
+    _backup(mine, 4)
     assert "resume from epoch 5 (" in progress.interrupted(study=True)
     # A run resumed from an older backup, interrupted before its next epoch.
     progress = cli._Progress(tmp_path, label="kd/x", echo=False)

@@ -61,7 +61,9 @@ def test_three_sgd_steps_of_kd_match_numpy():
     expected = _numpy_sgd_losses(
         grad, lambda z: ref.kd(z, z_t, y, alpha, t), w0, b0, x.astype("float64")
     )
-    got = _run_keras(recipes.kd(student, teacher, alpha=alpha, temperature=t), x, y)
+    got = _run_keras(
+        recipes.kd(student, teacher, alpha=alpha, temperature=t, kl="reference"), x, y
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
@@ -81,7 +83,11 @@ def test_three_sgd_steps_of_tfkd_reg_match_numpy():
         grad, lambda z: ref.tfkd_reg(z, y, alpha, t, m), w0, b0, x.astype("float64")
     )
     got = _run_keras(
-        recipes.tfkd_reg(student, K, alpha=alpha, temperature=t, multiplier=m), x, y
+        recipes.tfkd_reg(
+            student, K, alpha=alpha, temperature=t, multiplier=m, kl="reference"
+        ),
+        x,
+        y,
     )
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
@@ -100,7 +106,7 @@ def test_teacher_frozen_and_student_trained_by_fit():
     teacher, student = _bn_teacher(), _linear("student")
     before_t = [w.copy() for w in teacher.get_weights()]
     before_s = [w.copy() for w in student.get_weights()]
-    distiller = recipes.kd(student, teacher, alpha=0.5, temperature=4.0)
+    distiller = recipes.kd(student, teacher, alpha=0.5, temperature=4.0, kl="reference")
     distiller.compile(optimizer="adam")
     distiller.fit(x, y, epochs=2, batch_size=8, verbose=0)
     for a, b in zip(teacher.get_weights(), before_t):  # incl. BatchNorm statistics
@@ -117,7 +123,9 @@ def test_teacher_runs_in_inference_mode():
     """Dropout off in the teacher: its logits in compute_loss are deterministic."""
     x, y = _data()
     teacher = _bn_teacher()
-    distiller = recipes.kd(_linear("s"), teacher, alpha=1.0, temperature=1.0)
+    distiller = recipes.kd(
+        _linear("s"), teacher, alpha=1.0, temperature=1.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     losses_ = [
         float(ops.convert_to_numpy(distiller.compute_loss(x, y, distiller(x))))
@@ -128,7 +136,9 @@ def test_teacher_runs_in_inference_mode():
 
 def test_fit_and_evaluate_log_both_terms_and_metrics():
     x, y = _data()
-    distiller = recipes.tfkd_reg(_linear("s"), K, alpha=0.5, temperature=10.0)
+    distiller = recipes.tfkd_reg(
+        _linear("s"), K, alpha=0.5, temperature=10.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd", metrics=["accuracy"])
     history = distiller.fit(
         x, y, epochs=1, batch_size=8, verbose=0, validation_data=(x, y)
@@ -156,7 +166,9 @@ def test_fit_and_evaluate_log_both_terms_and_metrics():
 def test_predict_runs_the_student_alone():
     x, _ = _data()
     student = _linear("s")
-    distiller = recipes.kd(student, _bn_teacher(), alpha=0.5, temperature=2.0)
+    distiller = recipes.kd(
+        student, _bn_teacher(), alpha=0.5, temperature=2.0, kl="reference"
+    )
     np.testing.assert_allclose(
         distiller.predict(x, verbose=0), student.predict(x, verbose=0), rtol=1e-6
     )
@@ -166,7 +178,9 @@ def test_predict_runs_the_student_alone():
 def test_label_formats_give_the_same_loss(form):
     x, y = _data()
     labels = {"flat": y, "column": y[:, None], "one_hot": ref.one_hot(y, K)}[form]
-    distiller = recipes.tfkd_reg(_linear("s"), K, alpha=0.3, temperature=5.0)
+    distiller = recipes.tfkd_reg(
+        _linear("s"), K, alpha=0.3, temperature=5.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     got = distiller.compute_loss(x, ops.convert_to_tensor(labels), distiller(x))
     z = ops.convert_to_numpy(distiller(x))
@@ -178,7 +192,9 @@ def test_label_formats_give_the_same_loss(form):
 def test_zero_sample_weight_removes_a_sample_from_both_terms():
     x, y = _data()
     teacher = _linear("t", 3)
-    distiller = recipes.kd(_linear("s"), teacher, alpha=0.5, temperature=3.0)
+    distiller = recipes.kd(
+        _linear("s"), teacher, alpha=0.5, temperature=3.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     w = np.ones(N, "float32")
     w[::2] = 0.0
@@ -195,8 +211,8 @@ def test_zero_sample_weight_removes_a_sample_from_both_terms():
     # and fit honours it: a zero-weighted copy of the data changes nothing
     x2, y2 = np.concatenate([x, x[:8]]), np.concatenate([y, (y[:8] + 1) % K])
     w2 = np.concatenate([np.ones(N), np.zeros(8)]).astype("float32")
-    a = recipes.kd(_linear("a"), teacher, alpha=0.5, temperature=3.0)
-    b = recipes.kd(_linear("b"), teacher, alpha=0.5, temperature=3.0)
+    a = recipes.kd(_linear("a"), teacher, alpha=0.5, temperature=3.0, kl="reference")
+    b = recipes.kd(_linear("b"), teacher, alpha=0.5, temperature=3.0, kl="reference")
     for d in (a, b):
         d.compile(optimizer=keras.optimizers.SGD(0.1))
     a.train_on_batch(x, y)
@@ -209,7 +225,9 @@ def test_zero_sample_weight_removes_a_sample_from_both_terms():
 
 def test_alpha_and_temperature_are_assignable_variables():
     x, y = _data()
-    distiller = recipes.kd(_linear("s"), _linear("t", 2), alpha=0.5, temperature=2.0)
+    distiller = recipes.kd(
+        _linear("s"), _linear("t", 2), alpha=0.5, temperature=2.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     distiller.alpha = 0.25
     distiller.teacher_temperature = 8.0
@@ -259,7 +277,9 @@ def test_student_regularisation_is_added():
 def test_student_and_distiller_save_and_reload(tmp_path):
     x, y = _data()
     teacher = _bn_teacher()
-    distiller = recipes.kd(_linear("s"), teacher, alpha=0.7, temperature=3.0)
+    distiller = recipes.kd(
+        _linear("s"), teacher, alpha=0.7, temperature=3.0, kl="reference"
+    )
     distiller.compile(optimizer="adam", metrics=["accuracy"])
     distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
     distiller.alpha = 0.3
@@ -287,7 +307,7 @@ def test_student_and_distiller_save_and_reload(tmp_path):
 
 def test_virtual_teacher_distiller_serialises_by_config(tmp_path):
     distiller = recipes.tfkd_reg(
-        _linear("s"), K, alpha=0.1, temperature=40.0, multiplier=50.0
+        _linear("s"), K, alpha=0.1, temperature=40.0, multiplier=50.0, kl="reference"
     )
     distiller.save(tmp_path / "reg.keras")
     loaded = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
@@ -331,7 +351,9 @@ def test_teacher_outputting_probabilities_without_softmax_layer_is_caught():
     inp = keras.Input((D,))
     probs = keras.layers.Lambda(lambda t: ops.softmax(t))(keras.layers.Dense(K)(inp))
     teacher = keras.Model(inp, probs)
-    distiller = recipes.kd(_linear("s"), teacher, alpha=0.5, temperature=4.0)
+    distiller = recipes.kd(
+        _linear("s"), teacher, alpha=0.5, temperature=4.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     before = [w.copy() for w in distiller.student.get_weights()]
     with pytest.raises(ValueError, match="probabilities"):
@@ -351,7 +373,9 @@ def test_teacher_outputting_probabilities_without_softmax_layer_is_caught():
 )
 def test_bad_labels_fail_before_any_weight_changes(labels, match):
     x, _ = _data()
-    distiller = recipes.tfkd_reg(_linear("s"), K, alpha=0.5, temperature=10.0)
+    distiller = recipes.tfkd_reg(
+        _linear("s"), K, alpha=0.5, temperature=10.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     before = [w.copy() for w in distiller.student.get_weights()]
     with pytest.raises(ValueError, match=match):
@@ -364,7 +388,9 @@ def test_teacher_student_input_shape_mismatch():
     x, y = _data()
     inp = keras.Input((D + 1,))
     teacher = keras.Model(inp, keras.layers.Dense(K)(inp))
-    distiller = recipes.kd(_linear("s"), teacher, alpha=0.5, temperature=4.0)
+    distiller = recipes.kd(
+        _linear("s"), teacher, alpha=0.5, temperature=4.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     with pytest.raises(ValueError, match="shape"):
         distiller.fit(x, y, epochs=1, verbose=0)
@@ -385,7 +411,9 @@ def test_mixed_precision_losses_stay_finite(policy):
     x, y = _data()
     x = x * 1e3
     student = _linear("s")
-    distiller = recipes.kd(student, _linear("t", 5), alpha=0.9, temperature=40.0)
+    distiller = recipes.kd(
+        student, _linear("t", 5), alpha=0.9, temperature=40.0, kl="reference"
+    )
     distiller.compile(optimizer="sgd")
     z = distiller(x)
     assert keras.backend.standardize_dtype(z.dtype) == policy.split("_")[1]
@@ -393,7 +421,7 @@ def test_mixed_precision_losses_stay_finite(policy):
     assert keras.backend.standardize_dtype(loss.dtype) == "float32"
     assert np.isfinite(float(ops.convert_to_numpy(loss)))
     reg = recipes.tfkd_reg(
-        _linear("r"), K, alpha=0.1, temperature=40.0, multiplier=100.0
+        _linear("r"), K, alpha=0.1, temperature=40.0, multiplier=100.0, kl="reference"
     )
     reg.compile(optimizer="sgd")
     history = reg.fit(x, y, epochs=1, batch_size=8, verbose=0)
@@ -504,7 +532,7 @@ def test_other_loss_strings_keep_their_keras_meaning():
 
 
 def test_teacher_temperature_and_its_deprecated_alias(tmp_path):
-    reg = recipes.tfkd_reg(_linear("r"), K, alpha=0.1, temperature=20.0)
+    reg = recipes.tfkd_reg(_linear("r"), K, alpha=0.1, temperature=20.0, kl="reference")
     kl = reg.soft_losses[0]
     # Tf-KD_reg: the teacher side is at T, the student side at 1.
     assert reg.teacher_temperature == 20.0

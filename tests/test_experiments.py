@@ -543,3 +543,14 @@ def test_build_checks_the_teacher():
         experiments.get("kd/mobilenet_v2_from_resnet18").build(_model(z_s, "s"))
     with pytest.raises(ValueError, match="takes no teacher"):
         experiments.get("tfkd_reg/resnet18").build(_model(z_s, "s"), _model(z_t, "t"))
+
+
+def test_every_field_is_a_run_flag_or_belongs_to_the_row():
+    """`keras-tfkd run`'s flags come from the fields; the rest are the row's own."""
+    fields = [f.name for f in dataclasses.fields(experiments.Experiment) if f.init]
+    row_only = {"method", "protocol", "source", "based_on"}
+    row_only |= {"published_accuracy", "teacher_accuracy", "published_multiplier"}
+    assert set(fields) == set(experiments.RUN_FIELDS) | row_only
+    for name in experiments.RUN_FIELDS:
+        assert experiments.field_kind(name) in ("number", "integer", "string")
+    assert experiments.FIELD_CHOICES["kl"] == losses.KL_FORMS

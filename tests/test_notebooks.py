@@ -53,7 +53,7 @@ PUBLIC_MODULES = {
     "recipes",
     "schedules",
     "teachers",
-    "workflows",
+    "runs",
 }
 PUBLIC_NAMES = PUBLIC_MODULES | {"Distiller"}
 

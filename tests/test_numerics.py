@@ -147,7 +147,11 @@ def _recipe(name, k, temp):
         return recipes.label_smoothing(student, epsilon=0.1)
     if name == "kd":  # a teacher model, run on x
         return recipes.kd(
-            student, _identity_model(k, "teacher"), alpha=0.95, temperature=temp
+            student,
+            _identity_model(k, "teacher"),
+            alpha=0.95,
+            temperature=temp,
+            kl="reference",
         )
     if name == "tfkd_self":  # cached teacher logits, fed with x
         return recipes.tfkd_self(
@@ -156,8 +160,11 @@ def _recipe(name, k, temp):
             alpha=0.9,
             temperature=temp,
             multiplier=50.0,
+            kl="reference",
         )
-    return recipes.tfkd_reg(student, k, alpha=0.1, temperature=temp, multiplier=100.0)
+    return recipes.tfkd_reg(
+        student, k, alpha=0.1, temperature=temp, multiplier=100.0, kl="reference"
+    )
 
 
 def _ce(z, y, w):

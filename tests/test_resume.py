@@ -19,7 +19,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfkd import callbacks, data, experiments, workflows
+from keras_tfkd import callbacks, data, experiments
+from keras_tfkd import runs as runs_lib
 from keras_tfkd.cli import main
 
 # Tf-KD_self on digits: stage 1 (the normal run of the teacher) is cached, so
@@ -68,7 +69,7 @@ def _main(argv):
 
 
 def _records(folder):
-    return json.loads((Path(folder) / workflows.RESULTS_FILE).read_text())
+    return json.loads((Path(folder) / runs_lib.RESULTS_FILE).read_text())
 
 
 def _stage2(records):
@@ -77,7 +78,7 @@ def _stage2(records):
 
 def _backup_epoch(folder):
     """Finished epochs in the committed stage-2 backup of `folder` (0: none)."""
-    for meta in Path(folder, workflows.BACKUPS_DIR).glob("*/backup.json"):
+    for meta in Path(folder, runs_lib.BACKUPS_DIR).glob("*/backup.json"):
         try:
             return json.loads(meta.read_text())["epoch"]
         except (OSError, ValueError):  # pragma: no cover - replaced atomically
@@ -109,7 +110,7 @@ def test_sigkill_mid_run_resumes_to_the_same_result(tmp_path):
             proc.wait()
         log.close()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / workflows.RESULTS_FILE).exists() or all(
+    assert not (killed / runs_lib.RESULTS_FILE).exists() or all(
         r["method"] != "tfkd_self" for r in _records(killed)
     ), "the run finished before it was killed: nothing was tested"
 
@@ -119,7 +120,7 @@ def test_sigkill_mid_run_resumes_to_the_same_result(tmp_path):
     assert "resuming after epoch" in rerun.stdout
     resumed = _stage2(_records(killed))
     assert resumed["resumed_after_epoch"] >= 1
-    assert not list(Path(killed, workflows.BACKUPS_DIR).glob("*/backup.json"))
+    assert not list(Path(killed, runs_lib.BACKUPS_DIR).glob("*/backup.json"))
 
     # The uninterrupted run, in this process on the same backend.
     code, _ = _main([*RUN_ARGS, "--output-dir", str(clean), "--quiet"])
@@ -146,16 +147,16 @@ def _experiment(method="tfkd_reg/resnet18", epochs=3):
     )
 
 
-CONFIG = workflows.TrainConfig(optimizer="adam", learning_rate=1e-2)
+CONFIG = runs_lib.TrainConfig(optimizer="adam", learning_rate=1e-2)
 
 
 def test_same_seed_same_results(tmp_path, digits):
     exp = _experiment()
-    a = workflows.train(exp, digits, seed=5, output_dir=tmp_path / "a", config=CONFIG)
-    b = workflows.train(exp, digits, seed=5, output_dir=tmp_path / "b", config=CONFIG)
+    a = runs_lib.train(exp, digits, seed=5, output_dir=tmp_path / "a", config=CONFIG)
+    b = runs_lib.train(exp, digits, seed=5, output_dir=tmp_path / "b", config=CONFIG)
     for field in SAME[1:]:
         assert a.get(field) == b.get(field), field
-    c = workflows.train(exp, digits, seed=6, output_dir=tmp_path / "c", config=CONFIG)
+    c = runs_lib.train(exp, digits, seed=6, output_dir=tmp_path / "c", config=CONFIG)
     assert c["history"]["loss"] != a["history"]["loss"]
 
 
@@ -172,11 +173,13 @@ class _Crash(keras.callbacks.Callback):
 def test_resume_restores_best_accuracy_and_history(tmp_path, digits, monkeypatch):
     """A crash after epoch 2 of a normal run: best.keras and the history match."""
     exp = _experiment("baseline/resnet18", epochs=4)
-    clean = workflows.train(
+    clean = runs_lib.train(
         exp, digits, seed=2, output_dir=tmp_path / "clean", config=CONFIG
     )
 
-    real_fit = workflows._fit
+    from keras_tfkd.runs import loop
+
+    real_fit = loop.fit
 
     def crashing_fit(*args, **kwargs):
         real = keras.Model.fit
@@ -191,18 +194,18 @@ def test_resume_restores_best_accuracy_and_history(tmp_path, digits, monkeypatch
         finally:
             monkeypatch.setattr(keras.Model, "fit", real)
 
-    monkeypatch.setattr(workflows, "_fit", crashing_fit)
+    monkeypatch.setattr(loop, "fit", crashing_fit)
     out = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
-        workflows.train(exp, digits, seed=2, output_dir=out, config=CONFIG)
-    monkeypatch.setattr(workflows, "_fit", real_fit)
-    backup = next(Path(out, workflows.CHECKPOINTS_DIR).glob("*/backup"))
+        runs_lib.train(exp, digits, seed=2, output_dir=out, config=CONFIG)
+    monkeypatch.setattr(loop, "fit", real_fit)
+    backup = next(Path(out, runs_lib.CHECKPOINTS_DIR).glob("*/backup"))
     meta = callbacks.RunBackup.read_state(backup)
     assert meta["epoch"] == 2
     assert meta["state"]["accuracies"] == clean["history"]["test_accuracy"][:2]
     assert (backup / meta["state"]["best_weights"]).exists()
 
-    resumed = workflows.train(exp, digits, seed=2, output_dir=out, config=CONFIG)
+    resumed = runs_lib.train(exp, digits, seed=2, output_dir=out, config=CONFIG)
     assert resumed["resumed_after_epoch"] == 2
     for field in SAME[1:]:
         assert resumed.get(field) == clean.get(field), field
@@ -219,7 +222,7 @@ def test_resume_restores_best_accuracy_and_history(tmp_path, digits, monkeypatch
         rtol=1e-5,
         atol=1e-5,
     )
-    assert not (out / workflows.CHECKPOINTS_DIR / folder / "backup").exists()
+    assert not (out / runs_lib.CHECKPOINTS_DIR / folder / "backup").exists()
 
 
 def test_backup_is_committed_atomically(tmp_path):

@@ -18,7 +18,8 @@ import pytest
 import reference as ref
 from keras import ops
 
-from keras_tfkd import Distiller, data, experiments, losses, study, teachers, workflows
+from keras_tfkd import Distiller, data, experiments, losses, study, teachers
+from keras_tfkd import runs as runs_lib
 from keras_tfkd.cli import main
 
 K = 10
@@ -47,7 +48,7 @@ def _record(method, seed, best, final, *, student="cnn_tiny", epochs=2, **extra)
         "test_accuracy": final,
         "best_epoch": 1,
         "history": {"test_accuracy": [best, final][:epochs]},
-        "kl_translation": {"note": "batch-mean KL"},
+        "kl_note": "batch-mean KL",
         "diverged": False,
         "train_seconds": 1.5,
     }
@@ -165,10 +166,10 @@ def test_a_nan_loss_ends_the_run_with_diverged_and_stopped_at(tmp_path, method):
     """Adam at 1e30: batch 1 is finite, its step sends the weights to ~1e30,
     so the loss of batch 2 of epoch 1 is NaN (inf - inf in the softmax)."""
     dataset = data.load("digits", limit=200)
-    config = workflows.TrainConfig(optimizer="adam", learning_rate=1e30)
-    store = workflows.ResultsStore(tmp_path / workflows.RESULTS_FILE)
+    config = runs_lib.TrainConfig(optimizer="adam", learning_rate=1e30)
+    store = runs_lib.ResultsStore(tmp_path / runs_lib.RESULTS_FILE)
     lines = []
-    record = workflows.train(
+    record = runs_lib.train(
         _tiny_experiment(method),
         dataset,
         seed=0,
@@ -183,10 +184,10 @@ def test_a_nan_loss_ends_the_run_with_diverged_and_stopped_at(tmp_path, method):
     assert not math.isfinite(stop["loss"])
     assert record["epochs_completed"] < 3 and record["steps_per_epoch"] == 7
     assert any("loss became nan at epoch 1, batch 2" in line for line in lines)
-    notes = workflows.explain_accuracy(record)
+    notes = runs_lib.explain_accuracy(record)
     assert notes[0].startswith("diverged at epoch 1 (batch 2, loss nan)")
     # The same fields reach results.json.
-    (saved,) = json.loads((tmp_path / workflows.RESULTS_FILE).read_text())
+    (saved,) = json.loads((tmp_path / runs_lib.RESULTS_FILE).read_text())
     assert saved["key"] == record["key"] and saved["diverged"] is True
     assert (saved["stopped_at"]["epoch"], saved["stopped_at"]["batch"]) == (1, 2)
     rows = study.summarize([dict(saved, seed=0)])
@@ -201,7 +202,7 @@ def test_a_run_diverged_before_any_accuracy_is_not_called_near_chance():
         epochs_completed=1,
         experiment="baseline/resnet18",
     )
-    notes = workflows.explain_accuracy(record)
+    notes = runs_lib.explain_accuracy(record)
     assert notes[0].startswith("diverged at epoch 1 (batch 2, loss nan)")
     assert len(notes) == 1, notes
 
@@ -209,8 +210,8 @@ def test_a_run_diverged_before_any_accuracy_is_not_called_near_chance():
 @pytest.mark.gradients
 def test_a_finite_run_is_not_diverged(tmp_path):
     dataset = data.load("digits", limit=200)
-    config = workflows.TrainConfig(optimizer="adam", learning_rate=1e-2)
-    record = workflows.train(
+    config = runs_lib.TrainConfig(optimizer="adam", learning_rate=1e-2)
+    record = runs_lib.train(
         _tiny_experiment("tfkd_reg/resnet18", epochs=2),
         dataset,
         seed=0,
@@ -243,23 +244,30 @@ def test_a_finite_run_is_not_diverged(tmp_path):
 )
 def test_train_config_rejects_each_bad_field_by_name(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`") as info:
-        workflows.TrainConfig(**kwargs)
+        runs_lib.TrainConfig(**kwargs)
     assert f"{field}=" in str(info.value)  # ... and shows the value given
 
 
+def test_train_config_translation_is_deprecated():
+    with pytest.warns(DeprecationWarning, match="translation"):
+        config = runs_lib.TrainConfig(translation="auto")
+    assert config.hyperparameters() == runs_lib.TrainConfig().hyperparameters()
+    with pytest.raises(ValueError, match="kl='reference'"):
+        runs_lib.TrainConfig(translation="none")
+
+
 def test_train_config_valid_values_and_their_hyperparameters():
-    assert workflows.TrainConfig().hyperparameters() == {"optimizer": "reference"}
-    assert workflows.TrainConfig(optimizer="adam").hyperparameters() == {
+    assert runs_lib.TrainConfig().hyperparameters() == {"optimizer": "reference"}
+    assert runs_lib.TrainConfig(optimizer="adam").hyperparameters() == {
         "optimizer": "adam",
         "learning_rate": 1e-3,
     }
-    config = workflows.TrainConfig(
+    config = runs_lib.TrainConfig(
         optimizer="adam",
         learning_rate=0.01,
         lr_schedule="cosine",
         augment=False,
         drop_remainder=True,
-        translation="none",
     )
     assert config.hyperparameters() == {
         "optimizer": "adam",
@@ -565,7 +573,7 @@ def test_cli_adam_learning_rate_follows_the_schedule(tmp_path, monkeypatch, sche
         ]
     )
     assert code == 0
-    (record,) = json.loads((tmp_path / workflows.RESULTS_FILE).read_text())
+    (record,) = json.loads((tmp_path / runs_lib.RESULTS_FILE).read_text())
     hp = record["hyperparameters"]
     assert (hp["optimizer"], hp["learning_rate"]) == ("adam", lr)
     assert hp.get("lr_schedule") == (None if schedule == "constant" else "cosine")

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from keras_tfkd import study, workflows
+from keras_tfkd import runs as runs_lib
+from keras_tfkd import study
 
 K = 10
 
@@ -43,7 +44,7 @@ def _record(method, student, teacher, seed, best, final=None, *, epochs=1, **ext
         "test_accuracy": final,
         "best_epoch": curve.index(max(curve)) + 1,
         "history": {"test_accuracy": curve},
-        "kl_translation": {"note": "K=10 != 100: batch-mean KL"},
+        "kl_note": "batch-mean KL, multiplier 0.01; weight 3.8",
         "diverged": False,
     }
     if role:
@@ -243,17 +244,15 @@ def test_dekd_teacher_and_kd_teacher_are_different_runs_at_one_epoch(tmp_path):
     assert teacher.subset.num_examples("train") == 337
     assert teacher.subset.num_examples("test") == dataset.num_examples("test")
     assert teacher.experiment.teacher_experiment().epochs == 4
-    kd_teacher = workflows.planned_key(
-        kd.teacher_experiment(), dataset, 0, train_config
-    )
-    part = workflows.planned_key(
+    kd_teacher = runs_lib.planned_key(kd.teacher_experiment(), dataset, 0, train_config)
+    part = runs_lib.planned_key(
         teacher.experiment.teacher_experiment(), teacher.subset, 0, train_config
     )
     assert part != kd_teacher
     # ... and the De-KD run's key names its own teacher checkpoint.
-    assert workflows.planned_key(
+    assert runs_lib.planned_key(
         dekd, dataset, 0, train_config, teacher_checkpoint_path=teacher.path
-    ) != workflows.planned_key(kd, dataset, 0, train_config)
+    ) != runs_lib.planned_key(kd, dataset, 0, train_config)
     # The seed draws the subset: the same seed, the same examples.
     again = study.config._dekd_subset(dataset, 337, 0)
     np.testing.assert_array_equal(again.y_train, teacher.subset.y_train)
@@ -298,7 +297,7 @@ def test_explain_accuracy_on_constructed_records():
     fine = _record(
         "kd", "cnn_tiny", "cnn_small", 0, 0.95, hyperparameters={"alpha": 0.95}
     )
-    assert workflows.explain_accuracy(fine) == []
+    assert runs_lib.explain_accuracy(fine) == []
 
     reg = _record(
         "tfkd_reg",
@@ -308,9 +307,13 @@ def test_explain_accuracy_on_constructed_records():
         0.098,
         epochs=2,
         hyperparameters={"alpha": 0.95, "optimizer": "reference"},
-        kl_translation={"soft_weight": 0.0095},
+        kl_weight=0.0095,
     )
-    [line] = workflows.explain_accuracy(reg)
+    [line] = runs_lib.explain_accuracy(reg)
+    # A 0.1.0 record (kl_translation's soft_weight) reads the same.
+    old = {k: v for k, v in reg.items() if k != "kl_weight"}
+    old["kl_translation"] = {"soft_weight": 0.0095}
+    assert runs_lib.explain_accuracy(old) == [line]
     assert line.startswith(
         "near chance (1/K = 10.0%): alpha=0.95 leaves 5% of the loss"
     )
@@ -318,7 +321,7 @@ def test_explain_accuracy_on_constructed_records():
     assert "17x smaller" in line  # 1 / (0.05 + 0.0095) with SGD
     # With Adam the scale of the loss does not set the step: no such claim.
     reg["hyperparameters"]["optimizer"] = "adam"
-    [line] = workflows.explain_accuracy(reg)
+    [line] = runs_lib.explain_accuracy(reg)
     assert "x smaller" not in line and "200-epoch" in line
 
     diverged = _record("kd", "cnn_tiny", "cnn_small", 0, 0.4, epochs=5)
@@ -327,13 +330,13 @@ def test_explain_accuracy_on_constructed_records():
         stopped_at={"epoch": 3, "batch": 7, "loss": float("nan")},
         epochs_completed=2,
     )
-    [line] = workflows.explain_accuracy(diverged)
+    [line] = runs_lib.explain_accuracy(diverged)
     assert line.startswith("diverged at epoch 3 (batch 7, loss nan)")
     no_stop = dict(diverged, stopped_at=None)
-    assert "after 2 of 5 epochs" in workflows.explain_accuracy(no_stop)[0]
+    assert "after 2 of 5 epochs" in runs_lib.explain_accuracy(no_stop)[0]
 
     collapsed = _record("lsr", "cnn_tiny", None, 0, 0.8, 0.1, epochs=4)
-    [line] = workflows.explain_accuracy(collapsed)
+    [line] = runs_lib.explain_accuracy(collapsed)
     assert "collapsed" in line and "10.0%" in line and "80.0%" in line
 
     bad_teacher = _record(
@@ -345,7 +348,7 @@ def test_explain_accuracy_on_constructed_records():
         hyperparameters={"alpha": 0.5},
         teacher_test_accuracy=0.1,
     )
-    [line] = workflows.explain_accuracy(bad_teacher)
+    [line] = runs_lib.explain_accuracy(bad_teacher)
     assert "its teacher is itself near chance (10.0%)" in line
 
     teacher = _record(
@@ -359,20 +362,18 @@ def test_explain_accuracy_on_constructed_records():
     )
     assert (
         "De-KD teacher, stopped after 1 epoch(s) of its 4-epoch run"
-        in (workflows.explain_accuracy(teacher)[0])
+        in (runs_lib.explain_accuracy(teacher)[0])
     )
     short = _record("baseline", "cnn_tiny", None, 0, 0.12, epochs=2)
-    assert (
-        "only 2 epoch(s) of the published 200" in workflows.explain_accuracy(short)[0]
-    )
+    assert "only 2 epoch(s) of the published 200" in runs_lib.explain_accuracy(short)[0]
     # K = 100: 1.5% is near chance, 5% is not.
     assert (
-        workflows.explain_accuracy(
+        runs_lib.explain_accuracy(
             dict(short, num_classes=100, best_test_accuracy=0.05, test_accuracy=0.05)
         )
         == []
     )
-    assert workflows.explain_accuracy({"num_classes": 10}) == []
+    assert runs_lib.explain_accuracy({"num_classes": 10}) == []
 
 
 def test_notes_reach_the_table_and_markdown(tmp_path):

@@ -41,7 +41,7 @@ digits); the last partial batch of each epoch is dropped (one batch shape,
 one compilation per model on JAX). The test accuracy is measured after every
 epoch. Re-running into the same folder skips the finished runs and reuses
 the teacher checkpoints. A run that ends near chance, or diverges, gets a
-note in the log and in results.md saying why (`workflows.explain_accuracy`).
+note in the log and in results.md saying why (`runs.explain_accuracy`).
 
 The package: `config` (`StudyConfig`, `plan`, the De-KD teacher's plan),
 `run` (`run_study`), `report` (`summarize`, the tables) and `figure`

@@ -68,10 +68,12 @@ class StudyConfig:
             schedule: the same number of steps, at the same learning rates,
             as the first ``1/S`` of the KD teacher's one epoch
             (`dekd_teacher_plan`).
-        translation: ``"auto"`` (keep the K = 100 meaning) or ``"none"``.
+        kl: the KL form of every method, ``"batchmean"`` (the registry's
+            rows: the published meaning at any K) or ``"reference"`` (the
+            authors' KL / K with the published multipliers).
         data_dir, limit: passed to `keras_tfkd.data.load`.
         compilation_cache: on JAX, reuse XLA compilations across runs
-            (`workflows.compilation_cache`), kept in the output folder.
+            (`runs.compilation_cache`), kept in the output folder.
         plot: write results.png.
     """
 
@@ -86,13 +88,17 @@ class StudyConfig:
     learning_rate: float = 1e-2
     dekd_teacher_epochs: int = 1
     dekd_teacher_fraction: float = 0.25
-    translation: str = "auto"
+    kl: str = "batchmean"
     data_dir: str | None = None
     limit: int | None = None
     compilation_cache: bool = True
     plot: bool = True
 
     def __post_init__(self):
+        if self.kl not in experiments_lib.KL_FORMS:
+            raise ValueError(
+                f"`kl` must be one of {experiments_lib.KL_FORMS}, got kl={self.kl!r}."
+            )
         methods = tuple(self.methods)
         for m in methods:
             if m not in experiments_lib.METHODS:
@@ -148,13 +154,12 @@ class StudyConfig:
             )
 
     def train_config(self):
-        from keras_tfkd import workflows
+        from keras_tfkd import runs
 
-        return workflows.TrainConfig(
+        return runs.TrainConfig(
             optimizer="adam",
             learning_rate=self.learning_rate,
             lr_schedule="cosine",
-            translation=self.translation,
             drop_remainder=True,
         )
 
@@ -180,6 +185,8 @@ def _study_experiment(config, method):
         overrides["teacher_batch_size"] = config.batch_size
     if method == "dekd":
         overrides["teacher_epochs"] = config.dekd_teacher_epochs
+    if config.kl == "reference" and method in experiments_lib.KL_METHODS:
+        overrides.update(kl="reference", multiplier=base.published_multiplier)
     return base.replace(**overrides)
 
 
@@ -188,7 +195,7 @@ def plan(config):
 
     Per seed: the baselines (the student, and the teacher when KD or Re-KD
     need it), then every other method. Teachers not planned here are trained
-    on demand: the De-KD teacher by `workflows.train` (after
+    on demand: the De-KD teacher by `runs.execute` (after
     ``dekd_teacher_epochs`` epochs) or, in a one-epoch study, by `run_study`
     on part of the epoch (`dekd_teacher_plan`).
     """

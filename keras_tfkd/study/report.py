@@ -44,7 +44,7 @@ def summarize(records):
     baseline of the same student (None where that baseline is missing) and
     ``delta_*_std`` the sample std of the per-seed (paired: same seed, same
     initial weights) differences, None with fewer than two pairs. ``notes``
-    are `workflows.explain_accuracy` lines, with the seeds they hold for.
+    are `runs.explain_accuracy` lines, with the seeds they hold for.
     Teacher-only runs (the De-KD teacher) become rows with
     ``role == "teacher"``.
     """
@@ -109,7 +109,8 @@ def _row(key, group):
         "teacher_accuracy": t_acc,
         "teacher_accuracy_std": t_std,
         "diverged": sum(bool(r.get("diverged")) for r in group),
-        "kl_note": first.get("kl_translation", {}).get("note"),
+        # 0.1.0 records: kl_translation's note
+        "kl_note": first.get("kl_note", first.get("kl_translation", {}).get("note")),
         "train_seconds": float(sum(r.get("train_seconds", 0) for r in group)),
         "curve": _mean_curve(group),
         "notes": _seed_notes(group),
@@ -117,12 +118,12 @@ def _row(key, group):
 
 
 def _seed_notes(group):
-    """`workflows.explain_accuracy` lines of a group, each with its seeds."""
-    from keras_tfkd import workflows
+    """`runs.explain_accuracy` lines of a group, each with its seeds."""
+    from keras_tfkd import runs
 
     notes = {}
     for r in group:
-        for line in workflows.explain_accuracy(r):
+        for line in runs.explain_accuracy(r):
             notes.setdefault(line, []).append(r["seed"])
     return [(line, sorted(seeds)) for line, seeds in notes.items()]
 
@@ -317,7 +318,7 @@ def _teacher_notes(rows):
 
 
 def _accuracy_notes(rows):
-    """`workflows.explain_accuracy` lines of the rows: near chance, diverged."""
+    """`runs.explain_accuracy` lines of the rows: near chance, diverged."""
     notes = []
     for row in rows:
         name = row["label"] + " " + row["student"]
@@ -330,7 +331,7 @@ def _accuracy_notes(rows):
 
 
 def format_markdown(rows, header, config):
-    """results.md: settings, the table, the K-translation used, the plot."""
+    """results.md: settings, the table, each method's KL term, the plot."""
     head, body = _table_cells(rows)
     lines = [
         "# Tf-KD study",
@@ -366,10 +367,15 @@ def format_markdown(rows, header, config):
         )
         + ".",
     ]
-    notes = {row["kl_note"] for row in rows if row["kl_note"] and row["role"] == "run"}
-    notes.discard(None)
-    for note in sorted(n for n in notes if "no KL term" not in n):
-        lines.append(f"- KL term: {note}.")
+    kl_notes = {
+        METHOD_LABELS.get(row["method"], row["method"]): row["kl_note"]
+        for row in rows
+        if row["role"] == "run"
+        and row["kl_note"]
+        and "no KL term" not in row["kl_note"]
+    }
+    for label, note in kl_notes.items():
+        lines.append(f"- KL term of {label}: {note}.")
     if config.plot:
         lines += ["", "![results](results.png)"]
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ class _PartEpochTeacher:
     """The De-KD teacher of a one-epoch study: part of the epoch, cached."""
 
     def __init__(self, experiment, dataset, seed, dplan, out, train_config):
-        from keras_tfkd import workflows
+        from keras_tfkd import runs
 
         self.subset = _dekd_subset(dataset, dplan["train_examples"], seed)
         # One epoch of a `schedule_epochs`-epoch run on the subset: the steps
@@ -31,7 +31,6 @@ class _PartEpochTeacher:
         self.experiment = experiment.replace(
             epochs=dplan["schedule_epochs"], teacher_epochs=1
         )
-        self.seed = seed
         self.info = {
             "fraction": dplan["fraction"],
             "train_examples": dplan["train_examples"],
@@ -39,34 +38,21 @@ class _PartEpochTeacher:
             "steps": dplan["steps"],
             "kd_teacher_steps": dplan["kd_teacher_steps"],
         }
-        record = workflows._planned_record(
-            self.experiment.teacher_experiment(),
-            self.subset,
-            seed,
-            train_config,
-            stop_after=1,
-        )
-        self.path = (
-            Path(out)
-            / workflows.CHECKPOINTS_DIR
-            / workflows._folder_name(record)
-            / "final.keras"
-        )
-
-    def train(self, out, train_config, store, log):
-        """Train (or reuse) the teacher; return its record, annotated."""
-        from keras_tfkd import workflows
-
-        path, record = workflows.teacher_checkpoint(
+        # Planned on the subset: its checkpoint is what the De-KD run loads.
+        self.plan = runs.plan_run(
             self.experiment,
             self.subset,
-            seed=self.seed,
+            seed=seed,
             output_dir=out,
             config=train_config,
-            store=store,
-            log=log,
-        )
-        self.path = path
+        ).teacher
+        self.path = self.plan.checkpoint
+
+    def train(self, store, log):
+        """Train (or reuse) the teacher; return its record, annotated."""
+        from keras_tfkd import runs
+
+        record = runs.execute(self.plan.run, self.subset, store=store, log=log)
         if record.get("dekd_teacher") != self.info:
             record = {**record, "dekd_teacher": self.info}
             store.add(record)
@@ -80,28 +66,28 @@ def run_study(config=None, log=print):
     ``rows`` (`summarize`), ``table`` (the printed text), ``seconds`` and the
     paths written.
     """
-    from keras_tfkd import data, workflows
+    from keras_tfkd import data, runs
 
     config = config or StudyConfig()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for name in (config.student, config.teacher):
-        workflows.check_model_name(name)
+        runs.check_model_name(name)
     load_kw = {} if config.limit is None else {"limit": config.limit}
     dataset = data.load(config.dataset, config.data_dir, **load_kw)
     with contextlib.ExitStack() as stack:
         if config.compilation_cache:
-            stack.enter_context(workflows.compilation_cache(out / ".jax_cache"))
+            stack.enter_context(runs.compilation_cache(out / ".jax_cache"))
         return _run_jobs(config, dataset, out, start, log)
 
 
 def _run_jobs(config, dataset, out, start, log):
     import keras
 
-    from keras_tfkd import workflows
+    from keras_tfkd import runs
 
-    store = workflows.ResultsStore(out / workflows.RESULTS_FILE)
+    store = runs.ResultsStore(out / runs.RESULTS_FILE)
     train_config = config.train_config()
     jobs = plan(config)
     log(
@@ -120,27 +106,21 @@ def _run_jobs(config, dataset, out, start, log):
         teacher = None
         if exp.method == "dekd" and dplan["fraction"] is not None:
             teacher = _PartEpochTeacher(exp, dataset, seed, dplan, out, train_config)
-        path = None if teacher is None else teacher.path
-        done = store.get(
-            workflows.planned_key(
-                exp, dataset, seed, train_config, teacher_checkpoint_path=path
-            )
-        )
-        if done is None:
-            log(f"{label} ...")
-        teacher_record = None
-        if teacher is not None and done is None:
-            teacher_record = teacher.train(out, train_config, store, log)
-        record = workflows.train(
+        run_plan = runs.plan_run(
             exp,
             dataset,
             seed=seed,
             output_dir=out,
             config=train_config,
-            store=store,
-            teacher_checkpoint_path=None if teacher is None else teacher.path,
-            log=log,
+            teacher_checkpoint=None if teacher is None else teacher.path,
         )
+        done = store.get(run_plan.key)
+        if done is None:
+            log(f"{label} ...")
+        teacher_record = None
+        if teacher is not None and done is None:
+            teacher_record = teacher.train(store, log)
+        record = runs.execute(run_plan, dataset, store=store, log=log)
         if teacher_record is not None and (
             record.get("teacher_key") != teacher_record["key"]
             or record.get("dekd_teacher") != teacher.info
@@ -160,7 +140,7 @@ def _run_jobs(config, dataset, out, start, log):
             f"{label}: {status}; test acc {_pct(record['test_accuracy'])} (best "
             f"{_pct(record['best_test_accuracy'])}) [{took:.1f} s]"
         )
-        for line in workflows.explain_accuracy(record):
+        for line in runs.explain_accuracy(record):
             log(f"    note: {line}")
     by_key = {r["key"]: r for r in store.records}
     records = [by_key[k] for k in dict.fromkeys(keys) if k in by_key]
@@ -169,7 +149,7 @@ def _run_jobs(config, dataset, out, start, log):
     table = format_table(rows, header)
     (out / "results.md").write_text(format_markdown(rows, header, config))
     paths = {
-        "results.json": out / workflows.RESULTS_FILE,
+        "results.json": out / runs.RESULTS_FILE,
         "results.md": out / "results.md",
     }
     if config.plot:
