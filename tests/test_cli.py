@@ -416,7 +416,7 @@ def test_run_field_flags_come_from_one_table_and_win_over_config(
 
     from keras_tfkd import cli
 
-    table = cli._RUN_FIELD_FLAGS
+    table = cli.parser._RUN_FIELD_FLAGS
     fields = {f.name for f in dataclasses.fields(experiments.Experiment) if f.init}
     assert set(table) <= fields
     with pytest.raises(SystemExit):

@@ -177,7 +177,7 @@ def test_backend_not_installed_names_the_pip_extra(tmp_path):
     [("tensorflow", "TensorFlow"), ("jax", "JAX"), ("torch", "PyTorch")],
 )
 def test_check_backend_uses_find_spec(backend, framework, monkeypatch):
-    hidden = set(cli.BACKEND_MODULES[backend])
+    hidden = set(cli.backend.BACKEND_MODULES[backend])
     real = importlib.util.find_spec
 
     def find_spec(name, *args):
@@ -185,7 +185,7 @@ def test_check_backend_uses_find_spec(backend, framework, monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.delitem(sys.modules, "keras")  # as before Keras is imported
-    with pytest.raises(cli._UsageError) as info:
+    with pytest.raises(cli.errors._UsageError) as info:
         cli.check_backend(backend)
     message = str(info.value)
     assert info.value.status == 1 and message.count("\n") == 1
@@ -193,7 +193,7 @@ def test_check_backend_uses_find_spec(backend, framework, monkeypatch):
     assert f'pip install "keras-tfkd[{backend}]"' in message
     # Chosen by $KERAS_BACKEND, then by keras.json.
     monkeypatch.setenv("KERAS_BACKEND", backend)
-    with pytest.raises(cli._UsageError, match=f"^KERAS_BACKEND={backend}: "):
+    with pytest.raises(cli.errors._UsageError, match=f"^KERAS_BACKEND={backend}: "):
         cli.check_backend()
 
 
@@ -201,15 +201,15 @@ def test_check_backend_reads_keras_json(monkeypatch, tmp_path):
     (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    monkeypatch.setattr(cli, "_installed", lambda name: name != "torch")
+    monkeypatch.setattr(cli.backend, "_installed", lambda name: name != "torch")
     monkeypatch.delitem(sys.modules, "keras")
-    with pytest.raises(cli._UsageError) as info:
+    with pytest.raises(cli.errors._UsageError) as info:
         cli.check_backend()
     message = str(info.value)
     assert message.startswith(f'{tmp_path / "keras.json"} ("backend": "torch"): ')
     assert 'pip install "keras-tfkd[torch]"' in message
     # All installed: nothing to say, nothing imported.
-    monkeypatch.setattr(cli, "_installed", lambda name: True)
+    monkeypatch.setattr(cli.backend, "_installed", lambda name: True)
     assert cli.check_backend() is None and "keras" not in sys.modules
 
 
@@ -312,7 +312,7 @@ def test_a_swallowed_ctrl_c_comes_back():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            with cli._Interrupts(every=0.05):
+            with cli.interrupts._Interrupts(every=0.05):
                 try:
                     os.kill(os.getpid(), signal.SIGINT)
                     time.sleep(5)  # the first KeyboardInterrupt comes here ...
@@ -351,7 +351,7 @@ def _backup(folder, epoch):
 
 
 def test_interrupted_message_reads_the_backups(tmp_path):
-    progress = cli._Progress(tmp_path, echo=False)
+    progress = cli.interrupts._Progress(tmp_path, echo=False)
     progress("[3/9] KD cnn_tiny <- cnn_small, seed 1 ...")
     assert progress.interrupted(study=True).endswith(
         "resume from epoch 1 (KD cnn_tiny <- cnn_small, seed 1; finished runs are "
@@ -365,7 +365,7 @@ def test_interrupted_message_reads_the_backups(tmp_path):
     _backup(mine, 4)
     assert "resume from epoch 5 (" in progress.interrupted(study=True)
     # A run resumed from an older backup, interrupted before its next epoch.
-    progress = cli._Progress(tmp_path, label="kd/x", echo=False)
+    progress = cli.interrupts._Progress(tmp_path, label="kd/x", echo=False)
     progress(f"    kd/x: resuming after epoch 9 from {old}")
     os.utime(mine / "backup.json", (1, 1))
     assert progress.saved_epoch() == 9
@@ -452,11 +452,11 @@ def test_unknown_name_from_below_the_cli_is_reworded():
         "model1x",
         names,
     )
-    first, second = cli._from_unknown_name_error(error).splitlines()
+    first, second = cli.errors._from_unknown_name_error(error).splitlines()
     assert first.startswith("teacher: unknown model 'model1x'. Closest: model1")
     assert second == "`keras-tfkd list models` prints the 20 valid models."
     plain = experiments.UnknownNameError("Something else.", None, ())
-    assert cli._from_unknown_name_error(plain) == "Something else."
+    assert cli.errors._from_unknown_name_error(plain) == "Something else."
 
 
 @pytest.mark.parametrize(
@@ -486,12 +486,12 @@ def test_tensorflow_python_warnings_are_hidden_then_restored():
     before = logger.level
     try:
         logger.setLevel(logging.NOTSET)
-        with cli._quiet_tensorflow():
+        with cli.backend._quiet_tensorflow():
             assert logger.level == logging.ERROR
             assert not logger.isEnabledFor(logging.WARNING)  # "... retracing"
         assert logger.level == logging.NOTSET  # main() leaves no trace
         logger.setLevel(logging.INFO)  # a level the user chose is kept
-        with cli._quiet_tensorflow():
+        with cli.backend._quiet_tensorflow():
             assert logger.level == logging.INFO
     finally:
         logger.setLevel(before)

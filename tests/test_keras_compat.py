@@ -295,7 +295,7 @@ BACKEND_FENCES = {
     "distribution.py",  # each backend's data-parallel engine
     "data/_tfdata.py",  # the tf.data pipeline, label checks of a user's tf.data
     "data/batching.py",  # pipeline_engine: tf.data on the TensorFlow backend
-    "cli.py",  # picks KERAS_BACKEND before running a command
+    "cli/backend.py",  # picks KERAS_BACKEND before running a command
 }
 FRAMEWORKS = ("tensorflow", "jax", "torch")
 

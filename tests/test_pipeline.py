@@ -334,7 +334,9 @@ def test_distiller_fits_on_each_engine_with_weights(engine, digits):
             keras.layers.Dense(10),
         ]
     )
-    distiller = recipes.tfkd_reg(student, 10, alpha=0.5, temperature=20.0)
+    distiller = recipes.tfkd_reg(
+        student, 10, alpha=0.5, temperature=20.0, kl="reference"
+    )
     distiller.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"])
     n = digits.num_examples("train")
     weights = np.ones(n, np.float32)

@@ -1,0 +1,236 @@
+"""The sub-commands ``study``, ``run`` and ``list``, and `_execute`.
+
+Each command imports what it needs inside the function: Keras is imported by
+`_execute`, after the backend is checked and set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from keras_tfkd.cli.backend import (
+    _import_keras,
+    _quiet_tensorflow,
+    _select_backend,
+    check_backend,
+)
+from keras_tfkd.cli.errors import (
+    _check_dataset,
+    _check_experiment,
+    _check_models,
+    _data_error,
+    _from_unknown_name_error,
+    _translation_removed,
+    _unknown,
+    _UsageError,
+)
+from keras_tfkd.cli.parser import _RUN_FIELD_FLAGS, LISTS
+from keras_tfkd.experiments import METHODS, UnknownNameError
+
+
+def _study(args, log):
+    from keras_tfkd import data, runs, study
+
+    _translation_removed(args.translation)
+    methods = tuple(args.methods) if args.methods else METHODS
+    for m in methods:
+        if m not in METHODS:
+            raise _UsageError(_unknown("method", m, METHODS, "--methods"))
+    dataset = _check_dataset(args.dataset)
+    _check_models(("--student", args.student), ("--teacher", args.teacher))
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise _UsageError(
+            f"--learning-rate must be a number > 0, got {args.learning_rate!r}."
+        )
+    try:
+        config = study.StudyConfig(
+            output_dir=args.output_dir,
+            dataset=dataset,
+            epochs=args.epochs,
+            seeds=tuple(args.seeds),
+            methods=methods,
+            student=args.student,
+            teacher=args.teacher,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            dekd_teacher_epochs=args.dekd_teacher_epochs,
+            kl=args.kl,
+            data_dir=args.data_dir,
+            limit=args.limit,
+            plot=not args.no_plot,
+        )
+    except ValueError as e:  # e.g. the same model as student and teacher
+        raise _UsageError(str(e)) from None
+    try:
+        summary = study.run_study(config, log=log)
+    except data.DatasetNotFoundError as e:
+        raise _UsageError(_data_error(e, dataset), status=1) from None
+    except runs.CorruptCheckpointError as e:  # the message says what to do
+        raise _UsageError(str(e), status=1) from None
+    if args.quiet:
+        print(summary["table"])
+    return 0
+
+
+def _read_config(path):
+    """Experiment overrides from a JSON object (never eval or pickle)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except OSError as e:
+        raise _UsageError(
+            f"--config {path!r}: cannot read it ({e.strerror})."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise _UsageError(
+            f"--config {path!r} is not valid JSON (line {e.lineno}, column "
+            f"{e.colno}: {e.msg})."
+        ) from None
+    if not isinstance(config, dict):
+        raise _UsageError(
+            f"--config {path!r} must hold a JSON object of experiment fields, "
+            f"got a {type(config).__name__}."
+        )
+    return config
+
+
+def _load_dataset(name, data_dir, limit):
+    from keras_tfkd import data
+
+    kwargs = {} if limit is None else {"limit": limit}
+    return data.load(name, data_dir, **kwargs)
+
+
+def _run_experiment(args):
+    """The registry row of --experiment with --config and the flags applied."""
+    experiment = _check_experiment(args.experiment)
+    overrides = _read_config(args.config) if args.config else {}
+    for field in _RUN_FIELD_FLAGS:  # a flag given wins over --config
+        value = getattr(args, field)
+        if value is not None:
+            overrides[field] = value
+    dataset_flag = "--dataset" if args.dataset else None
+    overrides["dataset"] = _check_dataset(
+        overrides.get("dataset") or experiment.dataset, dataset_flag
+    )
+    try:
+        experiment = experiment.replace(**overrides)
+    except (TypeError, ValueError) as e:  # a published value overridden badly
+        raise _UsageError(str(e)) from None
+    _check_models(
+        ("--student" if args.student else "student", experiment.student),
+        ("--teacher" if args.teacher else "teacher", experiment.teacher),
+    )
+    if args.teacher_checkpoint and experiment.teacher_source is None:
+        raise _UsageError(
+            f"--teacher-checkpoint: {experiment.id!r} takes no teacher model."
+        )
+    if args.teacher_checkpoint and not os.path.isfile(args.teacher_checkpoint):
+        raise _UsageError(
+            f"--teacher-checkpoint {args.teacher_checkpoint!r}: no such file.\n"
+            "Pass a .keras file, e.g. <output-dir>/checkpoints/<run>/best.keras.",
+            status=1,
+        )
+    return experiment
+
+
+def _run(args, log):
+    from keras_tfkd import data, runs
+    from keras_tfkd.distribution import get_distribution
+
+    _translation_removed(args.translation)
+    experiment = _run_experiment(args)
+    try:
+        config = runs.TrainConfig(
+            optimizer=args.optimizer,
+            learning_rate=args.learning_rate,
+            lr_schedule=args.lr_schedule,
+            progress_every=0 if args.quiet else 1,
+        )
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    try:
+        dataset = _load_dataset(experiment.dataset, args.data_dir, args.limit)
+    except data.DatasetNotFoundError as e:
+        raise _UsageError(_data_error(e, experiment.dataset), status=1) from None
+    # The run, resolved once: what follows only executes this plan.
+    plan = runs.plan_run(
+        experiment,
+        dataset,
+        seed=args.seed,
+        output_dir=args.output_dir,
+        config=config,
+        teacher_checkpoint=args.teacher_checkpoint,
+    )
+    store = runs.ResultsStore(os.path.join(args.output_dir, runs.RESULTS_FILE))
+    log(f"{experiment.id} on {dataset.name} (K={plan.num_classes}), seed {plan.seed}")
+    log(f"  {experiment.describe()}")
+    log(f"  KL term: {experiment.kl_note(plan.num_classes)}")
+    try:
+        distribution = get_distribution(args.distribution)
+    except (NotImplementedError, ValueError) as e:
+        raise _UsageError(f"--distribution {args.distribution}: {e}") from None
+    if distribution.num_replicas > 1:
+        log(f"  data parallel over {distribution.num_replicas} devices")
+    log.label = experiment.id
+    try:
+        with distribution.scope():
+            record = runs.execute(plan, dataset, store=store, log=log)
+    except runs.CorruptCheckpointError as e:  # the message says what to do
+        raise _UsageError(str(e), status=1) from None
+    best, final = record["best_test_accuracy"], record["test_accuracy"]
+    print(
+        f"{experiment.id}: best test accuracy "
+        + ("n/a" if best is None else f"{100 * best:.2f}%")
+        + f" (epoch {record['best_epoch']}), final "
+        + ("n/a" if final is None else f"{100 * final:.2f}%")
+        + f", {record['train_seconds']:.0f} s -> {store.path}"
+        + "".join(f"\n  note: {line}" for line in runs.explain_accuracy(record))
+    )
+    return 0
+
+
+def _list(args):
+    from keras_tfkd import data, experiments
+
+    what = LISTS if args.what == "all" else (args.what,)
+    for section in what:
+        if len(what) > 1:
+            print(f"{section}:")
+        indent = "  " if len(what) > 1 else ""
+        if section == "experiments":
+            for exp_id in experiments.available():
+                print(indent + experiments.get(exp_id).describe())
+        elif section == "models":
+            from keras_tfkd import runs
+
+            for name in runs.model_names():
+                print(indent + name)
+        else:
+            for name in data.available():
+                print(indent + name)
+    return 0
+
+
+def _needs_keras(args):
+    return args.command in ("study", "run") or args.what in ("models", "all")
+
+
+def _execute(args, log):
+    """Check and load the backend the command needs, then run the command."""
+    if _needs_keras(args):
+        backend = getattr(args, "backend", None)
+        check_backend(backend, has_flag=hasattr(args, "backend"))
+        _select_backend(backend)
+        _import_keras(backend)
+    try:
+        with _quiet_tensorflow():
+            if args.command == "study":
+                return _study(args, log)
+            if args.command == "run":
+                return _run(args, log)
+            return _list(args)
+    except UnknownNameError as e:  # raised below the CLI: reworded
+        raise _UsageError(_from_unknown_name_error(e)) from None

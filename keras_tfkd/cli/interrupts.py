@@ -1,0 +1,131 @@
+"""Ctrl-C: stopping training for sure, and saying from which epoch to resume."""
+
+from __future__ import annotations
+
+import _thread
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+from keras_tfkd.cli.errors import PROG
+
+
+class _Interrupts:
+    """Ctrl-C that training cannot swallow, for the duration of a command.
+
+    Keras converts the logs of every batch and epoch under a bare
+    ``except:`` (``keras.src.utils.python_utils.pythonify_logs``), and on JAX
+    that is where the main thread waits for the device: a KeyboardInterrupt
+    raised there is lost and training goes on. So after the first Ctrl-C
+    this raises KeyboardInterrupt again every `every` seconds until the
+    command has stopped. Installed only over Python's default handler, in
+    the main thread (an ignored SIGINT stays ignored); restored on exit.
+    """
+
+    def __init__(self, every=0.5):
+        self.every = every
+        self.previous = None
+        self.stopped = threading.Event()
+        self.thread = None
+
+    def __enter__(self):
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.stopped.is_set():  # a repeat that came after the command stopped
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._repeat, daemon=True)
+            self.thread.start()
+        raise KeyboardInterrupt
+
+    def _repeat(self):
+        while not self.stopped.wait(self.every):
+            _thread.interrupt_main(signal.SIGINT)
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        _pending_signals_run_here()
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _pending_signals_run_here():
+    """A Python call: CPython runs the pending signal handlers on entry."""
+
+
+class _Progress:
+    """The command's log, remembering what it trains (for the Ctrl-C message).
+
+    It reads the lines the study and the runs print (``[i/n] <run>
+    ...``, ``<label>: resuming after epoch N from <backup>``) and, on
+    interruption, the ``backup.json`` files the runs wrote (`RunBackup`):
+    the newest one written by this command, or the one it resumed from,
+    holds the last finished epoch.
+    """
+
+    _RUN = re.compile(r"^\[\d+/\d+\] (.+) \.\.\.$")
+    _RESUMED = re.compile(r": resuming after epoch \d+ from (.+)$")
+
+    def __init__(self, output_dir, label=None, echo=True):
+        self.output_dir = Path(output_dir)
+        self.label = label
+        self.echo = echo
+        self.started = time.time()
+        self.resumed = set()
+
+    def __call__(self, message):
+        message = str(message)
+        match = self._RUN.match(message)
+        if match:
+            self.label = match.group(1)
+        match = self._RESUMED.search(message)
+        if match:
+            self.resumed.add(Path(match.group(1)).absolute())
+        if self.echo:
+            print(message, flush=True)
+
+    def saved_epoch(self):
+        """The last epoch saved by the run that was interrupted (0: none)."""
+        from keras_tfkd.callbacks import RunBackup
+        from keras_tfkd.runs import BACKUPS_DIR, CHECKPOINTS_DIR
+
+        out = self.output_dir
+        found = []
+        for folder in [
+            *out.glob(f"{CHECKPOINTS_DIR}/*/backup"),  # normal runs
+            *out.glob(f"{BACKUPS_DIR}/*"),  # the other runs
+        ]:
+            try:
+                meta = RunBackup.read_state(folder)
+                mtime = (folder / RunBackup.METADATA).stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            if meta is None:
+                continue
+            ours = mtime >= self.started - 1 or folder.absolute() in self.resumed
+            if ours:
+                found.append((mtime, int(meta["epoch"])))
+        return max(found)[1] if found else 0
+
+    def interrupted(self, study):
+        skipped = "; finished runs are skipped" if study else ""
+        if self.label is None:
+            return (
+                f"{PROG}: interrupted before training started; run the same "
+                f"command again to start{skipped}."
+            )
+        return (
+            f"{PROG}: interrupted; run the same command again to resume from "
+            f"epoch {self.saved_epoch() + 1} ({self.label}{skipped})."
+        )

@@ -1,0 +1,303 @@
+"""The argparse parser of ``keras-tfkd``: one function per sub-command.
+
+Imports nothing heavy (Keras is imported after the arguments are parsed).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keras_tfkd import experiments as _experiments
+from keras_tfkd.cli.backend import BACKENDS
+from keras_tfkd.cli.errors import PROG
+from keras_tfkd.experiments import METHODS
+
+LISTS = ("experiments", "models", "datasets")
+#: Seeds go to NumPy's legacy seeding (``keras.utils.set_random_seed``).
+MAX_SEED = 2**32 - 1
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a parse error is two lines, not the whole usage."""
+
+    def error(self, message):
+        self.exit(
+            2,
+            f"{self.prog}: error: {message}\n"
+            f"Run `{self.prog} --help` for the options.\n",
+        )
+
+
+# ------------------------------------------------------------------ values
+def _seed(text):
+    text = str(text).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: a seed is a whole number from 0 to {MAX_SEED}"
+        )
+    return value
+
+
+class _SeedsAction(argparse.Action):
+    """``--seeds 0,1,2`` or ``--seeds 0 1 2``: a list of distinct seeds >= 0."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        texts = [t for value in values for t in str(value).split(",")]
+        seeds = []
+        for text in texts:
+            if not text.strip():
+                continue  # "0, 1" or a trailing comma
+            try:
+                seed = _seed(text)
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentError(self, str(e)) from None
+            if seed in seeds:
+                raise argparse.ArgumentError(
+                    self,
+                    f"seed {seed} is given twice: each seed runs once (for N "
+                    "seeds, use --num-seeds N)",
+                )
+            seeds.append(seed)
+        if not seeds:
+            raise argparse.ArgumentError(self, "no seed given, e.g. --seeds 0,1,2")
+        setattr(namespace, self.dest, seeds)
+
+
+class _NumSeedsAction(argparse.Action):
+    """``--num-seeds N``: the seeds 0, 1, ..., N - 1."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.seeds = list(range(values))
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_backend(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Keras backend, set before Keras is imported (default: $KERAS_BACKEND "
+        "or ~/.keras/keras.json); it must be installed: pip install "
+        '"keras-tfkd[jax]" (or [tensorflow], [torch])',
+    )
+
+
+#: The `run` flags that override an `Experiment` field: field -> (argparse type,
+#: help). The flag is the field with dashes (``batch_size``: ``--batch-size``);
+#: `_add_field_flags` adds them and `_run_experiment` collects them over
+#: ``--config``'s fields.
+_FIELD_TYPES = {"number": float, "integer": _positive_int, "string": None}
+#: ``keras-tfkd run``'s experiment flags, one per overridable field of
+#: `Experiment` (`experiments.RUN_FIELDS`): field -> (type, choices, help).
+_RUN_FIELD_FLAGS = {
+    field: (
+        _FIELD_TYPES[_experiments.field_kind(field)],
+        _experiments.FIELD_CHOICES.get(field),
+        _experiments.FIELD_HELP[field],
+    )
+    for field in _experiments.RUN_FIELDS
+}
+
+
+def build_parser():
+    """The argparse parser of ``keras-tfkd`` (imports nothing heavy)."""
+    parser = _ArgumentParser(
+        prog=PROG,
+        description="Knowledge distillation via label smoothing regularization "
+        "(Yuan et al., CVPR 2020) on Keras 3.",
+        epilog="Errors print one or two lines and exit with status 2 (a bad "
+        "argument), 1 (a missing backend, data set or unusable output folder) "
+        "or 130 (interrupted: run the same command again to resume).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{study,run,list}")
+    sub.required = True
+    _add_study(sub)
+    _add_run(sub)
+    _add_list(sub)
+    return parser
+
+
+# ------------------------------------------------------------------- study
+def _add_study(sub):
+    study = sub.add_parser(
+        "study",
+        help="run the paper's whole comparison on an offline data set",
+        description="Baseline, LSR, KD, Re-KD, De-KD, Tf-KD_self and Tf-KD_reg "
+        "over several seeds (defaults: digits, cnn_tiny <- cnn_small, seeds "
+        "0,1,2, a few minutes on 2 CPU cores). Prints the paper-style table and "
+        "writes results.json, results.md and results.png; finished runs are "
+        "skipped when rerun into the same folder, and an interrupted run "
+        "resumes from its last finished epoch.",
+    )
+    study.add_argument(
+        "--output-dir",
+        default="runs/study",
+        help="a folder, created if missing (default: %(default)s)",
+    )
+    study.add_argument("--dataset", default="digits", help="(default: %(default)s)")
+    study.add_argument("--data-dir", help="folder to search for the data set first")
+    study.add_argument(
+        "--limit", type=_positive_int, help="use the first N examples of each split"
+    )
+    study.add_argument(
+        "--epochs", type=_positive_int, default=12, help="(default: %(default)s)"
+    )
+    _add_seeds(study)
+    study.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help=f"subset of: {' '.join(METHODS)} (default: all)",
+    )
+    study.add_argument(
+        "--student", default="cnn_tiny", help="the weak model (default: %(default)s)"
+    )
+    study.add_argument(
+        "--teacher", default="cnn_small", help="the strong model (default: %(default)s)"
+    )
+    study.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="(default: %(default)s)"
+    )
+    study.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-2,
+        help="Adam, decayed to 0 along a cosine (default: %(default)s)",
+    )
+    study.add_argument(
+        "--dekd-teacher-epochs",
+        type=_positive_int,
+        default=1,
+        help="epochs of the De-KD teacher (default: %(default)s)",
+    )
+    study.add_argument(
+        "--kl",
+        choices=_experiments.KL_FORMS,
+        default="batchmean",
+        help="the KL form of every method: batchmean (the registry's, the "
+        "published meaning at any K) or reference (the authors' KL / K with the "
+        "published multipliers) (default: %(default)s)",
+    )
+    study.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
+    study.add_argument("--no-plot", action="store_true", help="skip results.png")
+    study.add_argument("--quiet", action="store_true", help="print the table only")
+    _add_backend(study)
+
+
+def _add_seeds(study):
+    """``--seeds`` or ``--num-seeds``, not both."""
+    seeds = study.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        nargs="+",
+        action=_SeedsAction,
+        default=list(DEFAULT_SEEDS),
+        metavar="SEED",
+        help="the seeds to run, one run of every method per seed: a list such as "
+        "0,1,2 (or 0 1 2); whole numbers >= 0, each given once. --seeds 1 is the "
+        "single seed 1; for N seeds use --num-seeds N (default: 0,1,2)",
+    )
+    seeds.add_argument(
+        "--num-seeds",
+        type=_positive_int,
+        action=_NumSeedsAction,
+        metavar="N",
+        help="run N seeds, 0 to N-1 (--num-seeds 3 is --seeds 0,1,2); not "
+        "together with --seeds",
+    )
+
+
+# --------------------------------------------------------------------- run
+def _add_run(sub):
+    run = sub.add_parser(
+        "run",
+        help="run one reference experiment with its complete protocol",
+        description="One registry experiment (`keras-tfkd list experiments`) "
+        "with the reference protocol: reference optimiser and schedule, "
+        "reference augmentation, 200 epochs (90 for ImageNet), seed 230. The "
+        "teacher of kd/rekd/dekd/tfkd_self is trained first and cached in the "
+        "output folder. Flags override the published values (the registry "
+        "stores the multipliers for the batch-mean KL, --kl batchmean, so a "
+        "setting means the same at any number of classes). "
+        "An interrupted run resumes from its last finished epoch.",
+    )
+    run.add_argument("--experiment", required=True, help="e.g. tfkd_reg/resnet18")
+    run.add_argument(
+        "--config",
+        help="JSON file of experiment fields to override, e.g. "
+        '{"alpha": 0.5, "epochs": 30}; flags given here win',
+    )
+    _add_field_flags(run)
+    run.add_argument(
+        "--teacher-checkpoint",
+        help="a trained teacher (.keras) instead of training one",
+    )
+    run.add_argument(
+        "--seed",
+        type=_seed,
+        default=230,
+        help="one seed, a whole number >= 0 (default: %(default)s)",
+    )
+    run.add_argument(
+        "--optimizer",
+        choices=("reference", "adam"),
+        default="reference",
+        help="(default: %(default)s)",
+    )
+    run.add_argument("--learning-rate", type=float, help="Adam's (default 1e-3)")
+    run.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="Adam's schedule (default: %(default)s)",
+    )
+    run.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
+    run.add_argument(
+        "--output-dir",
+        default="runs/experiments",
+        help="a folder, created if missing (default: %(default)s)",
+    )
+    run.add_argument(
+        "--distribution",
+        choices=("single", "auto", "data_parallel"),
+        default="single",
+        help="data_parallel: JAX DataParallel / TF MirroredStrategy over all "
+        "devices, the batch size being the global batch (default: %(default)s)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _add_backend(run)
+
+
+def _add_field_flags(run):
+    """One flag per `_RUN_FIELD_FLAGS` field; --data-dir and --limit by --dataset."""
+    for field, (kind, choices, text) in _RUN_FIELD_FLAGS.items():
+        run.add_argument(
+            "--" + field.replace("_", "-"), type=kind, choices=choices, help=text
+        )
+        if field == "dataset":  # where to find the data set, next to its name
+            run.add_argument(
+                "--data-dir", help="folder to search for the data set first"
+            )
+            run.add_argument(
+                "--limit", type=_positive_int, help="first N examples per split"
+            )
+
+
+# -------------------------------------------------------------------- list
+def _add_list(sub):
+    lister = sub.add_parser("list", help="list experiments, models or data sets")
+    lister.add_argument("what", nargs="?", choices=(*LISTS, "all"), default="all")
