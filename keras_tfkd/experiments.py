@@ -72,6 +72,7 @@ __all__ = [
     "FIELD_HELP",
     "RUN_FIELDS",
     "available",
+    "check_method",
     "experiment_id",
     "field_kind",
     "get",
@@ -121,6 +122,21 @@ class UnknownNameError(ValueError):
         super().__init__(message)
         self.name = name
         self.valid = list(valid)
+
+
+def check_method(method):
+    """`method` if it is one of `METHODS`, else `UnknownNameError` listing them.
+
+    >>> check_method("tfkd_reg")
+    'tfkd_reg'
+    """
+    if method not in METHODS:
+        raise UnknownNameError(
+            f"Unknown method {method!r}; valid methods: {', '.join(METHODS)}.",
+            method,
+            METHODS,
+        )
+    return method
 
 
 def experiment_id(method, student, teacher=None):
@@ -294,12 +310,7 @@ class Experiment:
                 f"(method={self.method!r})."
             )
 
-        if self.method not in METHODS:
-            raise UnknownNameError(
-                f"Unknown method {self.method!r}; valid methods: {', '.join(METHODS)}.",
-                self.method,
-                METHODS,
-            )
+        check_method(self.method)
         if self.protocol not in PROTOCOLS:
             fail("protocol", f"must be one of {PROTOCOLS}")
         if self.kl not in KL_FORMS:
@@ -606,12 +617,8 @@ def available(method=None):
     >>> available("dekd")[:1]
     ['dekd/mobilenet_v2_from_resnet18']
     """
-    if method is not None and method not in METHODS:
-        raise UnknownNameError(
-            f"Unknown method {method!r}; valid methods: {', '.join(METHODS)}.",
-            method,
-            METHODS,
-        )
+    if method is not None:
+        check_method(method)
     return [k for k, e in REGISTRY.items() if method is None or e.method == method]
 
 

@@ -101,13 +101,7 @@ class StudyConfig:
             )
         methods = tuple(self.methods)
         for m in methods:
-            if m not in experiments_lib.METHODS:
-                raise experiments_lib.UnknownNameError(
-                    f"Unknown method {m!r}; valid methods: "
-                    f"{', '.join(experiments_lib.METHODS)}.",
-                    m,
-                    experiments_lib.METHODS,
-                )
+            experiments_lib.check_method(m)
         if not methods:
             raise ValueError("`methods` is empty: name at least one method.")
         object.__setattr__(self, "methods", methods)
