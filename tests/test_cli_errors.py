@@ -513,3 +513,28 @@ def test_tensorflow_study_prints_no_cuinit_or_retracing(tmp_path):
     assert "cuInit" not in screen and "retracing" not in screen, screen
     assert "Traceback" not in screen
     assert "backend tensorflow" in done.stdout
+
+
+def test_a_repeated_ctrl_c_lost_in_a_callback_prints_no_traceback(monkeypatch):
+    """A Ctrl-C Python cannot raise (in a gc callback) is dropped, not printed."""
+    import types
+
+    from keras_tfkd.cli import interrupts
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler in this process")
+    reported = []  # what the hook in place before the command is given
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+
+    def unraisable(exc_type):
+        return types.SimpleNamespace(exc_type=exc_type, exc_value=exc_type("boom"))
+
+    with interrupts._Interrupts() as guard:
+        sys.unraisablehook(unraisable(KeyboardInterrupt))  # no Ctrl-C yet: reported
+        guard.thread = object()  # as after a first Ctrl-C
+        sys.unraisablehook(unraisable(KeyboardInterrupt))  # ours, repeated: dropped
+        sys.unraisablehook(unraisable(ValueError))  # anything else: reported
+        guard.thread = None
+    assert reported == [KeyboardInterrupt, ValueError]
+    sys.unraisablehook(unraisable(KeyboardInterrupt))  # the hook is restored
+    assert reported[-1] is KeyboardInterrupt and len(reported) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,12 @@ class _Interrupts:
     this raises KeyboardInterrupt again every `every` seconds until the
     command has stopped. Installed only over Python's default handler, in
     the main thread (an ignored SIGINT stays ignored); restored on exit.
+
+    A KeyboardInterrupt raised where Python cannot propagate it (a garbage
+    collector callback, e.g. JAX's, or a ``__del__``) is "unraisable": Python
+    would print it with its traceback, and it is lost anyway. While a Ctrl-C
+    is being repeated those are dropped silently (the next repeat stops the
+    command); any other unraisable exception is reported as usual.
     """
 
     def __init__(self, every=0.5):
@@ -29,6 +36,7 @@ class _Interrupts:
         self.previous = None
         self.stopped = threading.Event()
         self.thread = None
+        self.previous_hook = None
 
     def __enter__(self):
         if (
@@ -36,7 +44,14 @@ class _Interrupts:
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
             self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, unraisable):
+        if self.thread is not None and unraisable.exc_type is KeyboardInterrupt:
+            return  # our own repeated Ctrl-C, lost in a callback: the next one stops
+        self.previous_hook(unraisable)
 
     def _handler(self, signum, frame):
         if self.stopped.is_set():  # a repeat that came after the command stopped
@@ -57,6 +72,7 @@ class _Interrupts:
         _pending_signals_run_here()
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+            sys.unraisablehook = self.previous_hook
         return False
 
 
