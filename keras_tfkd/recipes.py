@@ -218,15 +218,18 @@ def kd(
 
     >>> distiller = kd(student, teacher, alpha=0.95, temperature=20.0)  # doctest: +SKIP
     """
+    kl = _kl_form(kl, kl_reduction, "kd")
+    return _kd_distiller("kd", student, teacher, alpha, temperature, multiplier, kl)
+
+
+def _kd_distiller(name, student, teacher, alpha, temperature, multiplier, kl):
+    """The Distiller of kd and tfkd_self: the same loss, another teacher."""
     _num_classes(student)
     loss = SoftTargetKL(
-        temperature=temperature,
-        multiplier=check_multiplier(multiplier),
-        kl=_kl_form(kl, kl_reduction, "kd"),
-        name="kd_kl",
+        temperature=temperature, multiplier=multiplier, kl=kl, name=f"{name}_kl"
     )
     return Distiller(
-        student=student, teacher=teacher, soft_loss=loss, alpha=alpha, name="kd"
+        student=student, teacher=teacher, soft_loss=loss, alpha=alpha, name=name
     )
 
 
@@ -251,19 +254,9 @@ def tfkd_self(
     >>> distiller = tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0,
     ...                       multiplier=0.5)  # doctest: +SKIP
     """
-    _num_classes(student)
-    loss = SoftTargetKL(
-        temperature=temperature,
-        multiplier=check_multiplier(multiplier),
-        kl=_kl_form(kl, kl_reduction, "tfkd_self"),
-        name="tfkd_self_kl",
-    )
-    return Distiller(
-        student=student,
-        teacher=teacher,
-        soft_loss=loss,
-        alpha=alpha,
-        name="tfkd_self",
+    kl = _kl_form(kl, kl_reduction, "tfkd_self")
+    return _kd_distiller(
+        "tfkd_self", student, teacher, alpha, temperature, multiplier, kl
     )
 
 
@@ -303,7 +296,7 @@ def tfkd_reg(
     loss = SoftTargetKL(
         temperature=1.0,
         teacher_temperature=temperature,
-        multiplier=check_multiplier(multiplier),
+        multiplier=multiplier,  # SoftTargetKL checks it
         kl=_kl_form(kl, kl_reduction, "tfkd_reg"),
         temperature_squared=False,
         name="tfkd_reg_kl",
