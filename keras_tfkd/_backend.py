@@ -6,9 +6,11 @@ only module allowed to branch on ``keras.backend.backend()`` or import a
 backend framework for its job:
 
 * this module: the frozen-teacher forward pass (`frozen_forward`, a PyTorch
-  fast path), JAX's persistent compilation cache (`jax_compilation_cache`,
-  behind `runs.compilation_cache`) and TensorFlow's deterministic
-  kernels (`enable_op_determinism`, behind `runs.deterministic`);
+  fast path), the per-example state of the online teachers (`assign_rows`,
+  in place; `all_replicas`, the rows of every `MirroredStrategy` replica),
+  JAX's persistent compilation cache (`jax_compilation_cache`, behind
+  `runs.compilation_cache`) and TensorFlow's deterministic kernels
+  (`enable_op_determinism`, behind `runs.deterministic`);
 * `keras_tfkd.distribution`: each backend's data-parallel engine;
 * `keras_tfkd.data._tfdata`: the tf.data input pipeline, the only data module
   that imports TensorFlow (`keras_tfkd.data.pipeline_engine` picks it on the
@@ -54,7 +56,13 @@ import keras
 
 from keras_tfkd import _keras_compat
 
-__all__ = ["enable_op_determinism", "frozen_forward", "jax_compilation_cache"]
+__all__ = [
+    "all_replicas",
+    "assign_rows",
+    "enable_op_determinism",
+    "frozen_forward",
+    "jax_compilation_cache",
+]
 
 
 def frozen_forward(model, inputs):
@@ -76,6 +84,68 @@ def frozen_forward(model, inputs):
     if keras.backend.backend() == "torch":
         return _torch_frozen_forward(model, inputs)
     return model(inputs, training=False)
+
+
+# --------------------------------------------------------------------------
+# Per-example state of the online teachers (PS-KD, OLS)
+# --------------------------------------------------------------------------
+
+
+def all_replicas(*tensors):
+    """The rows of `tensors` from every replica, concatenated, inside a replica step.
+
+    Under TensorFlow's `MirroredStrategy` each replica runs the train step on
+    its share of the batch: state updated from a batch (PS-KD's stored
+    predictions, OLS's class sums) must see every replica's rows, so that
+    each replica writes the same, complete update. Everywhere else -- one
+    device, JAX (whose compiled step sees the global batch under
+    `keras.distribution.DataParallel`), PyTorch -- the tensors are returned
+    as they are. Returns a tuple, one entry per tensor.
+
+    (TensorFlow keys its collective operations by a counter that restarts
+    with each new strategy, so one process that trains under two
+    `MirroredStrategy` scopes whose steps run different collectives fails
+    with a collective-instance mismatch; run them in separate processes.)
+    """
+    if keras.backend.backend() != "tensorflow":
+        return tensors
+    import tensorflow as tf
+
+    if tf.distribute.in_cross_replica_context():
+        return tensors
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensors
+    return tuple(context.all_gather(tensor, axis=0) for tensor in tensors)
+
+
+def assign_rows(variable, indices, values):
+    """``variable[indices] = values`` for a 2-D non-trainable state variable.
+
+    `indices` are int32 row numbers ``(M,)``, `values` rows ``(M, ...)`` in any
+    float dtype (cast to the variable's). The generic form is
+    ``variable.assign(ops.scatter_update(variable, indices[:, None], values))``,
+    which XLA (JAX, whose train step donates its state) does in place; on
+    PyTorch and on a single-device TensorFlow that would copy the whole
+    ``N x K`` store at every step, so there the rows are written in place.
+    """
+    ops = keras.ops
+    values = ops.cast(values, variable.dtype)
+    name = keras.backend.backend()
+    if name == "torch":
+        import torch
+
+        with torch.no_grad():
+            variable.value.index_copy_(0, ops.cast(indices, "int64"), values)
+        return
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        target = variable.value
+        if isinstance(target, tf.Variable) and not tf.distribute.has_strategy():
+            target.scatter_nd_update(ops.expand_dims(indices, -1), values)
+            return
+    variable.assign(ops.scatter_update(variable, ops.expand_dims(indices, -1), values))
 
 
 # --------------------------------------------------------------------------

@@ -11,13 +11,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfkd import _keras_compat, validation
+from keras_tfkd import _keras_compat, validation, weight_schedules
+from keras_tfkd import losses as losses_lib
 from keras_tfkd import teachers as teachers_lib
 
 __all__ = ["Distiller"]
 
 
 def _check_alpha(alpha):
+    if isinstance(alpha, weight_schedules.WeightSchedule):
+        return alpha
     if (
         not isinstance(alpha, (int, float, np.floating))
         or isinstance(alpha, bool)
@@ -116,6 +119,92 @@ def _resolve_hard_loss(loss):
             "custom function in a keras.losses.Loss subclass."
         )
     return cls()
+
+
+def _loss_weights(alpha, hard_weight, soft_weight):
+    """The weighting a Distiller was given: ``alpha`` (convex) or free weights."""
+    if hard_weight is None and soft_weight is None:
+        return {
+            "weighting": "alpha",
+            "alpha": _check_alpha(0.5 if alpha is None else alpha),
+        }
+    if alpha is not None:
+        raise ValueError(
+            "Give either `alpha` (the loss is (1 - alpha) * hard + alpha * soft) or "
+            "`hard_weight`/`soft_weight` (hard_weight * hard + soft_weight * soft), "
+            f"not both: got alpha={alpha!r}, hard_weight={hard_weight!r}, "
+            f"soft_weight={soft_weight!r}."
+        )
+    return {
+        "weighting": "weights",
+        "hard_weight": weight_schedules.check_weight(
+            "hard_weight", 1.0 if hard_weight is None else hard_weight
+        ),
+        "soft_weight": weight_schedules.check_weight(
+            "soft_weight", 1.0 if soft_weight is None else soft_weight
+        ),
+    }
+
+
+def _check_target_kinds(teacher, soft_losses):
+    """A teacher that hands over probabilities needs losses that take them."""
+    kind = teacher.targets if isinstance(teacher, teachers_lib.Teacher) else "logits"
+    for loss in soft_losses:
+        wanted = getattr(loss, "targets", "logits")
+        if wanted != kind:
+            fix = (
+                'SoftTargetCrossEntropy(targets="probabilities")'
+                if kind == "probabilities"
+                else "a loss on teacher logits"
+            )
+            raise ValueError(
+                f"The teacher {type(teacher).__name__} hands the soft losses "
+                f"{kind}, but soft_loss {type(loss).__name__} takes {wanted}: "
+                f"use {fix}."
+            )
+
+
+class _EpochHooks(keras.callbacks.Callback):
+    """Sets the scheduled loss weights and runs the teacher's epoch hooks.
+
+    Added by `Distiller.fit` itself, first in the list, so that a method's
+    schedule (PS-KD's ramp, DKD's warm-up) and epoch-end state (OLS's soft
+    labels) need nothing from the user; ``epochs`` is `fit`'s, so a resumed
+    fit (``initial_epoch``) sees the same schedule.
+    """
+
+    def __init__(self, distiller):
+        super().__init__()
+        self._distiller = distiller
+
+    def _epochs(self):
+        planned = self._distiller.schedule_epochs
+        if planned is not None:
+            return int(planned)
+        return int((self.params or {}).get("epochs") or 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        distiller = self._distiller
+        for name, schedule in distiller._schedules.items():
+            value = schedule.value(epoch, self._epochs())
+            checked = _check_alpha(value) if name == "alpha" else value
+            getattr(distiller, f"_{name}").assign(
+                weight_schedules.check_weight(name, checked)
+            )
+        if isinstance(distiller.teacher, teachers_lib.Teacher):
+            distiller.teacher.on_epoch_begin(epoch, self._epochs())
+
+    def on_epoch_end(self, epoch, logs=None):
+        distiller = self._distiller
+        if isinstance(distiller.teacher, teachers_lib.Teacher):
+            distiller.teacher.on_epoch_end(epoch)
+        if logs is not None:
+            for name in distiller._schedules:
+                logs[name] = distiller._weight(name)
+
+
+def _has_epoch_hooks(teacher):
+    return isinstance(teacher, teachers_lib.Teacher) and teacher.has_epoch_hooks
 
 
 #: keras.distillation.Distiller's own arguments, refused here with a pointer.
@@ -239,8 +328,10 @@ class Distiller(keras.Model):
         student=None,
         teacher=None,
         soft_loss=None,
-        alpha=0.5,
+        alpha=None,
         hard_loss=None,
+        hard_weight=None,
+        soft_weight=None,
         name="distiller",
         **kwargs,
     ):
@@ -264,7 +355,7 @@ class Distiller(keras.Model):
             raise TypeError(
                 f"`student` must be a keras.Model, got student={student!r}."
             )
-        alpha = _check_alpha(alpha)
+        weights = _loss_weights(alpha, hard_weight, soft_weight)
         teachers_lib.check_logits_teacher(student, argument="student")
         num_classes = student.output_shape[-1] if student.built else None
         if teacher is not None:
@@ -298,19 +389,31 @@ class Distiller(keras.Model):
                 "`soft_loss` was given but `teacher` is None: a soft-target loss "
                 "needs a teacher (a model, VirtualTeacher, UniformTeacher, ...)."
             )
+        _check_target_kinds(teacher, soft_losses)
         self.student = student
         self.teacher = teacher
         self.soft_losses = soft_losses
         self.hard_loss = _resolve_hard_loss(hard_loss)
         self.num_classes = num_classes
-        self._alpha = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(alpha),
-            trainable=False,
-            dtype="float32",
-            name="alpha",
-            autocast=False,
-        )
+        # The loss weights live in non-trainable variables: a schedule (or
+        # AlphaScheduler) changes them at the next step without retracing.
+        self._weighting = weights["weighting"]
+        self._schedules = {}
+        if self._weighting == "alpha":
+            self._alpha = self._weight_variable("alpha", weights["alpha"])
+        else:
+            self._hard_weight = self._weight_variable(
+                "hard_weight", weights["hard_weight"]
+            )
+            self._soft_weight = self._weight_variable(
+                "soft_weight", weights["soft_weight"]
+            )
+        if isinstance(teacher, teachers_lib.Teacher):
+            teacher.bind_student(student)
+        #: The ``E`` of the weight schedules and the teacher's epoch hooks;
+        #: None: `fit`'s ``epochs``. Set it when one run is trained by
+        #: several `fit` calls of one epoch each (as `keras_tfkd.runs` does).
+        self.schedule_epochs = None
         # Temperatures of the soft losses are variables too: track them so that
         # every backend's compiled step reads their current value.
         self._soft_loss_variables = [
@@ -322,18 +425,103 @@ class Distiller(keras.Model):
             self.built = True
 
     # ------------------------------------------------------------------ knobs
+    def _weight_variable(self, name, value):
+        if isinstance(value, weight_schedules.WeightSchedule):
+            self._schedules[name] = value
+            value = value.initial_value()
+        return self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(float(value)),
+            trainable=False,
+            dtype="float32",
+            name=name,
+            autocast=False,
+        )
+
+    @property
+    def weighting(self):
+        """``"alpha"`` (``(1 - alpha) hard + alpha soft``) or ``"weights"`` (free)."""
+        return self._weighting
+
+    def _weight(self, name):
+        if self._weighting == "alpha":
+            alpha = float(self._alpha.numpy())
+            return {"alpha": alpha, "hard_weight": 1.0 - alpha, "soft_weight": alpha}[
+                name
+            ]
+        if name == "alpha":
+            raise AttributeError(
+                "This Distiller weighs its terms with `hard_weight` and "
+                "`soft_weight` (given at construction), so it has no `alpha`; "
+                "read or assign `hard_weight`/`soft_weight` instead."
+            )
+        return float(getattr(self, f"_{name}").numpy())
+
+    def _assign_weight(self, name, value):
+        if self._weighting == "alpha" and name != "alpha":
+            raise AttributeError(
+                f"This Distiller weighs its terms with `alpha`, so `{name}` is "
+                "1 - alpha or alpha: assign `alpha`, or build the Distiller with "
+                "hard_weight=/soft_weight= for weights that need not sum to 1."
+            )
+        self._weight(name)  # the AttributeError above, for `alpha`
+        if name == "alpha":
+            value = _check_alpha(value)
+        else:
+            value = weight_schedules.check_weight(name, value)
+        if isinstance(value, weight_schedules.WeightSchedule):
+            raise TypeError(
+                f"A schedule is given at construction (Distiller({name}=...)); "
+                f"assign a number to `{name}`."
+            )
+        self._schedules.pop(name, None)
+        getattr(self, f"_{name}").assign(value)
+
     @property
     def alpha(self):
         """The weight of the soft term (a float); assignable."""
-        return float(self._alpha.numpy())
+        return self._weight("alpha")
 
     @alpha.setter
     def alpha(self, value):
-        self._alpha.assign(_check_alpha(value))
+        self._assign_weight("alpha", value)
 
     @property
     def alpha_variable(self):
-        return self._alpha
+        """The variable behind `alpha` (None with ``hard_weight``/``soft_weight``)."""
+        return self._alpha if self._weighting == "alpha" else None
+
+    @property
+    def hard_weight(self):
+        """The weight of the hard term: ``1 - alpha``, or the one given."""
+        return self._weight("hard_weight")
+
+    @hard_weight.setter
+    def hard_weight(self, value):
+        self._assign_weight("hard_weight", value)
+
+    @property
+    def soft_weight(self):
+        """The weight of the soft term: ``alpha``, or the one given."""
+        return self._weight("soft_weight")
+
+    @soft_weight.setter
+    def soft_weight(self, value):
+        self._assign_weight("soft_weight", value)
+
+    @property
+    def weight_schedules(self):
+        """``{name: WeightSchedule}`` of the weights the Distiller sets per epoch."""
+        return dict(self._schedules)
+
+    def _weight_tensors(self):
+        if self._weighting == "alpha":
+            alpha = ops.convert_to_tensor(self._alpha)
+            return 1.0 - alpha, alpha
+        return (
+            ops.convert_to_tensor(self._hard_weight),
+            ops.convert_to_tensor(self._soft_weight),
+        )
 
     @property
     def teacher_temperature_variable(self):
@@ -447,14 +635,23 @@ class Distiller(keras.Model):
         hard = ops.cast(self._hard(y, y_pred, sample_weight), "float32")
         soft = ops.zeros((), dtype="float32")
         if self.teacher is not None and self.soft_losses:
-            z_t = teachers_lib.teacher_logits(self.teacher, x, y)
+            z_t = teachers_lib.teacher_logits(self.teacher, x, y, training=training)
             if z_t is not None:
                 for loss in self.soft_losses:
-                    soft = soft + ops.cast(
-                        loss(z_t, y_pred, sample_weight=sample_weight), "float32"
+                    y_true = (
+                        losses_lib.targets_with_labels(z_t, y)
+                        if getattr(loss, "uses_labels", False)
+                        else z_t
                     )
-        alpha = ops.convert_to_tensor(self._alpha)
-        total = (1.0 - alpha) * hard + alpha * soft
+                    soft = soft + ops.cast(
+                        loss(y_true, y_pred, sample_weight=sample_weight), "float32"
+                    )
+        if training and isinstance(self.teacher, teachers_lib.Teacher):
+            # Per-step state (PS-KD's predictions, OLS's class sums), from this
+            # forward pass, before the weight update.
+            self.teacher.update(x, y, ops.stop_gradient(y_pred))
+        hard_weight, soft_weight = self._weight_tensors()
+        total = hard_weight * hard + soft_weight * soft
         for extra in self.losses:
             total = total + ops.cast(
                 _keras_compat.aggregate_additional_loss(self, extra), "float32"
@@ -471,7 +668,17 @@ class Distiller(keras.Model):
     # ---------------------------------------------- validation before training
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the data (clear errors, no step taken)."""
+        if isinstance(self.teacher, teachers_lib.Teacher):
+            x, y, kwargs = self.teacher.prepare_fit_data(x, y, kwargs)
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
+        if self._schedules or _has_epoch_hooks(self.teacher):
+            callbacks = kwargs.get("callbacks")
+            if isinstance(callbacks, keras.callbacks.CallbackList):
+                callbacks.callbacks.insert(0, _EpochHooks(self))
+                callbacks.set_model(self)
+            else:
+                callbacks = [] if callbacks is None else list(callbacks)
+                kwargs["callbacks"] = [_EpochHooks(self), *callbacks]
         if (validation.is_dataset(x) or getattr(x, "shuffles_itself", False)) and (
             not args
         ):
@@ -487,14 +694,20 @@ class Distiller(keras.Model):
     # ------------------------------------------------------------ serialising
     def get_config(self):
         ser = keras.saving.serialize_keras_object
-        return {
+        config = {
             "name": self.name,
             "student": ser(self.student),
             "teacher": None if self.teacher is None else ser(self.teacher),
             "soft_loss": [ser(loss) for loss in self.soft_losses],
-            "alpha": self.alpha,
             "hard_loss": None if self.hard_loss is None else ser(self.hard_loss),
         }
+        names = (
+            ("alpha",) if self._weighting == "alpha" else ("hard_weight", "soft_weight")
+        )
+        for name in names:
+            schedule = self._schedules.get(name)
+            config[name] = self._weight(name) if schedule is None else ser(schedule)
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -504,4 +717,7 @@ class Distiller(keras.Model):
         teacher = config.pop("teacher")
         teacher = None if teacher is None else de(teacher)
         soft = [de(c) for c in config.pop("soft_loss", [])]
+        for name in ("alpha", "hard_weight", "soft_weight"):
+            if isinstance(config.get(name), dict):
+                config[name] = de(config[name])
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)

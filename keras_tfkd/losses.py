@@ -26,13 +26,26 @@ import keras
 from keras import ops
 
 __all__ = [
+    "LabelAwareLoss",
     "SoftTargetKL",
     "SoftTargetCrossEntropy",
     "LabelSmoothingCrossEntropy",
     "kl_divergence_with_logits",
     "label_smoothing_targets",
     "KL_FORMS",
+    "TARGET_KINDS",
+    "targets_with_labels",
+    "DecoupledKD",
 ]
+
+#: What a teacher hands the soft losses: logits (softened by the loss with
+#: ``softmax(z / T)``) or a distribution itself (the stored predictions of
+#: PS-KD, the soft-label matrix of Online Label Smoothing).
+TARGET_KINDS = ("logits", "probabilities")
+
+#: The keys of ``y_true`` for a `LabelAwareLoss`.
+TARGETS_KEY = "targets"
+LABELS_KEY = "labels"
 
 #: The values of the ``kl`` setting: the batch-mean KL and the reference code's
 #: element-wise mean (``batch-mean / K``).
@@ -48,17 +61,20 @@ def check_kl(kl):
     return kl
 
 
+def check_nonnegative(name, value):
+    """`value` as a float if it is a finite number >= 0, else an error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {name}={value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0, got {name}={value!r}."
+        )
+    return float(value)
+
+
 def check_multiplier(multiplier):
     """`multiplier` as a float if it is a finite number >= 0, else an error."""
-    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
-        raise TypeError(
-            f"`multiplier` must be a number, got multiplier={multiplier!r}."
-        )
-    if not math.isfinite(multiplier) or multiplier < 0:
-        raise ValueError(
-            f"`multiplier` must be a finite number >= 0, got multiplier={multiplier!r}."
-        )
-    return float(multiplier)
+    return check_nonnegative("multiplier", multiplier)
 
 
 def _float32(x):
@@ -162,6 +178,51 @@ def label_smoothing_targets(labels, num_classes, epsilon):
     return one_hot * (1.0 - epsilon - off) + off
 
 
+def targets_with_labels(targets, labels):
+    """The ``y_true`` a `LabelAwareLoss` receives: ``{"targets": ..., "labels": ...}``.
+
+    `targets` are what the teacher produced for the batch (logits, or
+    probabilities for a teacher whose ``outputs == "probabilities"``) and
+    `labels` the batch's labels (integer ``(N,)``/``(N, 1)`` or one-hot).
+    """
+    return {TARGETS_KEY: targets, LABELS_KEY: labels}
+
+
+class LabelAwareLoss(keras.losses.Loss):
+    """Base class of soft losses that also need the labels (DKD, ...).
+
+    A soft loss of a `Distiller` is called as ``loss(y_true, z_s,
+    sample_weight)``. For a plain loss ``y_true`` is the teacher's output; for
+    a subclass of this class the `Distiller` passes
+    ``targets_with_labels(teacher_output, labels)`` instead, and `call` hands
+    the two to `compute`. Subclasses implement::
+
+        compute(targets, labels, y_pred) -> per-sample loss, shape (N,)
+
+    where `labels` are integer class ids ``(N,)`` (one-hot and ``(N, 1)``
+    labels are converted). Everything else (reduction, `sample_weight`,
+    serialisation) is `keras.losses.Loss`'s. Called by hand::
+
+        loss(targets_with_labels(z_t, y), z_s)
+    """
+
+    uses_labels = True
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_true, dict) or set(y_true) != {TARGETS_KEY, LABELS_KEY}:
+            raise TypeError(
+                f"{type(self).__name__} needs the labels: call it as "
+                "loss(keras_tfkd.losses.targets_with_labels(teacher_logits, labels), "
+                "student_logits), not loss(teacher_logits, student_logits)."
+            )
+        y_pred = _float32(y_pred)
+        labels = integer_labels(y_true[LABELS_KEY], y_pred.shape[-1])
+        return self.compute(_float32(y_true[TARGETS_KEY]), labels, y_pred)
+
+    def compute(self, targets, labels, y_pred):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 @keras.saving.register_keras_serializable(package="keras_tfkd")
 class SoftTargetKL(keras.losses.Loss):
     """KL divergence between a teacher's soft targets and the student's logits.
@@ -222,6 +283,9 @@ class SoftTargetKL(keras.losses.Loss):
     >>> round(batchmean / reference, 4)  # K = 3
     3.0
     """
+
+    #: What `y_true` holds (see `TARGET_KINDS`); a teacher must hand over the same.
+    targets = "logits"
 
     def __init__(
         self,
@@ -311,7 +375,14 @@ class SoftTargetCrossEntropy(SoftTargetKL):
 
     Equal to `SoftTargetKL` plus the (constant) entropy of the teacher, so the
     two have the same gradient with respect to the student. Same arguments as
-    `SoftTargetKL`.
+    `SoftTargetKL`, plus `targets`:
+
+    * ``targets="logits"`` (default): ``y_true`` holds teacher logits and
+      ``p_t = softmax(z_t / T_t)``;
+    * ``targets="probabilities"``: ``y_true`` *is* ``p_t`` (rows of a
+      distribution, or all zero for "no target yet", which gives a loss of 0),
+      as the stored predictions of PS-KD and the soft-label matrix of Online
+      Label Smoothing hand it over; there is no teacher temperature.
 
     Example:
 
@@ -320,20 +391,45 @@ class SoftTargetCrossEntropy(SoftTargetKL):
     >>> z = np.zeros((1, 4), "float32")
     >>> round(float(loss(z, z)), 4)  # log(4)
     1.3863
+    >>> p = np.array([[1.0, 0.0, 0.0, 0.0]], "float32")
+    >>> round(float(SoftTargetCrossEntropy(targets="probabilities")(p, z)), 4)
+    1.3863
     """
 
-    def __init__(self, *args, name="soft_target_cross_entropy", **kwargs):
+    def __init__(
+        self, *args, targets="logits", name="soft_target_cross_entropy", **kwargs
+    ):
+        if targets not in TARGET_KINDS:
+            raise ValueError(
+                f"`targets` must be one of {', '.join(map(repr, TARGET_KINDS))}, "
+                f"got targets={targets!r}."
+            )
+        if targets == "probabilities" and kwargs.get("teacher_temperature") is not None:
+            raise ValueError(
+                'targets="probabilities" takes the distribution as it is: '
+                "leave `teacher_temperature` unset (got teacher_temperature="
+                f"{kwargs['teacher_temperature']!r})."
+            )
         super().__init__(*args, name=name, **kwargs)
+        self.targets = targets
 
     def call(self, y_true, y_pred):
-        log_p_t = ops.log_softmax(
-            _float32(y_true) / _float32(self.teacher_temperature), axis=-1
-        )
+        if self.targets == "probabilities":
+            p_t = _float32(y_true)
+        else:
+            p_t = ops.softmax(
+                _float32(y_true) / _float32(self.teacher_temperature), axis=-1
+            )
         log_p_s = ops.log_softmax(
             _float32(y_pred) / _float32(self.temperature), axis=-1
         )
         factor = self.factor(y_pred.shape[-1])
-        return -factor * ops.sum(ops.exp(log_p_t) * log_p_s, axis=-1)
+        return -factor * ops.sum(p_t * log_p_s, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config["targets"] = self.targets
+        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
@@ -400,3 +496,149 @@ def integer_labels(y_true, num_classes):
     if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, axis=-1)
     return ops.cast(y_true, "int32")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class DecoupledKD(LabelAwareLoss):
+    """Decoupled Knowledge Distillation (DKD, Zhao et al., CVPR 2022).
+
+    The KL of normal KD split into a *target-class* part (TCKD) and a
+    *non-target-class* part (NCKD), weighted separately. For teacher logits
+    ``z_t``, student logits ``z_s`` and label ``y``, per sample::
+
+        loss = T**2 * (a * TCKD + b * NCKD)    a = tckd_weight, b = nckd_weight
+        TCKD = KL(b_t || b_s)     b = [p[y], 1 - p[y]],  p = softmax(z / T)
+        NCKD = KL(q_t || q_s)     q = softmax of z / T over the classes != y
+
+    (``q`` is the distribution of the official code's
+    ``softmax(z / T - 1000 * one_hot(y))``; the target class is removed
+    exactly here, so it stays right for logits of any size), reduced like
+    every Keras loss: weighted sum over the batch divided by the batch size,
+    which is the official ``size_average=False`` sums divided by the batch
+    size. With K = 2 classes ``q`` is one class of probability 1, so NCKD is
+    0 and DKD is ``tckd_weight`` times normal KD.
+
+    The published objective is ``CE + min(epoch / warmup, 1) * DKD`` (warmup
+    of 20 epochs on CIFAR-100, 1 on ImageNet): the warmup factor is the
+    `Distiller`'s weight of its soft loss (a schedule on it), not part of
+    this loss.
+
+    Called with the labels (a `LabelAwareLoss`)::
+
+        loss(targets_with_labels(z_t, y), z_s, sample_weight)
+
+    Everything is computed in float32 from ``log_softmax``: ``log(1 - p[y])``
+    is a ``logsumexp`` over the non-target classes (never ``log(1 - p)``),
+    and each KL value is taken in the cancellation-free form of
+    `kl_divergence_with_logits` (never negative, exactly 0 for identical
+    logits); the gradient is that of the formula above, finite for logits of
+    magnitude 1e4.
+
+    Args:
+        tckd_weight: weight of TCKD (>= 0): DKD's alpha, 1 in the paper
+            (named apart from keras-tfkd's `alpha`, the soft term's weight).
+        nckd_weight: weight of NCKD (>= 0): DKD's beta. The official
+            CIFAR-100 default is 8;
+            its configs use 6 for the VGG13 and WRN-40-2 teacher pairs and 2
+            for ResNet56/ResNet20 and ResNet110/ResNet32; on ImageNet 0.5
+            (ResNet34/ResNet18) or 2 (ResNet50/MobileNetV1).
+        temperature: ``T`` of both sides (> 0, a number or a float32
+            `keras.Variable`), 4 on CIFAR-100, 1 on ImageNet.
+        reduction, name, dtype: as for any `keras.losses.Loss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = DecoupledKD(tckd_weight=1.0, nckd_weight=8.0, temperature=4.0)
+    >>> z_t = np.array([[3.0, 1.0, 0.0, -2.0]], "float32")
+    >>> y = np.array([0])
+    >>> float(loss(targets_with_labels(z_t, y), z_t))  # identical logits
+    0.0
+    >>> z_s = np.zeros((1, 4), "float32")
+    >>> round(float(loss(targets_with_labels(z_t, y), z_s)), 3)
+    6.678
+    >>> # K = 2: no non-target distribution, DKD is tckd_weight * normal KD
+    >>> z2_t, z2_s = z_t[:, :2], z_s[:, :2]
+    >>> dkd = float(DecoupledKD(tckd_weight=0.5)(targets_with_labels(z2_t, y), z2_s))
+    >>> kd = float(SoftTargetKL(temperature=4.0)(z2_t, z2_s))
+    >>> round(dkd / kd, 4)
+    0.5
+    """
+
+    def __init__(
+        self,
+        tckd_weight=1.0,
+        nckd_weight=8.0,
+        temperature=4.0,
+        reduction="sum_over_batch_size",
+        name="decoupled_kd",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.tckd_weight = check_nonnegative("tckd_weight", tckd_weight)
+        self.nckd_weight = check_nonnegative("nckd_weight", nckd_weight)
+        _check_temperature("temperature", temperature)
+        self.temperature = (
+            temperature
+            if isinstance(temperature, keras.Variable)
+            else float(temperature)
+        )
+
+    def compute(self, targets, labels, y_pred):
+        num_classes = y_pred.shape[-1]
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"DKD needs >= 2 classes, got {num_classes}.")
+        temperature = _float32(self.temperature)
+        x_t = _float32(targets) / temperature
+        x_s = _float32(y_pred) / temperature
+        classes = ops.arange(ops.shape(y_pred)[-1], dtype="int32")
+        mask = ops.equal(ops.expand_dims(labels, -1), ops.expand_dims(classes, 0))
+
+        def parts(x):
+            # Both logs of b = [p[y], 1 - p[y]], and log q with the target class
+            # at -inf (log q_safe holds 0 there instead, for the arithmetic).
+            lse = ops.logsumexp(x, axis=-1)
+            x_other = ops.where(mask, -math.inf, x)
+            lse_other = ops.logsumexp(x_other, axis=-1, keepdims=True)
+            log_p_y = ops.sum(ops.where(mask, x, 0.0), axis=-1) - lse
+            log_not_y = ops.squeeze(lse_other, -1) - lse
+            log_b = ops.stack([log_p_y, log_not_y], axis=-1)
+            log_q = x_other - lse_other
+            log_q_safe = ops.where(mask, 0.0, log_q)
+            return log_b, log_q, log_q_safe
+
+        log_b_t, log_q_t, log_q_t_safe = parts(x_t)
+        log_b_s, _, log_q_s_safe = parts(x_s)
+
+        # TCKD: a two-class KL between already normalised log-probabilities.
+        tckd = kl_divergence_with_logits(log_b_t, log_b_s)
+
+        # NCKD: the target class contributes exactly 0 to value and gradient.
+        q_t = ops.where(mask, 0.0, ops.exp(log_q_t_safe))
+        nckd = ops.sum(q_t * (log_q_t_safe - log_q_s_safe), axis=-1)
+        sg = ops.stop_gradient
+        value = sg(
+            _kl_value(
+                sg(ops.where(mask, 0.0, x_t)),
+                sg(ops.where(mask, 0.0, x_s)),
+                1.0,
+                1.0,
+                sg(log_q_t),
+            )
+        )
+        nckd = value + (nckd - sg(nckd))
+        return ops.square(temperature) * (
+            self.tckd_weight * tckd + self.nckd_weight * nckd
+        )
+
+    def get_config(self):
+        temperature = self.temperature
+        if isinstance(temperature, keras.Variable):
+            temperature = float(temperature.numpy())
+        return {
+            "tckd_weight": self.tckd_weight,
+            "nckd_weight": self.nckd_weight,
+            "temperature": temperature,
+            "reduction": self.reduction,
+            "name": self.name,
+        }

@@ -31,6 +31,8 @@ __all__ = [
     "UniformTeacher",
     "CachedTeacher",
     "TEACHER_LOGITS_KEY",
+    "EXAMPLE_INDEX_KEY",
+    "attach_example_index",
     "teacher_logits",
     "teacher_num_classes",
     "check_logits_teacher",
@@ -39,6 +41,15 @@ __all__ = [
 
 TEACHER_LOGITS_KEY = "teacher_logits"
 INPUTS_KEY = "inputs"
+#: The key of each example's position in the training set, for teachers that
+#: keep per-example state (PS-KD): ``{"inputs": x, "example_index": i}``.
+EXAMPLE_INDEX_KEY = "example_index"
+#: The key of the class partners of a CS-KD batch: ``{"inputs": x, "pair_inputs": x'}``.
+PAIR_INPUTS_KEY = "pair_inputs"
+#: The keys a packed batch may hold besides the student's inputs.
+PACKED_KEYS = frozenset(
+    {INPUTS_KEY, TEACHER_LOGITS_KEY, EXAMPLE_INDEX_KEY, PAIR_INPUTS_KEY}
+)
 
 
 def _check_num_classes(num_classes):
@@ -53,15 +64,51 @@ def _check_num_classes(num_classes):
     return int(num_classes)
 
 
+def is_packed(inputs):
+    """True for ``{"inputs": x, ...}`` batches that carry more than the student's x."""
+    return (
+        isinstance(inputs, dict)
+        and INPUTS_KEY in inputs
+        and len(inputs) > 1
+        and set(inputs) <= PACKED_KEYS
+    )
+
+
 class Teacher(keras.layers.Layer):
     """Base class of teachers that are not plain models.
 
-    Subclasses implement ``call(inputs, labels)`` returning float32 logits of
-    shape ``(N, num_classes)``. `requires_inputs` is False for teachers that
-    look only at the labels (no forward pass at all).
+    Subclasses implement ``call(inputs, labels)`` returning float32 targets of
+    shape ``(N, num_classes)``: logits (``targets = "logits"``, softened by
+    the soft loss) or a distribution (``targets = "probabilities"``, taken as
+    it is by ``SoftTargetCrossEntropy(targets="probabilities")``).
+    `requires_inputs` is False for teachers that look only at the labels (no
+    forward pass at all).
+
+    Teachers that learn from the student during training (PS-KD, Online
+    Label Smoothing, CS-KD) use the hooks the `Distiller` calls, all no-ops
+    here:
+
+    * ``update(inputs, labels, student_logits)``: after the loss of every
+      training step, with the gradient-stopped logits of that forward pass;
+      state lives in non-trainable variables, so it is updated inside the
+      compiled step, saved with the model and restored by `BackupAndRestore`;
+    * ``on_epoch_begin(epoch, epochs)`` and ``on_epoch_end(epoch)`` (set
+      `has_epoch_hooks` to True to have `Distiller.fit` call them);
+    * ``bind_student(student)``: at construction, for a teacher that runs the
+      student itself (CS-KD);
+    * `requires_example_index`: `Distiller.fit` then packs NumPy inputs as
+      ``{"inputs": x, "example_index": arange(N)}`` (see
+      `attach_example_index`), through ``prepare_fit_data(x, y,
+      fit_kwargs)``, which a teacher may override to build its own batches.
     """
 
     requires_inputs = True
+    requires_example_index = False
+    has_epoch_hooks = False
+    targets = "logits"
+    #: True for the online teachers (`keras_tfkd.online`), whose targets are
+    #: made from the student as it trains.
+    learns_from_student = False
 
     def __init__(self, num_classes, **kwargs):
         # Teachers compute in float32 whatever the global policy: under a mixed
@@ -72,13 +119,65 @@ class Teacher(keras.layers.Layer):
         self.built = True
 
     def student_inputs(self, inputs):
-        """The part of a batch's inputs the student sees (all of it, by default)."""
+        """The part of a batch's inputs the student sees (all of a plain batch)."""
+        if is_packed(inputs):
+            return inputs[INPUTS_KEY]
         return inputs
+
+    def prepare_fit_data(self, x, y, fit_kwargs):
+        """``(x, y, fit_kwargs)`` as `Distiller.fit` should pass them on.
+
+        The default packs example indices for a teacher with
+        `requires_example_index` (`attach_example_index`); a teacher that
+        needs structured batches (CS-KD's class pairs) builds them here from
+        arrays. `fit_kwargs` is a dict of `fit`'s other keyword arguments
+        (``batch_size``, ``shuffle``, ...) and may be changed.
+        """
+        return attach_example_index(self, x), y, fit_kwargs
+
+    def bind_student(self, student):
+        """Called by the `Distiller` with its student (no-op)."""
+
+    def update(self, inputs, labels, student_logits):
+        """Called after every training step's loss (no-op)."""
+
+    def on_epoch_begin(self, epoch, epochs):
+        """Called at the begin of each epoch of `Distiller.fit` (no-op)."""
+
+    def on_epoch_end(self, epoch):
+        """Called at the end of each epoch of `Distiller.fit` (no-op)."""
 
     def get_config(self):
         config = super().get_config()
         config["num_classes"] = self.num_classes
         return config
+
+
+def attach_example_index(teacher, x):
+    """Pack array inputs as ``{"inputs": x, "example_index": arange(N)}`` if needed.
+
+    Only for a teacher with `requires_example_index` and inputs that are
+    arrays (or a dict/list of arrays) not packed already; anything else is
+    returned unchanged. For a `tf.data.Dataset`, a `keras.utils.PyDataset` or
+    a generator, attach the indices yourself (``{"inputs": x,
+    "example_index": i}`` with ``i`` each example's row in the training set,
+    before shuffling), or use ``keras_tfkd.data.pipeline(...,
+    example_index=True)``.
+
+    Example:
+
+    >>> from keras_tfkd.online import PastPredictions
+    >>> packed = attach_example_index(PastPredictions(5, 3), np.zeros((5, 2)))
+    >>> packed["example_index"].tolist()
+    [0, 1, 2, 3, 4]
+    """
+    if not getattr(teacher, "requires_example_index", False):
+        return x
+    if is_packed(x) or not _is_array_input(x):
+        return x
+    leaves = list(x.values()) if isinstance(x, dict) else x
+    n = len(leaves[0]) if isinstance(x, (dict, list, tuple)) else len(x)
+    return {INPUTS_KEY: x, EXAMPLE_INDEX_KEY: np.arange(n, dtype="int32")}
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
@@ -267,11 +366,6 @@ class CachedTeacher(Teacher):
             )
         return {INPUTS_KEY: x, TEACHER_LOGITS_KEY: logits}
 
-    def student_inputs(self, inputs):
-        if isinstance(inputs, dict) and TEACHER_LOGITS_KEY in inputs:
-            return inputs[INPUTS_KEY]
-        return inputs
-
     def call(self, inputs, labels=None):
         if isinstance(inputs, dict) and TEACHER_LOGITS_KEY in inputs:
             return ops.cast(inputs[TEACHER_LOGITS_KEY], "float32")
@@ -301,11 +395,18 @@ def teacher_num_classes(teacher):
     return None if shape is None else shape[-1]
 
 
-def teacher_logits(teacher, inputs, labels):
-    """Float32, gradient-stopped teacher logits for a batch (None if unavailable)."""
+def teacher_logits(teacher, inputs, labels, training=False):
+    """Float32, gradient-stopped teacher outputs for a batch (None if unavailable).
+
+    `training` reaches a `Teacher` that runs the student (CS-KD runs the
+    partners' forward pass in the student's training mode); a frozen model
+    teacher always runs in inference mode.
+    """
     if isinstance(teacher, Teacher):
-        logits = teacher(inputs, labels=labels)
+        logits = teacher(inputs, labels=labels, training=training)
     else:
+        if is_packed(inputs):
+            inputs = inputs[INPUTS_KEY]
         logits = _backend.frozen_forward(teacher, inputs)
     if logits is None:
         return None

@@ -110,6 +110,13 @@ class SoftTargetMonitor(keras.callbacks.Callback):
                 "SoftTargetMonitor needs a keras_tfkd.Distiller with a teacher, got "
                 f"model={self.model!r}."
             )
+        if getattr(teacher, "learns_from_student", False):
+            raise ValueError(
+                f"SoftTargetMonitor describes a fixed teacher's soft targets, but "
+                f"{type(teacher).__name__} makes its targets from the student as "
+                "it trains (keras_tfkd.online): read its own state instead "
+                "(PastPredictions.predictions, OnlineSoftLabels.soft_labels)."
+            )
         chunks = []
         for start, stop, xb in _batches(self.x, self.batch_size):
             yb = self.y[start:stop].astype("int32")

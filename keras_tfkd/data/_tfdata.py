@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from keras_tfkd.data import augment as augment_lib
-from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
+from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["build", "with_label_checks"]
 
@@ -35,6 +35,7 @@ def build(
     labels,
     teacher_logits=None,
     sample_weight=None,
+    example_index=False,
 ):
     """A batched, prefetched ``tf.data.Dataset``; arguments checked by the caller."""
     tf = tensorflow()
@@ -50,9 +51,12 @@ def build(
     tables = [tf.constant(np.asarray(t, np.float32)) for t in extras]
 
     def label_of(idx):
-        if not tables:
+        rows = [tf.gather(t, idx) for t in tables]
+        if example_index:
+            rows.append(tf.cast(idx, tf.int32))
+        if not rows:
             return tf.gather(labels, idx)
-        return (tf.gather(labels, idx), *[tf.gather(t, idx) for t in tables])
+        return (tf.gather(labels, idx), *rows)
 
     if dataset.in_memory:
         images = tf.constant(dataset.images(split))
@@ -94,11 +98,15 @@ def build(
 
     def finish(x, y):
         x = (x - mean) / std
-        if not tables:
+        if not tables and not example_index:
             return x, y
         y, *rest = y
-        if has_logits:
-            x = {INPUTS_KEY: x, TEACHER_LOGITS_KEY: rest.pop(0)}
+        if has_logits or example_index:
+            x = {INPUTS_KEY: x}
+            if has_logits:
+                x[TEACHER_LOGITS_KEY] = rest.pop(0)
+            if example_index:
+                x[EXAMPLE_INDEX_KEY] = rest.pop()
         return (x, y, *rest)
 
     batches = batches.map(finish, num_parallel_calls=autotune)

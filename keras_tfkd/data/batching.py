@@ -149,6 +149,7 @@ def pipeline(
     repeat: bool = False,
     teacher_logits: Any = None,
     sample_weight: Any = None,
+    example_index: bool = False,
     engine: str = "auto",
     workers: int | None = None,
 ):
@@ -193,6 +194,11 @@ def pipeline(
             "teacher_logits": z}, y)``, the rows of ``z`` following their
             images through the shuffle. A random augmentation is refused
             (ValueError): the logits of one view do not describe another.
+        example_index: also hand over each example's row in the split:
+            batches are then ``({"inputs": x, "example_index": i}, y)`` (with
+            ``"teacher_logits"`` too if given), ``i`` int32 following the
+            images through the shuffle -- what PS-KD's per-example store
+            (`keras_tfkd.online.PastPredictions`) needs.
         sample_weight: an ``(N,)`` array of per-example weights of this split;
             each batch then ends with its weights, ``(x, y, w)``, which ``fit``
             applies to the loss (both terms of a Distiller's loss).
@@ -232,6 +238,7 @@ def pipeline(
         teacher_logits=teacher_logits,
         sample_weight=sample_weight,
     )
+    options["example_index"] = bool(example_index)
     _check_workers(engine, workers)
     return _build(engine, dataset, split, batch_size, workers, options)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from keras_tfkd.data import augment as augment_lib
 from keras_tfkd.data.batching import num_batches
-from keras_tfkd.teachers import INPUTS_KEY, TEACHER_LOGITS_KEY
+from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["BatchPipeline"]
 
@@ -71,6 +71,7 @@ class BatchPipeline(keras.utils.PyDataset):
         labels,
         teacher_logits=None,
         sample_weight=None,
+        example_index=False,
         workers=None,
     ):
         if workers is None:
@@ -87,6 +88,7 @@ class BatchPipeline(keras.utils.PyDataset):
         self._labels = np.asarray(labels, dtype=np.int32)
         self._logits = teacher_logits
         self._weights = sample_weight
+        self._example_index = bool(example_index)
         n = len(self._labels)
         self._per_pass = num_batches(n, self.batch_size, drop_remainder)
         self._n = n
@@ -145,8 +147,12 @@ class BatchPipeline(keras.utils.PyDataset):
             images = augment_lib.apply(self.policy, images, params)
         x = (images.astype(np.float32) / 255.0 - self._mean) / self._std
         y = self._labels[idx]
-        if self._logits is not None:
-            x = {INPUTS_KEY: x, TEACHER_LOGITS_KEY: self._logits[idx]}
+        if self._logits is not None or self._example_index:
+            x = {INPUTS_KEY: x}
+            if self._logits is not None:
+                x[TEACHER_LOGITS_KEY] = self._logits[idx]
+            if self._example_index:
+                x[EXAMPLE_INDEX_KEY] = np.asarray(idx, dtype=np.int32)
         if self._weights is not None:
             return x, y, self._weights[idx]
         return x, y
