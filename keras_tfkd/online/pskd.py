@@ -1,0 +1,207 @@
+"""PS-KD's teacher: every training example's prediction from its previous visit."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_tfkd import _backend
+from keras_tfkd.losses import integer_labels
+from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, Teacher, is_packed
+
+__all__ = ["PastPredictions", "STORE_DTYPES", "store_bytes"]
+
+#: The dtypes of the prediction store: float32 is exact; float16 and bfloat16
+#: halve the memory (rows are renormalised to sum to 1 when read).
+STORE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def store_bytes(num_examples, num_classes, store_dtype="float32"):
+    """The bytes of a `PastPredictions` store: ``N * K * itemsize``.
+
+    Example:
+
+    >>> store_bytes(50_000, 100)  # CIFAR-100: 20 MB
+    20000000
+    >>> store_bytes(1_281_167, 1000, "bfloat16") / 1e9  # ImageNet
+    2.562334
+    """
+    itemsize = 4 if store_dtype == "float32" else 2
+    return int(num_examples) * int(num_classes) * itemsize
+
+
+def _check_count(name, value, minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or (value < minimum)
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}, got {name}={value!r}."
+        )
+    return int(value)
+
+
+def _num_rows(x):
+    """The number of training examples of arrays or a keras-tfkd pipeline, or None."""
+    labels = getattr(x, "labels", None)  # keras_tfkd.data.pipeline (NumPy engine)
+    if labels is not None and hasattr(labels, "shape"):
+        return int(labels.shape[0])
+    if is_packed(x):
+        x = x["inputs"]
+    if isinstance(x, dict) and x:
+        x = next(iter(x.values()))
+    if isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    if isinstance(x, np.ndarray) or (
+        hasattr(x, "shape") and hasattr(x, "dtype") and not hasattr(x, "element_spec")
+    ):
+        return int(x.shape[0])
+    return None
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class PastPredictions(Teacher):
+    """PS-KD's targets: the student's own softmax from its last visit of each example.
+
+    Kim et al., *Self-Knowledge Distillation with Progressive Refinement of
+    Targets* (ICCV 2021). A store ``P`` of shape ``(N, K)`` holds, for every
+    training example ``i``, the softmax the student gave it at its previous
+    visit. At training epoch ``e`` of ``E`` the PS-KD loss is::
+
+        a_e = alpha_T * (e + 1) / E
+        q   = (1 - a_e) * onehot(y) + a_e * P[i]
+        loss = CE(q, softmax(z)) = (1 - a_e) CE(y, z) + a_e CE(P[i], z)
+
+    so a `Distiller` with this teacher, ``soft_loss=SoftTargetCrossEntropy(
+    targets="probabilities")`` and ``alpha=LinearRamp(alpha_T)`` is PS-KD
+    exactly (`keras_tfkd.recipes.ps_kd` builds it). ``P[i]`` is ``onehot(y)``
+    until the example has been seen (the first epoch, as in the official
+    code); after every training step the rows of the batch become that
+    step's ``softmax(z)`` -- the same forward pass, before the weight update,
+    gradient-stopped. Under `MirroredStrategy` the rows of every replica are
+    written (each replica's store stays complete); under JAX's
+    `DataParallel` the compiled step sees the whole batch anyway.
+
+    The store is a non-trainable variable of the Distiller: it is saved with
+    it and restored by `BackupAndRestore` and ``keras-tfkd run`` resume, so
+    a resumed run continues from the same predictions. Its size is
+    ``N * K * itemsize`` bytes (`store_bytes`): 20 MB for CIFAR-100 in
+    float32, 5.1 GB for ImageNet-1k; ``store_dtype="bfloat16"`` or
+    ``"float16"`` halves it (rows are renormalised when read; the effect on
+    the loss is measured in ``benchmarks/``).
+
+    The batches must carry each example's row number: `Distiller.fit` adds
+    it to NumPy inputs itself (``{"inputs": x, "example_index": i}``); see
+    `keras_tfkd.teachers.attach_example_index` for other inputs. A batch
+    without indices (`evaluate`, `predict`) gets no soft term.
+
+    Args:
+        num_examples: N, the size of the training set; None: taken from the
+            first `fit` on arrays or a `keras_tfkd.data.pipeline` (give it
+            to load weights into a fresh Distiller, or for a `tf.data` input
+            or a distribution scope, where the store must exist up front).
+        num_classes: K.
+        store_dtype: one of `STORE_DTYPES`.
+
+    Example:
+
+    >>> teacher = PastPredictions(num_examples=60_000, num_classes=10)
+    >>> teacher.store_bytes
+    2400000
+    """
+
+    learns_from_student = True
+
+    requires_example_index = True
+    targets = "probabilities"
+
+    def __init__(self, num_examples, num_classes, store_dtype="float32", **kwargs):
+        super().__init__(num_classes, **kwargs)
+        if store_dtype not in STORE_DTYPES:
+            raise ValueError(
+                f"`store_dtype` must be one of {', '.join(map(repr, STORE_DTYPES))}"
+                f", got store_dtype={store_dtype!r}."
+            )
+        self.store_dtype = store_dtype
+        self.num_examples = None
+        self.predictions = None
+        if num_examples is not None:
+            self.build_store(num_examples)
+
+    def build_store(self, num_examples):
+        """Create the ``(num_examples, K)`` store once (the same N again: no-op)."""
+        num_examples = _check_count("num_examples", num_examples, 1)
+        if self.predictions is not None:
+            if num_examples != self.num_examples:
+                raise ValueError(
+                    f"This PastPredictions store holds {self.num_examples} "
+                    f"examples, but the training data has {num_examples}: a "
+                    "PS-KD Distiller trains on one training set (build a new "
+                    "one for another)."
+                )
+            return
+        self.num_examples = num_examples
+        self.predictions = self.add_weight(
+            shape=(num_examples, self.num_classes),
+            initializer="zeros",
+            dtype=self.store_dtype,
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+            name="predictions",
+        )
+
+    def prepare_fit_data(self, x, y, fit_kwargs):
+        n = _num_rows(x)
+        if n is not None:
+            self.build_store(n)
+        elif self.predictions is None:
+            raise ValueError(
+                "PastPredictions does not know the size of the training set: "
+                "pass num_examples= (recipes.ps_kd(..., num_examples=N) or "
+                "PastPredictions(num_examples=N, ...)) when training from a "
+                f"{type(x).__name__}."
+            )
+        return super().prepare_fit_data(x, y, fit_kwargs)
+
+    @property
+    def store_bytes(self):
+        """The bytes of the store (``N * K * itemsize``; None before it is built)."""
+        if self.num_examples is None:
+            return None
+        return store_bytes(self.num_examples, self.num_classes, self.store_dtype)
+
+    def _indices(self, inputs):
+        if not is_packed(inputs) or EXAMPLE_INDEX_KEY not in inputs:
+            return None
+        return ops.reshape(ops.cast(inputs[EXAMPLE_INDEX_KEY], "int32"), (-1,))
+
+    def call(self, inputs, labels=None):
+        indices = self._indices(inputs)
+        if indices is None or self.predictions is None:
+            return None
+        if labels is None:
+            raise ValueError("PastPredictions needs the labels of the batch.")
+        stored = ops.cast(ops.take(self.predictions, indices, axis=0), "float32")
+        total = ops.sum(stored, axis=-1, keepdims=True)
+        if self.store_dtype != "float32":
+            stored = stored / ops.where(total > 0, total, 1.0)
+        one_hot = ops.one_hot(
+            integer_labels(labels, self.num_classes), self.num_classes, dtype="float32"
+        )
+        return ops.where(total > 0, stored, one_hot)
+
+    def update(self, inputs, labels, student_logits):
+        indices = self._indices(inputs)
+        if indices is None or self.predictions is None:
+            return
+        probabilities = ops.softmax(ops.cast(student_logits, "float32"), axis=-1)
+        indices, probabilities = _backend.all_replicas(indices, probabilities)
+        _backend.assign_rows(self.predictions, indices, probabilities)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_examples=self.num_examples, store_dtype=self.store_dtype)
+        return config
