@@ -79,12 +79,34 @@ __all__ = [
     "load_registry",
 ]
 
-#: Every method, in the order of the paper's comparison.
-METHODS = ("baseline", "lsr", "kd", "rekd", "dekd", "tfkd_self", "tfkd_reg")
+#: Every method: the paper's, in the order of its comparison, then the later
+#: ones (docs/methods.md): PS-KD, CS-KD, Online Label Smoothing, DKD.
+METHODS = (
+    "baseline",
+    "lsr",
+    "kd",
+    "rekd",
+    "dekd",
+    "tfkd_self",
+    "tfkd_reg",
+    "pskd",
+    "cskd",
+    "ols",
+    "dkd",
+)
 #: Methods that train one model and take no teacher model.
-ONE_MODEL_METHODS = ("baseline", "lsr", "tfkd_reg")
-#: Methods whose loss has a KL term to a teacher (model or virtual).
+ONE_MODEL_METHODS = ("baseline", "lsr", "tfkd_reg", "pskd", "cskd", "ols")
+#: Methods whose loss has a KL term to a teacher (model or virtual) weighed
+#: by ``alpha`` (the paper's family).
 KL_METHODS = ("kd", "rekd", "dekd", "tfkd_self", "tfkd_reg")
+#: Methods with a KL term of form ``kl`` and a ``multiplier`` (CS-KD's is to
+#: the prediction on a same-class partner; its lambda is the multiplier).
+KL_FORM_METHODS = (*KL_METHODS, "cskd")
+#: Methods whose ``alpha`` (the soft term's weight) is used: the paper's KL
+#: methods, PS-KD (the last epoch's weight of its ramp) and OLS.
+ALPHA_METHODS = (*KL_METHODS, "pskd", "ols")
+#: Methods with a temperature.
+TEMPERATURE_METHODS = (*KL_METHODS, "cskd", "dkd")
 #: How each method gets its teacher: trained normally first (``"trained"``),
 #: the checkpoint after ``teacher_epochs`` epochs of normal training
 #: (``"early"``), the best checkpoint of a normal run of the student's own
@@ -98,6 +120,10 @@ TEACHER_SOURCE = types.MappingProxyType(
         "dekd": "early",
         "tfkd_self": "self",
         "tfkd_reg": None,
+        "pskd": None,
+        "cskd": None,
+        "ols": None,
+        "dkd": "trained",
     }
 )
 PROTOCOLS = ("cifar", "imagenet")
@@ -171,6 +197,9 @@ _FIELD_TYPES = {
     "teacher_batch_size": (_INT, True),
     "correct_prob": (_FLOAT, False),
     "epsilon": (_FLOAT, False),
+    "tckd_weight": (_FLOAT, False),
+    "nckd_weight": (_FLOAT, False),
+    "warmup_epochs": (_INT, False),
     "protocol": (_STR, False),
     "published_accuracy": (_FLOAT, True),
     "teacher_accuracy": (_FLOAT, True),
@@ -185,7 +214,7 @@ FIELD_HELP = types.MappingProxyType(
     {
         "student": "another student model",
         "teacher": "another teacher model",
-        "alpha": "the soft term's weight, in [0, 1]",
+        "alpha": "the soft term's weight, in [0, 1] (PS-KD: its last epoch's)",
         "temperature": "the KL's temperature T",
         "multiplier": "the factor in front of the KL of form --kl",
         "kl": "the KL form: batchmean (default) or reference (the authors' KL / K)",
@@ -196,6 +225,9 @@ FIELD_HELP = types.MappingProxyType(
         "teacher_batch_size": "the teacher's batch size (default: batch_size)",
         "correct_prob": "Tf-KD_reg's a",
         "epsilon": "LSR's epsilon",
+        "tckd_weight": "DKD's alpha: the weight of its target-class term",
+        "nckd_weight": "DKD's beta: the weight of its non-target term",
+        "warmup_epochs": "DKD: epochs over which its term ramps up (0: none)",
     }
 )
 #: The fields a run may override from the command line, in this order; the
@@ -260,6 +292,12 @@ class Experiment:
       instead of ``epochs``); ``teacher_batch_size``: batch size the teacher
       is trained with (None: ``batch_size``).
     * ``correct_prob`` (Tf-KD_reg's ``a``), ``epsilon`` (LSR).
+    * ``tckd_weight``, ``nckd_weight``, ``warmup_epochs``: DKD's alpha, beta
+      and warm-up (its loss is ``CE + min((e+1)/warmup, 1) * DKD``; the
+      weights are not a convex mix, so they are not ``alpha``). For CS-KD,
+      ``multiplier`` is its lambda; for PS-KD ``alpha`` is its ``alpha_T``
+      (the soft weight it ramps up to); for OLS ``alpha`` is the soft
+      term's weight.
     * ``published_accuracy`` / ``teacher_accuracy``: CIFAR-100 top-1 % from
       the paper, where published; ``source``: where the row comes from;
       ``based_on``: the registry id an overridden experiment started from.
@@ -288,6 +326,9 @@ class Experiment:
     teacher_batch_size: int | None = None
     correct_prob: float = 0.99
     epsilon: float = 0.1
+    tckd_weight: float = 1.0
+    nckd_weight: float = 8.0
+    warmup_epochs: int = 20
     protocol: str = "cifar"
     published_accuracy: float | None = None
     teacher_accuracy: float | None = None
@@ -324,16 +365,21 @@ class Experiment:
             fail("teacher", f"must equal student={self.student!r} for tfkd_self")
         if self.method == "dekd" and self.teacher_epochs is None:
             fail("teacher_epochs", "must be set for dekd (the defective teacher)")
-        if self.method in KL_METHODS:
+        if self.method in ALPHA_METHODS:
             if not 0.0 <= self.alpha <= 1.0:
                 fail("alpha", "must be in [0, 1]")
+        elif self.alpha != 0.0:
+            fail("alpha", "must be 0: this method has no alpha-weighted soft term")
+        if self.method in TEMPERATURE_METHODS:
             if self.temperature is None or self.temperature <= 0:
                 fail("temperature", "must be a number > 0")
-        else:
-            if self.alpha != 0.0:
-                fail("alpha", "must be 0: this method has no soft term")
-            if self.temperature is not None:
-                fail("temperature", "must be None: this method has no soft term")
+        elif self.temperature is not None:
+            fail("temperature", "must be None: this method has no temperature")
+        for name in ("tckd_weight", "nckd_weight"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0")
+        if self.warmup_epochs < 0:
+            fail("warmup_epochs", "must be >= 0")
         if self.multiplier < 0:
             fail("multiplier", "must be >= 0")
         for name in ("batch_size", "epochs", "teacher_epochs", "teacher_batch_size"):
@@ -389,8 +435,9 @@ class Experiment:
             overrides["teacher"] = overrides.get("student", self.student)
         if method in ONE_MODEL_METHODS and "teacher" not in overrides:
             overrides["teacher"] = None
-        if method not in KL_METHODS:
+        if method not in ALPHA_METHODS and self.method in ALPHA_METHODS:
             overrides.setdefault("alpha", 0.0)
+        if method not in TEMPERATURE_METHODS:
             overrides.setdefault("temperature", None)
         overrides.setdefault("based_on", self.based_on or self.id)
         # The published numbers belong to the registry row, not to a variant.
@@ -432,8 +479,9 @@ class Experiment:
     def kl_weight(self, num_classes):
         """The weight in front of the batch-mean KL once built for K classes.
 
-        ``alpha * m * T^2`` (kd, rekd, dekd, tfkd_self) or ``alpha * m``
-        (tfkd_reg), divided by K with ``kl="reference"``; 0 without a KL.
+        ``alpha * m * T^2`` (kd, rekd, dekd, tfkd_self), ``alpha * m``
+        (tfkd_reg) or ``m * T^2`` (cskd, whose CE weighs 1), divided by K
+        with ``kl="reference"``; 0 without a KL of form ``kl``.
 
         >>> get("tfkd_reg/resnet18").kl_weight(10)
         0.1
@@ -441,10 +489,11 @@ class Experiment:
         k = int(num_classes)
         if k < 2:
             raise ValueError(f"`num_classes` must be >= 2, got num_classes={k!r}.")
-        if self.method not in KL_METHODS:
+        if self.method not in KL_FORM_METHODS:
             return 0.0
         t_factor = 1.0 if self.method == "tfkd_reg" else self.temperature**2
-        weight = self.alpha * self.multiplier * t_factor
+        alpha = 1.0 if self.method == "cskd" else self.alpha
+        weight = alpha * self.multiplier * t_factor
         return weight / k if self.kl == "reference" else weight
 
     def kl_note(self, num_classes):
@@ -453,7 +502,7 @@ class Experiment:
         >>> get("tfkd_reg/resnet18").kl_note(10)
         'batch-mean KL, multiplier 1 (paper: 100 with KL/K at K=100); weight 0.1'
         """
-        if self.method not in KL_METHODS:
+        if self.method not in KL_FORM_METHODS:
             return f"{self.method}: no KL term"
         form = (
             "batch-mean KL"
@@ -465,12 +514,13 @@ class Experiment:
             text += f" (paper: {self.published_multiplier:g} with KL/K at K=100)"
         return f"{text}; weight {self.kl_weight(num_classes):.4g}"
 
-    def build(self, student, teacher=None):
+    def build(self, student, teacher=None, num_examples=None):
         """The uncompiled `Distiller` of this experiment for a built `student`.
 
-        `teacher` is the trained teacher model for kd/rekd/dekd/tfkd_self (a
-        logits `keras.Model`) and must be None otherwise. K is read from the
+        `teacher` is the trained teacher model for kd/rekd/dekd/tfkd_self/dkd
+        (a logits `keras.Model`) and must be None otherwise. K is read from the
         student's output; `multiplier` and `kl` go to the loss as they are.
+        `num_examples` is the size of the training set, for PS-KD's store.
 
         >>> distiller = get("lsr/resnet18").build(student)  # doctest: +SKIP
         """
@@ -496,6 +546,26 @@ class Experiment:
             return recipes.baseline(student)
         if self.method == "lsr":
             return recipes.label_smoothing(student, epsilon=self.epsilon)
+        if self.method == "pskd":
+            return recipes.ps_kd(student, alpha=self.alpha, num_examples=num_examples)
+        if self.method == "cskd":
+            return recipes.cs_kd(
+                student,
+                temperature=self.temperature,
+                multiplier=self.multiplier,
+                kl=self.kl,
+            )
+        if self.method == "ols":
+            return recipes.online_label_smoothing(student, alpha=self.alpha)
+        if self.method == "dkd":
+            return recipes.dkd(
+                student,
+                teacher,
+                tckd_weight=self.tckd_weight,
+                nckd_weight=self.nckd_weight,
+                temperature=self.temperature,
+                warmup_epochs=self.warmup_epochs,
+            )
         kl = {"alpha": self.alpha, "temperature": self.temperature}
         kl.update(multiplier=self.multiplier, kl=self.kl)
         if self.method == "tfkd_reg":
@@ -517,6 +587,19 @@ class Experiment:
             hp["correct_prob"] = self.correct_prob
         if self.method == "lsr":
             hp["epsilon"] = self.epsilon
+        if self.method in ("pskd", "ols"):
+            hp["alpha"] = self.alpha
+        if self.method == "cskd":
+            hp.update(
+                temperature=self.temperature, multiplier=self.multiplier, kl=self.kl
+            )
+        if self.method == "dkd":
+            hp.update(
+                temperature=self.temperature,
+                tckd_weight=self.tckd_weight,
+                nckd_weight=self.nckd_weight,
+                warmup_epochs=self.warmup_epochs,
+            )
         if self.teacher_source is not None:
             hp["teacher_batch_size"] = self.teacher_batch_size or self.batch_size
         if self.method == "dekd":
@@ -535,6 +618,15 @@ class Experiment:
             parts.append(text)
         elif self.method == "lsr":
             parts.append(f"eps={self.epsilon:g}")
+        elif self.method in ("pskd", "ols"):
+            parts.append(f"alpha={self.alpha:g}")
+        elif self.method == "cskd":
+            parts.append(f"T={self.temperature:g} m={self.multiplier:g}")
+        elif self.method == "dkd":
+            parts.append(
+                f"T={self.temperature:g} tckd={self.tckd_weight:g} "
+                f"nckd={self.nckd_weight:g} warmup={self.warmup_epochs}"
+            )
         if self.method == "dekd":
             parts.append(f"teacher_epochs={self.teacher_epochs}")
         parts.append(f"batch={self.batch_size} {self.dataset} {self.epochs}ep")

@@ -16,6 +16,13 @@ kd              ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))``
 tfkd_self       ``(1-alpha) CE + alpha m T^2 KL(S(z_t/T) || S(z_s/T))``
 tfkd_reg        ``(1-alpha) CE + alpha m KL(S(p_d/T) || S(z_s))``, ``p_d = a`` on
                 ``y``, ``(1-a)/(K-1)`` elsewhere
+ps_kd           ``(1-a_e) CE + a_e CE(P[i], S(z_s))``, ``a_e = alpha (e+1)/E``,
+                ``P[i]`` the example's softmax at its previous visit
+cs_kd           ``CE + m T^2 KL(S(z_s(x')/T) || S(z_s/T))``, ``x'`` another
+                example of the same class, its logits gradient-stopped
+online_label_   ``(1-alpha) CE + alpha CE(S_y, S(z_s))``, ``S_y`` the mean
+smoothing       softmax of the correct predictions of class ``y`` last epoch
+dkd             ``CE + w_e T^2 (a TCKD + b NCKD)``, ``w_e = min((e+1)/W, 1)``
 ==============  ==============================================================
 
 ``m`` is `multiplier` (default 1).
@@ -75,6 +82,10 @@ __all__ = [
     "kd",
     "tfkd_self",
     "tfkd_reg",
+    "ps_kd",
+    "cs_kd",
+    "online_label_smoothing",
+    "dkd",
     "translate_multiplier",
 ]
 
@@ -82,10 +93,16 @@ __all__ = [
 _KL_REDUCTION_NAMES = {"elementwise_mean": "reference", "batchmean": "batchmean"}
 
 
-def _num_classes(student):
+def _num_classes(student, num_classes=None):
     if not student.built:
         raise ValueError("The student must be built (call it once or give an Input).")
-    return int(student.output_shape[-1])
+    k = int(student.output_shape[-1])
+    if num_classes is not None and num_classes != k:
+        raise ValueError(
+            f"`num_classes`={num_classes} but the student predicts {k} classes: "
+            "the teacher must have as many classes as the student."
+        )
+    return k
 
 
 def _kl_form(kl, kl_reduction, recipe):
@@ -307,4 +324,143 @@ def tfkd_reg(
         soft_loss=loss,
         alpha=alpha,
         name="tfkd_reg",
+    )
+
+
+# ------------------------------------------------- after the paper (docs/methods.md)
+def ps_kd(
+    student, num_classes=None, *, alpha=0.8, num_examples=None, store_dtype="float32"
+):
+    """PS-KD (Kim et al., ICCV 2021): distil from the student's own last predictions.
+
+    At epoch ``e`` of ``E`` (0-based; ``E`` is `fit`'s ``epochs``)::
+
+        a_e  = alpha * (e + 1) / E
+        loss = CE((1 - a_e) onehot(y) + a_e P[i], S(z_s))
+             = (1 - a_e) CE + a_e CE(P[i], S(z_s))
+
+    ``P[i]`` is the softmax the student gave example ``i`` at its previous
+    visit (``onehot(y)`` before the first), kept by a
+    `keras_tfkd.online.PastPredictions` store of ``num_examples x K``
+    floats (`store_dtype` ``"float16"``/``"bfloat16"`` halves it). `alpha` is
+    PS-KD's ``alpha_T`` (0.8 on CIFAR-100), the soft weight of the last
+    epoch; the ramp is the Distiller's `alpha` schedule
+    (`keras_tfkd.weight_schedules.LinearRamp`). `num_examples` is taken from
+    the first `fit` on arrays (or a `keras_tfkd.data.pipeline`) when left
+    None; give it to restore a saved run or to train under a distribution.
+
+    >>> distiller = ps_kd(student, alpha=0.8)  # doctest: +SKIP
+    >>> distiller.compile(optimizer="sgd")  # doctest: +SKIP
+    >>> distiller.fit(x, y, epochs=300, batch_size=128)  # doctest: +SKIP
+    """
+    from keras_tfkd.losses import SoftTargetCrossEntropy
+    from keras_tfkd.online import PastPredictions
+    from keras_tfkd.weight_schedules import LinearRamp
+
+    k = _num_classes(student, num_classes)
+    teacher = PastPredictions(num_examples, k, store_dtype=store_dtype)
+    return Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=SoftTargetCrossEntropy(targets="probabilities", name="ps_kd_ce"),
+        alpha=LinearRamp(alpha),
+        name="ps_kd",
+    )
+
+
+def cs_kd(
+    student, num_classes=None, *, temperature=4.0, multiplier=1.0, kl="batchmean"
+):
+    """CS-KD (Yun et al., CVPR 2020): match the predictions of two examples of a class.
+
+    ``loss = CE(z_s(x), y) + m T^2 KL(S(z_s(x')/T) || S(z_s(x)/T))``, with
+    ``x'`` another training example of the same class, drawn anew each
+    epoch, whose logits are gradient-stopped (``m`` = `multiplier`, CS-KD's
+    lambda; T = 4, m = 1 on CIFAR). The batches of pairs come from
+    `keras_tfkd.online.ClassPairBatches`, which `fit` builds from arrays
+    itself; the partners run through the student in a second forward pass,
+    in training mode, as in the official code.
+
+    >>> distiller = cs_kd(student, temperature=4.0)  # doctest: +SKIP
+    >>> distiller.fit(x, y, epochs=200, batch_size=128)  # doctest: +SKIP
+    """
+    from keras_tfkd.online import ClassPairTeacher
+
+    k = _num_classes(student, num_classes)
+    loss = SoftTargetKL(
+        temperature=temperature, multiplier=multiplier, kl=check_kl(kl), name="cs_kd_kl"
+    )
+    return Distiller(
+        student=student,
+        teacher=ClassPairTeacher(k),
+        soft_loss=loss,
+        hard_weight=1.0,
+        soft_weight=1.0,
+        name="cs_kd",
+    )
+
+
+def online_label_smoothing(
+    student, num_classes=None, *, alpha=0.5, variant="official", epsilon=0.1
+):
+    """Online Label Smoothing (Zhang et al., TIP 2021): soft labels learned per class.
+
+    ``loss = (1 - alpha) CE + alpha CE(S_y, S(z_s))``: ``S_y``, the soft label
+    of class ``y``, is the mean softmax of the training examples of class
+    ``y`` that the student classified correctly during the previous epoch
+    (`keras_tfkd.online.OnlineSoftLabels`). `alpha` is the soft term's
+    weight, as everywhere in keras-tfkd (the paper's ``alpha`` weighs the CE:
+    0.5 either way). ``variant="official"`` starts from zeros (plain CE in
+    the first epoch), ``"port"`` from label smoothing with `epsilon`.
+
+    >>> distiller = online_label_smoothing(student, alpha=0.5)  # doctest: +SKIP
+    """
+    from keras_tfkd.losses import SoftTargetCrossEntropy
+    from keras_tfkd.online import OnlineSoftLabels
+
+    k = _num_classes(student, num_classes)
+    return Distiller(
+        student=student,
+        teacher=OnlineSoftLabels(k, variant=variant, epsilon=epsilon),
+        soft_loss=SoftTargetCrossEntropy(targets="probabilities", name="ols_ce"),
+        alpha=alpha,
+        name="online_label_smoothing",
+    )
+
+
+def dkd(
+    student,
+    teacher,
+    *,
+    tckd_weight=1.0,
+    nckd_weight=8.0,
+    temperature=4.0,
+    warmup_epochs=20,
+):
+    """DKD (Zhao et al., CVPR 2022): KD split into target and non-target parts.
+
+    ``loss = CE + w_e T^2 (a TCKD + b NCKD)`` with ``a`` = `tckd_weight` and
+    ``b`` = `nckd_weight` (DKD's alpha and beta: 1 and 8 on most CIFAR-100
+    pairs) and the warm-up ``w_e = min((e + 1) / warmup_epochs, 1)`` at
+    0-based epoch ``e`` (mdistiller counts epochs from 1; ``warmup_epochs=0``
+    gives the full weight from the first step). The weights need not sum to
+    1: the Distiller is built with ``hard_weight=1`` and a `LinearWarmup`
+    ``soft_weight`` (see `keras_tfkd.losses.DecoupledKD`).
+
+    >>> distiller = dkd(student, teacher, nckd_weight=8.0)  # doctest: +SKIP
+    """
+    from keras_tfkd.losses import DecoupledKD
+    from keras_tfkd.weight_schedules import LinearWarmup
+
+    _num_classes(student)
+    loss = DecoupledKD(
+        tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature
+    )
+    return Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=loss,
+        hard_weight=1.0,
+        soft_weight=LinearWarmup(warmup_epochs),
+        name="dkd",
     )

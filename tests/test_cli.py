@@ -80,7 +80,7 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
     assert {m for m, role in runs if role == "run"} == set(experiments.METHODS)
     for record in records:
         assert REQUIRED <= set(record), REQUIRED - set(record)
-        if record["method"] in experiments.KL_METHODS:  # the KL term, said once
+        if record["method"] in experiments.KL_FORM_METHODS:  # the KL, said once
             assert {"kl", "kl_weight", "kl_note"} <= set(record), record["method"]
         assert record["dataset"] == "digits" and record["seed"] == 0
         assert record["backend"] == keras.backend.backend()
@@ -90,8 +90,8 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         assert record["best_test_accuracy"] == max(curve)
         assert 0.0 <= record["test_accuracy"] <= 1.0
     assert len({r["key"] for r in records}) == len(records)
-    # 7 methods, the strong model's baseline, the De-KD teacher stopped early.
-    assert len(records) == 9
+    # 11 methods, the strong model's baseline, the De-KD teacher stopped early.
+    assert len(records) == 13
     assert runs[("baseline", "run")]["epochs"] == 2
     dekd_teacher = runs[("baseline", "teacher")]
     assert (dekd_teacher["student"], dekd_teacher["epochs"]) == ("cnn_tiny", 1)
@@ -128,7 +128,7 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         assert f"\n{label} " in output
     assert "De-KD teacher: cnn_tiny after 1 epoch" in output
     markdown = (folder / "results.md").read_text()
-    assert markdown.count("\n| ") == 1 + 8  # header + one row per (method, student)
+    assert markdown.count("\n| ") == 1 + 12  # header + one row per (method, student)
     assert (
         "KL term of KD: batch-mean KL, multiplier 0.01 (paper: 1 with KL/K at K=100)"
         in markdown
@@ -186,7 +186,7 @@ def test_rerun_skips_finished_runs(study_dir):
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     code, output = _main([*STUDY_ARGS, "--output-dir", str(folder), "--no-plot"])
     assert code == 0
-    assert output.count("skipped (already in results.json)") == 8
+    assert output.count("skipped (already in results.json)") == 12
     assert "  training " not in output and "normally ..." not in output
     assert (folder / "results.json").read_text() == before
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
@@ -199,9 +199,9 @@ def test_rerun_skips_finished_runs(study_dir):
     assert code == 0
     assert "[1/1] Baseline mlp, seed 1 ..." in output and "skipped" not in output
     records = _records(folder)
-    assert records[:9] == json.loads(before)  # the finished runs are untouched
-    assert len(records) == 10 and len({r["key"] for r in records}) == 10
-    added = records[9]
+    assert records[:13] == json.loads(before)  # the finished runs are untouched
+    assert len(records) == 14 and len({r["key"] for r in records}) == 14
+    added = records[13]
     assert (added["method"], added["student"], added["seed"]) == ("baseline", "mlp", 1)
     assert added["epochs"] == 2 and "role" not in added
 
@@ -435,10 +435,12 @@ def test_run_field_flags_come_from_one_table_and_win_over_config(
     from_config.update(multiplier=2.0, correct_prob=0.9, epsilon=0.2)
     from_config.update(teacher_epochs=1, student="mlp", teacher="cnn_tiny")
     from_config.update(dataset="digits", kl="reference", teacher_batch_size=32)
+    from_config.update(tckd_weight=2.0, nckd_weight=4.0, warmup_epochs=3)
     from_flags = {"epochs": 3, "batch_size": 8, "alpha": 0.25, "temperature": 2.0}
     from_flags.update(multiplier=3.0, correct_prob=0.8, epsilon=0.05)
     from_flags.update(teacher_epochs=2, student="cnn_tiny", teacher="mlp")
     from_flags.update(dataset="digits", kl="batchmean", teacher_batch_size=24)
+    from_flags.update(tckd_weight=0.5, nckd_weight=6.0, warmup_epochs=5)
     assert set(from_config) == set(from_flags) == set(table)
     config = tmp_path / "exp.json"
     config.write_text(json.dumps(from_config))

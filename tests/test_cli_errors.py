@@ -470,7 +470,7 @@ def test_unknown_name_from_below_the_cli_is_reworded():
         (
             ["study", "--methods", "kd", "tfkd"],
             "--methods: unknown method 'tfkd'; valid methods: baseline, lsr, kd, "
-            "rekd, dekd, tfkd_self, tfkd_reg.",
+            "rekd, dekd, tfkd_self, tfkd_reg, pskd, cskd, ols, dkd.",
         ),
     ],
 )

@@ -265,6 +265,8 @@ baseline/resnet18 0 - 1 128 - - 200 75.87
 baseline/resnet50 0 - 1 128 - - 200 78.16
 baseline/resnext29_8x64d 0 - 1 64 - - 200 81.03
 baseline/shufflenet_v2 0 - 1 128 - - 200 70.34
+cskd/mobilenet_v2 0 4 1.0 128 - - 200 -
+cskd/resnet18 0 4 1.0 128 - - 200 -
 dekd/mobilenet_v2_from_resnet18 0.95 20 0.01 128 128 1 200 70.65
 dekd/mobilenet_v2_from_resnet50 0.95 20 0.01 128 128 50 200 -
 dekd/mobilenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 50 200 -
@@ -272,6 +274,9 @@ dekd/resnet18_from_resnext29_8x64d 0.6 20 0.01 64 64 50 200 77.28
 dekd/shufflenet_v2_from_resnet18 0.95 20 0.01 128 128 1 200 71.82
 dekd/shufflenet_v2_from_resnet50 0.95 20 0.01 128 128 50 200 -
 dekd/shufflenet_v2_from_resnext29_8x64d 0.95 20 0.01 64 64 50 200 -
+dkd/mobilenet_v2_from_resnet18 0 4 1.0 64 128 - 240 -
+dkd/resnet18_from_resnet50 0 4 1.0 64 128 - 240 -
+dkd/shufflenet_v2_from_resnet18 0 4 1.0 64 128 - 240 -
 kd/cnn5_from_resnet18 0.9 20 0.01 128 128 - 200 -
 kd/mobilenet_v2_from_densenet121 0.95 20 0.01 128 128 - 200 -
 kd/mobilenet_v2_from_resnet101 0.95 20 0.01 128 128 - 200 -
@@ -295,6 +300,10 @@ lsr/resnet18 0 - 1 128 - - 200 77.26
 lsr/resnet50 0 - 1 128 - - 200 -
 lsr/resnext29_8x64d 0 - 1 64 - - 200 -
 lsr/shufflenet_v2 0 - 1 128 - - 200 70.83
+ols/mobilenet_v2 0.5 - 1.0 128 - - 300 -
+ols/resnet18 0.5 - 1.0 128 - - 300 -
+pskd/mobilenet_v2 0.8 - 1.0 128 - - 300 -
+pskd/resnet18 0.8 - 1.0 128 - - 300 -
 rekd/densenet121_from_mobilenet_v2 0.6 20 0.01 128 128 - 200 -
 rekd/densenet121_from_shufflenet_v2 0.6 20 0.01 100 128 - 200 -
 rekd/resnet18_from_mobilenet_v2 0.6 20 0.01 128 128 - 200 77.28
@@ -355,7 +364,7 @@ def test_registry_is_the_data_file_and_nothing_else():
     path = importlib.resources.files("keras_tfkd") / experiments.DATA_FILE
     tables = json.loads(path.read_text(encoding="utf-8"))
     assert dict(experiments.load_registry(tables)) == dict(experiments.REGISTRY)
-    assert sum(len(t["rows"]) for t in tables.values()) == len(expected) == 69
+    assert sum(len(t["rows"]) for t in tables.values()) == len(expected) == 78
 
 
 def test_the_written_out_values_follow_the_derivation_rules():

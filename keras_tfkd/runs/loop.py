@@ -248,6 +248,24 @@ def _summary(plan, tracker, guard, seconds, steps, initial_epoch):
     return info
 
 
+def _train_data(experiment, dataset, **options):
+    """The train split's batches as the experiment's method needs them.
+
+    PS-KD's store needs each example's row (``example_index``); CS-KD's
+    batches hold class pairs (`keras_tfkd.online.ClassPairBatches`, the NumPy
+    engine on every backend); the other methods take `data.pipeline`.
+    """
+    if experiment.method == "cskd":
+        from keras_tfkd.online import ClassPairBatches
+
+        return ClassPairBatches.from_dataset(
+            dataset, "train", experiment.batch_size, **options
+        )
+    if experiment.method == "pskd":
+        options["example_index"] = True
+    return data_lib.pipeline(dataset, "train", experiment.batch_size, **options)
+
+
 def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
     """Build, compile and train the plan's Distiller; return (student, tracker, info).
 
@@ -260,8 +278,11 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
     _check_splits(dataset)
     deterministic(plan.seed)
     student = build_model(experiment.student, dataset.num_classes, dataset.input_shape)
-    distiller = experiment.build(student, teacher)
     n_train = dataset.num_examples("train")
+    distiller = experiment.build(student, teacher, num_examples=n_train)
+    # One fit per epoch: the schedules (PS-KD's ramp, DKD's warm-up) run over
+    # the whole plan, not over each one-epoch fit.
+    distiller.schedule_epochs = plan.epochs
     drop = config.drop_remainder and n_train >= experiment.batch_size
     steps = data_lib.num_batches(n_train, experiment.batch_size, drop)
     distiller.compile(
@@ -288,17 +309,16 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
     # any) before any epoch's pipeline is read: Keras's build reads one batch,
     # which would otherwise advance that epoch's reshuffled order.
     distiller.fit(
-        data_lib.pipeline(dataset, "train", experiment.batch_size, shuffle=False),
+        _train_data(experiment, dataset, shuffle=False),
         initial_epoch=initial_epoch,
         epochs=initial_epoch,
         callbacks=[backup],
         verbose=0,
     )
     for epoch in range(initial_epoch, plan.epochs):
-        train_data = data_lib.pipeline(
+        train_data = _train_data(
+            experiment,
             dataset,
-            "train",
-            experiment.batch_size,
             augment=config.augment,
             seed=_epoch_seed(plan.seed, epoch),
             drop_remainder=drop,

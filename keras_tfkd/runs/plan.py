@@ -112,7 +112,7 @@ class RunPlan:
             "hyperparameters": dict(self.hyperparameters),
             "published_accuracy": exp.published_accuracy,
         }
-        if exp.method in experiments_lib.KL_METHODS:
+        if exp.method in experiments_lib.KL_FORM_METHODS:
             record["kl"] = exp.kl
             record["kl_weight"] = exp.kl_weight(self.num_classes)
             record["kl_note"] = exp.kl_note(self.num_classes)

@@ -24,6 +24,10 @@ STUDY_SOURCES = {
     "dekd": "dekd/mobilenet_v2_from_resnet18",
     "tfkd_self": "tfkd_self/mobilenet_v2_from_mobilenet_v2",
     "tfkd_reg": "tfkd_reg/mobilenet_v2",
+    "pskd": "pskd/mobilenet_v2",
+    "cskd": "cskd/mobilenet_v2",
+    "ols": "ols/mobilenet_v2",
+    "dkd": "dkd/mobilenet_v2_from_resnet18",
 }
 
 METHOD_LABELS = {
@@ -34,6 +38,10 @@ METHOD_LABELS = {
     "dekd": "De-KD",
     "tfkd_self": "Tf-KD_self",
     "tfkd_reg": "Tf-KD_reg",
+    "pskd": "PS-KD",
+    "cskd": "CS-KD",
+    "ols": "OLS",
+    "dkd": "DKD",
 }
 
 
@@ -141,7 +149,9 @@ class StudyConfig:
                 "teacher (the whole run), so De-KD would silently equal KD. Use "
                 "fewer De-KD teacher epochs, more epochs, or leave out dekd."
             )
-        if self.student == self.teacher and {"kd", "rekd", "dekd"} & set(methods):
+        if self.student == self.teacher and {"kd", "rekd", "dekd", "dkd"} & set(
+            methods
+        ):
             raise ValueError(
                 f"`student` and `teacher` are both {self.student!r}: KD, Re-KD and "
                 "De-KD need two different models (a weak and a strong one)."
@@ -179,6 +189,11 @@ def _study_experiment(config, method):
         overrides["teacher_batch_size"] = config.batch_size
     if method == "dekd":
         overrides["teacher_epochs"] = config.dekd_teacher_epochs
+    if method == "dkd":
+        # The warm-up is a share of the run: 20 of mdistiller's 240 epochs.
+        overrides["warmup_epochs"] = round(
+            base.warmup_epochs * config.epochs / base.epochs
+        )
     if config.kl == "reference" and method in experiments_lib.KL_METHODS:
         overrides.update(kl="reference", multiplier=base.published_multiplier)
     return base.replace(**overrides)
