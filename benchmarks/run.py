@@ -32,6 +32,11 @@ Rows, for each model (a small CIFAR-shaped CNN, and ResNet18 at batch 128):
   by `teachers.CachedTeacher` (no augmentation) and fed with the batches.
 * reported only: the live teachers over plain fit (what a user pays), and the
   noise floor: a second, identical plain model over the first.
+* the teacher-free family: ``ps_kd``, ``online_label_smoothing`` and
+  ``dkd`` (cached teacher logits) over plain fit; ``cs_kd`` over
+  ``tfkd_self`` with a live copy of the student (both run one more forward
+  pass of the student's size per example); and PS-KD's compact stores: their
+  time over the float32 store's, and how far the last epoch's loss moves.
 * PyTorch only: ``kd`` with the teacher run through
   `keras_tfkd._backend.frozen_forward` (the backend fast path).
 
@@ -110,12 +115,27 @@ RATIO_ROWS = (
     ),
     ("tfkd_self_cached", "plain", "tfkd_self (cached logits) / plain fit", 1.10, None),
     ("kd_cached", "plain", "kd (cached logits) / plain fit", 1.10, None),
+    ("ps_kd", "plain", "ps_kd / plain fit", 1.05, None),
+    ("ols", "plain", "online_label_smoothing / plain fit", 1.05, None),
+    ("dkd_cached", "plain", "dkd (cached logits) / plain fit", 1.05, None),
+    (
+        "cs_kd",
+        "tfkd_self",
+        "cs_kd / tfkd_self (both: one more forward of the student's size)",
+        1.10,
+        None,
+    ),
+    ("ps_kd_bf16", "ps_kd", "ps_kd, bfloat16 store / float32 store", None, None),
     ("kd", "plain", "kd (live 2x-wide teacher) / plain fit", None, None),
     ("keras_kd", "plain", "keras.distillation (live 2x-wide) / plain fit", None, None),
     ("tfkd_self", "plain", "tfkd_self (live teacher) / plain fit", None, None),
     ("plain_copy", "plain", "same plain fit again / plain fit (noise)", None, None),
 )
 PIPELINE_ROW = "augmentation pipeline ({engine}) / plain train step (images/s)"
+STORE_ROW = (
+    "ps_kd, {dtype} store: last epoch's loss, |change| / float32 store's, in 1e-6"
+)
+STORE_DTYPES = ("bfloat16", "float16")
 # The pipeline alone must outrun training by these factors (images/s ratios).
 PIPELINE_TARGETS = {"cnn": 5.0, "resnet18": 50.0}
 
@@ -129,6 +149,8 @@ def pipeline_engines():
 
 
 SOFT_ROW = "tfkd_reg soft term at K={k} / student step"
+EXACT_ROW = "KL soft term at K={k}: exact value (SoftTargetKL) / textbook value"
+EXACT_CLASSES = 10000
 LINEAR_ROW = "tfkd_reg soft term: R^2 of a linear fit in K"
 
 
@@ -142,9 +164,11 @@ def row_names(models, backend):
     names = []
     for model in models:
         names += [(model, label) for _, _, label, _, _ in ratio_rows(backend)]
+        names += [(model, STORE_ROW.format(dtype=d)) for d in STORE_DTYPES]
         names += [(model, PIPELINE_ROW.format(engine=e)) for e in pipeline_engines()]
     names += [("logits", SOFT_ROW.format(k=k)) for k in SOFT_TERM_CLASSES]
     names.append(("logits", LINEAR_ROW))
+    names.append(("logits", EXACT_ROW.format(k=EXACT_CLASSES)))
     return names
 
 
@@ -425,11 +449,12 @@ class Case:
         self.name, self.model, self.x, self.y = name, model, x, y
         self.batch, self.clock = batch, clock
         self.steps = len(y) // batch
+        self.losses = []
 
     def epoch(self):
         """Run one epoch; return its time per step, in seconds."""
         timer = _epoch_timer(self.clock)
-        self.model.fit(
+        history = self.model.fit(
             self.x,
             self.y,
             batch_size=self.batch,
@@ -438,6 +463,7 @@ class Case:
             verbose=0,
             callbacks=[timer],
         )
+        self.losses.append(history.history["loss"][-1])
         return timer.times[-1] / self.steps
 
 
@@ -589,6 +615,15 @@ def build_cases(kind, settings, num_classes, clock):
     )
     if keras.backend.backend() == "torch":
         models["kd_fast"] = kd(_frozen_forward_teacher(teacher))
+    # The teacher-free family (docs/methods.md), at their published settings.
+    models.update(
+        ps_kd=recipes.ps_kd(student(), alpha=0.8),
+        ols=recipes.online_label_smoothing(student(), alpha=0.5),
+        cs_kd=recipes.cs_kd(student(), temperature=4.0, multiplier=1.0),
+    )
+    for dtype in STORE_DTYPES:
+        name = "ps_kd_bf16" if dtype == "bfloat16" else f"ps_kd_{dtype}"
+        models[name] = recipes.ps_kd(student(), alpha=0.8, store_dtype=dtype)
     for name, model in models.items():
         if not name.startswith("plain"):
             model.compile(optimizer=_optimizer())
@@ -605,9 +640,13 @@ def build_cases(kind, settings, num_classes, clock):
     cases = [Case(name, model, x, y, batch, clock) for name, model in models.items()]
 
     # Cached logits: the teacher runs once over the (non-augmented) data.
+    def dkd(cached):
+        return recipes.dkd(student(), cached, warmup_epochs=0)
+
     for name, source, make in (
         ("tfkd_self_cached", self_teacher, tfkd_self),
         ("kd_cached", teacher, kd),
+        ("dkd_cached", teacher, dkd),
     ):
         cached = teachers.CachedTeacher.from_model(source, x, batch_size=batch)
         model = make(cached)
@@ -677,6 +716,17 @@ def model_rows(kind, config):
             f"{len(times[den])}); ratio of medians {medians:.3f}"
         )
         rows.append(_row(kind, label, best[num] / best[den], target, detail))
+    losses = {case.name: case.losses for case in cases}
+    for dtype in STORE_DTYPES:
+        name = "ps_kd_bf16" if dtype == "bfloat16" else f"ps_kd_{dtype}"
+        ref, got = losses["ps_kd"][-1], losses[name][-1]
+        detail = (
+            f"loss {got:.6f} vs {ref:.6f} after {len(losses[name])} epochs from the "
+            "same weights and batches; store 2 bytes x K per example (float32: 4)"
+        )
+        label = STORE_ROW.format(dtype=dtype)
+        change = 1e6 * abs(got - ref) / abs(ref)
+        rows.append(_row(kind, label, change, None, detail))
     step_ips = settings["batch"] / best["plain"]
     for engine in pipeline_engines():
         ips = pipeline_images_per_second(
@@ -697,6 +747,77 @@ def _logits_student(num_classes):
     inputs = keras.Input((1,))
     outputs = keras.layers.Dense(num_classes, use_bias=False)(inputs)
     return keras.Model(inputs, outputs, name=f"logits_{num_classes}")
+
+
+def _textbook_kl_loss():
+    """`SoftTargetKL` with the textbook value ``sum p_t (log p_t - log p_s)``."""
+    from keras import ops
+
+    from keras_tfkd import losses
+
+    class TextbookKL(losses.SoftTargetKL):
+        def call(self, y_true, y_pred):
+            log_p_t = ops.log_softmax(y_true / self.teacher_temperature, axis=-1)
+            log_p_s = ops.log_softmax(y_pred / self.temperature, axis=-1)
+            kl = ops.sum(ops.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+            return self.factor(y_pred.shape[-1]) * kl
+
+    return TextbookKL(
+        temperature=1.0,
+        teacher_temperature=REG_T,
+        multiplier=REG_M,
+        temperature_squared=False,
+    )
+
+
+def exact_kl_row(config):
+    """The exact KL value's soft-term cost over the textbook one's, at K = 10^4.
+
+    Both are Tf-KD_reg steps of the one-``Dense(K)`` student; each cost is the
+    step minus a plain step, so the ratio compares the two soft terms alone.
+    """
+    import numpy as np
+
+    from keras_tfkd import Distiller, recipes, teachers
+
+    settings, clock = config["soft"], CLOCKS[config["clock"]]
+    batch, n, k = (
+        settings["batch"],
+        settings["batch"] * settings["steps"],
+        EXACT_CLASSES,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 1)).astype("float32")
+    y = rng.integers(0, k, n).astype("int32")
+    plain = _logits_student(k)
+    plain.compile(optimizer=_optimizer(), loss=_hard_loss())
+    exact = recipes.tfkd_reg(
+        _logits_student(k), k, alpha=REG_ALPHA, temperature=REG_T, multiplier=REG_M
+    )
+    textbook = Distiller(
+        student=_logits_student(k),
+        teacher=teachers.VirtualTeacher(k, correct_prob=0.99),
+        soft_loss=_textbook_kl_loss(),
+        alpha=REG_ALPHA,
+    )
+    for model in (exact, textbook):
+        model.compile(optimizer=_optimizer())
+    cases = [
+        Case("plain", plain, x, y, batch, clock),
+        Case("exact", exact, x, y, batch, clock),
+        Case("textbook", textbook, x, y, batch, clock),
+    ]
+    times = time_cases(cases, settings["repeats"])
+    best = {name: min(values) for name, values in times.items()}
+    cost_exact = best["exact"] - best["plain"]
+    cost_textbook = best["textbook"] - best["plain"]
+    detail = (
+        f"soft term {_ms(cost_exact)} vs {_ms(cost_textbook)} ms per step (steps "
+        f"{_ms(best['exact'])} / {_ms(best['textbook'])} / plain {_ms(best['plain'])})"
+    )
+    label = EXACT_ROW.format(k=k)
+    ratio = cost_exact / max(cost_textbook, 1e-9)
+    return _row("logits", label, ratio, 1.5, detail)
 
 
 def soft_term_rows(config, student_step):
@@ -758,6 +879,7 @@ def run_benchmarks(config):
         rows += kind_rows
         student_step = student_step or plain_step
     rows += soft_term_rows(config, student_step)
+    rows.append(exact_kl_row(config))
     return rows
 
 

@@ -649,7 +649,9 @@ class Distiller(keras.Model):
         if training and isinstance(self.teacher, teachers_lib.Teacher):
             # Per-step state (PS-KD's predictions, OLS's class sums), from this
             # forward pass, before the weight update.
-            self.teacher.update(x, y, ops.stop_gradient(y_pred))
+            self.teacher.update(
+                x, y, ops.stop_gradient(ops.convert_to_tensor(y_pred))
+            )
         hard_weight, soft_weight = self._weight_tensors()
         total = hard_weight * hard + soft_weight * soft
         for extra in self.losses:

@@ -54,7 +54,7 @@ def _figure(rows, title=""):
     absolute = fig.add_subplot(grid[0, 0])
     delta = fig.add_subplot(grid[0, 1], sharey=absolute)
     curves = fig.add_subplot(grid[1, :])
-    colors = [f"C{i % 10}" for i in range(len(rows))]
+    colors = [_color(i) for i in range(len(rows))]
     classes = {r["num_classes"] for r in rows if r.get("num_classes")}
     chance = 100 / classes.pop() if len(classes) == 1 else None
     several = any(r["n"] > 1 for r in rows)
@@ -63,6 +63,18 @@ def _figure(rows, title=""):
     _curves_panel(curves, rows, colors, chance)
     fig.suptitle("\n".join(t for t in (title, spread) if t), fontsize=10)
     return fig
+
+
+#: After matplotlib's ten default colours, the darkest shades of its
+#: ``tab20b`` map: dark enough for the white value labels on the bars.
+_MORE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+
+def _color(i):
+    """A distinct colour for row `i` (15 before the cycle repeats)."""
+    extra = len(_MORE_COLORS)
+    i %= 10 + extra
+    return f"C{i}" if i < 10 else _MORE_COLORS[i - 10]
 
 
 def _accuracy_panel(ax, rows, colors, chance, several):
