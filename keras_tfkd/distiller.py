@@ -265,7 +265,8 @@ _FRAMEWORK_MODULES = ("keras.", "tensorflow.", "tf_keras.", "torch.", "jax.")
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
 class Distiller(keras.Model):
-    """Trains `student` on ``(1 - alpha) * hard + alpha * soft``.
+    """Trains `student` on ``(1 - alpha) * hard + alpha * soft``, or on
+    ``hard_weight * hard + soft_weight * soft``.
 
     * ``hard`` is the loss against the labels: the `hard_loss` given here or to
       `compile(loss=...)`, else cross-entropy on logits (sparse for integer
@@ -288,7 +289,17 @@ class Distiller(keras.Model):
 
     `alpha` lives in a non-trainable variable: `distiller.alpha = 0.3` (or
     `keras_tfkd.callbacks.AlphaScheduler`) takes effect at the next step
-    without retracing.
+    without retracing. For weights that need not sum to 1 (DKD's
+    ``CE + w * DKD``) give `hard_weight` and `soft_weight` instead (each
+    defaults to 1 when the other is given); they are variables too. Any of
+    the three may be a `keras_tfkd.weight_schedules.WeightSchedule`, which
+    `fit` sets at every epoch begin (``value(epoch, epochs)`` with `fit`'s
+    ``epochs``, or `schedule_epochs` when set) and logs in ``history``.
+
+    A soft loss that subclasses `keras_tfkd.losses.LabelAwareLoss` also
+    receives the labels. A `Teacher` may keep state that it updates after
+    every training step from the student's logits and at epoch ends
+    (`keras_tfkd.online`: PS-KD, OLS, CS-KD); `fit` runs its hooks.
 
     Every argument is keyword-only: ``Distiller(student=..., teacher=...)``.
     (`keras.distillation.Distiller` takes ``(teacher, student)`` positionally,
@@ -300,10 +311,13 @@ class Distiller(keras.Model):
         teacher: a logits `keras.Model`, a `Teacher`, or None.
         soft_loss: a `keras.losses.Loss` or a list of them; defaults to
             `SoftTargetKL()` (batch-mean KL at T = 1) when there is a teacher.
-        alpha: weight of the soft term, in [0, 1].
+        alpha: weight of the soft term, in [0, 1] (default 0.5), or a
+            `WeightSchedule`; the hard term weighs ``1 - alpha``.
         hard_loss: loss against the labels (overridden by `compile(loss=...)`);
             a `keras.losses.Loss` on logits. Cross-entropy names are refused,
             see `compile`.
+        hard_weight, soft_weight: the two weights, numbers >= 0 or
+            `WeightSchedule` objects, instead of `alpha` (not with it).
 
     Example:
 
@@ -649,9 +663,7 @@ class Distiller(keras.Model):
         if training and isinstance(self.teacher, teachers_lib.Teacher):
             # Per-step state (PS-KD's predictions, OLS's class sums), from this
             # forward pass, before the weight update.
-            self.teacher.update(
-                x, y, ops.stop_gradient(ops.convert_to_tensor(y_pred))
-            )
+            self.teacher.update(x, y, ops.stop_gradient(ops.convert_to_tensor(y_pred)))
         hard_weight, soft_weight = self._weight_tensors()
         total = hard_weight * hard + soft_weight * soft
         for extra in self.losses:

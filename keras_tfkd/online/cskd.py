@@ -28,6 +28,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_tfkd.online._checks import check_integer
 from keras_tfkd.teachers import INPUTS_KEY, PAIR_INPUTS_KEY, Teacher, is_packed
 from keras_tfkd.validation import check_sample_weight, is_dataset
 
@@ -35,21 +36,6 @@ __all__ = ["ClassPairBatches", "ClassPairTeacher"]
 
 # Spawn keys of the random streams of a pass (epoch) and of a batch.
 _ORDER, _PARTNERS, _AUGMENT_ORIGINALS, _AUGMENT_PARTNERS = 0, 1, 2, 3
-
-
-def _check_integer(name, value, minimum, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
-        none = "None or " if allow_none else ""
-        raise ValueError(
-            f"`{name}` must be {none}an integer >= {minimum}, got {name}={value!r}."
-        )
-    return int(value)
 
 
 def _check_bool(name, value):
@@ -215,7 +201,7 @@ class ClassPairBatches(keras.utils.PyDataset):
         workers=1,
     ):
         super().__init__(
-            workers=_check_integer("workers", workers, 1), use_multiprocessing=False
+            workers=check_integer("workers", workers, 1), use_multiprocessing=False
         )
         if isinstance(x, (dict, list, tuple)):
             raise ValueError(
@@ -226,12 +212,12 @@ class ClassPairBatches(keras.utils.PyDataset):
         self._x = np.asarray(x)
         if self._x.ndim == 0:
             raise ValueError(f"`x` must be an array (N, ...), got x={x!r}.")
-        self.batch_size = _check_integer("batch_size", batch_size, 1)
-        self.seed = _check_integer("seed", seed, 0, allow_none=True)
+        self.batch_size = check_integer("batch_size", batch_size, 1)
+        self.seed = check_integer("seed", seed, 0, allow_none=True)
         self.shuffle = _check_bool("shuffle", shuffle)
         self.allow_self = _check_bool("allow_self", allow_self)
         if num_classes is not None:
-            num_classes = _check_integer("num_classes", num_classes, 2)
+            num_classes = check_integer("num_classes", num_classes, 2)
         self.num_classes = num_classes
         if augment is not None and not callable(augment):
             raise ValueError(
@@ -277,7 +263,7 @@ class ClassPairBatches(keras.utils.PyDataset):
             self._batches = math.ceil(n / self.batch_size)
         self._lock = threading.Lock()
         self._draws = {}
-        self._start = _check_integer("epoch", epoch, 0)
+        self._start = check_integer("epoch", epoch, 0)
         self._reads = np.zeros(self._batches, dtype=np.int64)
 
     # ------------------------------------------------------------ properties
@@ -302,7 +288,7 @@ class ClassPairBatches(keras.utils.PyDataset):
     def set_epoch(self, epoch):
         """Make `epoch` the pass of the next read of every batch (reads recount)."""
         with self._lock:
-            self._start = _check_integer("epoch", epoch, 0)
+            self._start = check_integer("epoch", epoch, 0)
             self._reads[:] = 0
 
     # --------------------------------------------------------- PyDataset API
@@ -332,7 +318,7 @@ class ClassPairBatches(keras.utils.PyDataset):
         ``order[b * batch_size : (b + 1) * batch_size]``); ``partners[i]`` is
         the partner of example ``i`` in that pass.
         """
-        epoch = _check_integer("epoch", epoch, 0)
+        epoch = check_integer("epoch", epoch, 0)
         with self._lock:
             cached = self._draws.get(epoch)
         if cached is not None:
@@ -539,7 +525,7 @@ class ClassPairTeacher(Teacher):
 
     def __init__(self, num_classes, seed=None, allow_self=False, **kwargs):
         super().__init__(num_classes, **kwargs)
-        self.seed = _check_integer("seed", seed, 0, allow_none=True)
+        self.seed = check_integer("seed", seed, 0, allow_none=True)
         self.allow_self = _check_bool("allow_self", allow_self)
         # Neither is tracked by Keras: a function returning the student, and a
         # weak reference to the batches of the current fit.

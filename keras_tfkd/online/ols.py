@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_tfkd import _backend
 from keras_tfkd.losses import integer_labels
+from keras_tfkd.online._checks import check_choice
 from keras_tfkd.teachers import Teacher
 
 __all__ = ["OnlineSoftLabels", "OLS_VARIANTS"]
@@ -135,12 +136,7 @@ class OnlineSoftLabels(Teacher):
 
     def __init__(self, num_classes, variant="official", epsilon=0.1, **kwargs):
         super().__init__(num_classes, **kwargs)
-        if variant not in OLS_VARIANTS:
-            raise ValueError(
-                f"`variant` must be one of {', '.join(map(repr, OLS_VARIANTS))}, "
-                f"got variant={variant!r}."
-            )
-        self.variant = variant
+        self.variant = check_choice("variant", variant, OLS_VARIANTS)
         self.epsilon = _check_epsilon(epsilon)
         k = self.num_classes
         self.matrix = self._state("soft_label_matrix", (k, k), self._initial_matrix)

@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_tfkd import _backend
 from keras_tfkd.losses import integer_labels
+from keras_tfkd.online._checks import check_choice, check_integer
 from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, Teacher, is_packed
 
 __all__ = ["PastPredictions", "STORE_DTYPES", "store_bytes"]
@@ -29,18 +30,6 @@ def store_bytes(num_examples, num_classes, store_dtype="float32"):
     """
     itemsize = 4 if store_dtype == "float32" else 2
     return int(num_examples) * int(num_classes) * itemsize
-
-
-def _check_count(name, value, minimum):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or (value < minimum)
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}, got {name}={value!r}."
-        )
-    return int(value)
 
 
 def _num_rows(x):
@@ -119,12 +108,7 @@ class PastPredictions(Teacher):
 
     def __init__(self, num_examples, num_classes, store_dtype="float32", **kwargs):
         super().__init__(num_classes, **kwargs)
-        if store_dtype not in STORE_DTYPES:
-            raise ValueError(
-                f"`store_dtype` must be one of {', '.join(map(repr, STORE_DTYPES))}"
-                f", got store_dtype={store_dtype!r}."
-            )
-        self.store_dtype = store_dtype
+        self.store_dtype = check_choice("store_dtype", store_dtype, STORE_DTYPES)
         self.num_examples = None
         self.predictions = None
         if num_examples is not None:
@@ -132,7 +116,7 @@ class PastPredictions(Teacher):
 
     def build_store(self, num_examples):
         """Create the ``(num_examples, K)`` store once (the same N again: no-op)."""
-        num_examples = _check_count("num_examples", num_examples, 1)
+        num_examples = check_integer("num_examples", num_examples, 1)
         if self.predictions is not None:
             if num_examples != self.num_examples:
                 raise ValueError(
