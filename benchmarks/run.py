@@ -151,9 +151,9 @@ EXACT_ROW = (
     "KL value at K={k}, distributions {regime}: exact (SoftTargetKL) / textbook,"
     " soft-term cost"
 )
-#: "apart": Tf-KD_reg's softened virtual teacher against a fresh student (the
-#: textbook value is exact there, and used); "close": the student's own cached
-#: logits as the teacher (the cancellation-free form runs).
+#: "apart": Tf-KD_reg's softened virtual teacher against a student whose
+#: logits have a spread of 3; "close": the student's own cached logits as the
+#: teacher of a T = 1 KD, the case the cancellation-free form is for.
 EXACT_REGIMES = ("apart", "close")
 EXACT_CLASSES = 10000
 LINEAR_ROW = "tfkd_reg soft term: R^2 of a linear fit in K"
@@ -746,13 +746,24 @@ def model_rows(kind, config):
     return rows, best["plain"]
 
 
-def _logits_student(num_classes):
-    """A student whose step is little more than its `num_classes` logits."""
+def _logits_student(num_classes, spread=None):
+    """A student whose step is little more than its `num_classes` logits.
+
+    `spread`: the standard deviation of its kernel (so of its logits on a
+    standard normal input); None: Keras's default (logits near 0).
+    """
     import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((1,))
-    outputs = keras.layers.Dense(num_classes, use_bias=False)(inputs)
+    init = (
+        "glorot_uniform"
+        if spread is None
+        else keras.initializers.RandomNormal(stddev=spread)
+    )
+    outputs = keras.layers.Dense(num_classes, use_bias=False, kernel_initializer=init)(
+        inputs
+    )
     return keras.Model(inputs, outputs, name=f"logits_{num_classes}")
 
 
@@ -777,9 +788,10 @@ def exact_kl_rows(config):
 
     Each cost is a Distiller step of the one-``Dense(K)`` student minus a
     plain step, so the ratio compares the two soft terms alone. Two regimes
-    (`EXACT_REGIMES`): Tf-KD_reg's virtual teacher at T = 20 (distributions
-    apart) and the student's own logits, cached, as the teacher of a T = 1 KD
-    (distributions close, where the cancellation-free form is needed).
+    (`EXACT_REGIMES`): Tf-KD_reg's virtual teacher at T = 20 against a
+    student with spread-out logits (distributions apart) and the student's own
+    logits, cached, as the teacher of a T = 1 KD (distributions close, where
+    the cancellation-free form is needed).
     """
     import numpy as np
 
@@ -811,11 +823,12 @@ def exact_kl_rows(config):
         ):
             if regime == "apart":
                 teacher, inputs = teachers.VirtualTeacher(k, correct_prob=0.99), x
-                loss = make(**apart)
+                loss, student = make(**apart), _logits_student(k, spread=3.0)
             else:
                 teacher, inputs, loss = cached, cached.attach(x), make(temperature=1.0)
+                student = _logits_student(k)
             model = Distiller(
-                student=_logits_student(k), teacher=teacher, soft_loss=loss, alpha=0.5
+                student=student, teacher=teacher, soft_loss=loss, alpha=0.5
             )
             model.compile(optimizer=_optimizer())
             cases.append(Case(f"{regime} {name}", model, inputs, y, batch, clock))
