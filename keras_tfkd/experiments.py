@@ -70,6 +70,7 @@ __all__ = [
     "UnknownNameError",
     "FIELD_CHOICES",
     "FIELD_HELP",
+    "FIELD_MINIMUMS",
     "RUN_FIELDS",
     "available",
     "check_method",
@@ -235,6 +236,9 @@ FIELD_HELP = types.MappingProxyType(
 RUN_FIELDS = tuple(FIELD_HELP)
 #: Fields whose values are one of a few names.
 FIELD_CHOICES = types.MappingProxyType({"kl": KL_FORMS})
+#: The smallest value of each integer field a run may set (1 unless listed):
+#: DKD's warm-up may be 0 epochs (its full weight from the first step).
+FIELD_MINIMUMS = types.MappingProxyType({"warmup_epochs": 0})
 
 
 def field_kind(name):

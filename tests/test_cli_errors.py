@@ -130,6 +130,19 @@ def test_bad_seed_of_run(capsys):
     assert "argument --seed: invalid seed '-1'" in err
 
 
+def test_integer_run_flags_name_their_own_minimum(capsys):
+    """DKD's warm-up may be 0 epochs; every other integer flag starts at 1."""
+    parse = cli.build_parser().parse_args
+    base = ["run", "--experiment", "dkd/mobilenet_v2_from_resnet18"]
+    assert parse([*base, "--warmup-epochs", "0"]).warmup_epochs == 0
+    for flag, bad, minimum in (("--warmup-epochs", "-1", 0), ("--epochs", "0", 1)):
+        with pytest.raises(SystemExit) as info:
+            parse([*base, flag, bad])
+        assert info.value.code == 2
+        err = _short(capsys.readouterr().err, "keras-tfkd run")
+        assert f"argument {flag}: must be an integer >= {minimum}" in err, err
+
+
 def test_help_explains_seeds(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["study", "--help"])

@@ -76,14 +76,24 @@ class _NumSeedsAction(argparse.Action):
         namespace.seeds = list(range(values))
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _int_at_least(minimum):
+    """An argparse type: an integer >= `minimum`, else the one-line error."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer >= {minimum}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _add_backend(parser):
@@ -101,11 +111,20 @@ def _add_backend(parser):
 #: `_add_field_flags` adds them and `_run_experiment` collects them over
 #: ``--config``'s fields.
 _FIELD_TYPES = {"number": float, "integer": _positive_int, "string": None}
+
+
 #: ``keras-tfkd run``'s experiment flags, one per overridable field of
 #: `Experiment` (`experiments.RUN_FIELDS`): field -> (type, choices, help).
+def _field_type(field):
+    kind = _experiments.field_kind(field)
+    if kind == "integer":
+        return _int_at_least(_experiments.FIELD_MINIMUMS.get(field, 1))
+    return _FIELD_TYPES[kind]
+
+
 _RUN_FIELD_FLAGS = {
     field: (
-        _FIELD_TYPES[_experiments.field_kind(field)],
+        _field_type(field),
         _experiments.FIELD_CHOICES.get(field),
         _experiments.FIELD_HELP[field],
     )
