@@ -121,6 +121,13 @@ def _resolve_hard_loss(loss):
     return cls()
 
 
+def _checked_weight(name, value):
+    """`alpha` in [0, 1], a hard or soft weight >= 0 (or a schedule of it)."""
+    if name == "alpha":
+        return _check_alpha(value)
+    return weight_schedules.check_weight(name, value)
+
+
 def _loss_weights(alpha, hard_weight, soft_weight):
     """The weighting a Distiller was given: ``alpha`` (convex) or free weights."""
     if hard_weight is None and soft_weight is None:
@@ -187,10 +194,7 @@ class _EpochHooks(keras.callbacks.Callback):
         distiller = self._distiller
         for name, schedule in distiller._schedules.items():
             value = schedule.value(epoch, self._epochs())
-            checked = _check_alpha(value) if name == "alpha" else value
-            getattr(distiller, f"_{name}").assign(
-                weight_schedules.check_weight(name, checked)
-            )
+            getattr(distiller, f"_{name}").assign(_checked_weight(name, value))
         if isinstance(distiller.teacher, teachers_lib.Teacher):
             distiller.teacher.on_epoch_begin(epoch, self._epochs())
 
@@ -479,10 +483,7 @@ class Distiller(keras.Model):
                 "hard_weight=/soft_weight= for weights that need not sum to 1."
             )
         self._weight(name)  # the AttributeError above, for `alpha`
-        if name == "alpha":
-            value = _check_alpha(value)
-        else:
-            value = weight_schedules.check_weight(name, value)
+        value = _checked_weight(name, value)
         if isinstance(value, weight_schedules.WeightSchedule):
             raise TypeError(
                 f"A schedule is given at construction (Distiller({name}=...)); "

@@ -171,13 +171,27 @@ def attach_example_index(teacher, x):
     >>> packed["example_index"].tolist()
     [0, 1, 2, 3, 4]
     """
-    if not getattr(teacher, "requires_example_index", False):
+    if not getattr(teacher, "requires_example_index", False) or is_packed(x):
         return x
-    if is_packed(x) or not _is_array_input(x):
+    n = array_rows(x)
+    if n is None:
         return x
-    leaves = list(x.values()) if isinstance(x, dict) else x
-    n = len(leaves[0]) if isinstance(x, (dict, list, tuple)) else len(x)
     return {INPUTS_KEY: x, EXAMPLE_INDEX_KEY: np.arange(n, dtype="int32")}
+
+
+def array_rows(x):
+    """The number of examples of array inputs, packed or not; None for others.
+
+    Arrays, or a dict/list of them (its first leaf is counted), possibly
+    packed as ``{"inputs": x, ...}``; a dataset or generator gives None.
+    """
+    if is_packed(x):
+        x = x[INPUTS_KEY]
+    if not _is_array_input(x):
+        return None
+    while isinstance(x, (dict, list, tuple)):
+        x = next(iter(x.values())) if isinstance(x, dict) else x[0]
+    return int(x.shape[0])
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_tfkd import _backend
 from keras_tfkd.losses import integer_labels
 from keras_tfkd.online._checks import check_choice, check_integer
-from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, Teacher, is_packed
+from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, Teacher, array_rows, is_packed
 
 __all__ = ["PastPredictions", "STORE_DTYPES", "store_bytes"]
 
@@ -37,17 +36,7 @@ def _num_rows(x):
     labels = getattr(x, "labels", None)  # keras_tfkd.data.pipeline (NumPy engine)
     if labels is not None and hasattr(labels, "shape"):
         return int(labels.shape[0])
-    if is_packed(x):
-        x = x["inputs"]
-    if isinstance(x, dict) and x:
-        x = next(iter(x.values()))
-    if isinstance(x, (list, tuple)) and x:
-        x = x[0]
-    if isinstance(x, np.ndarray) or (
-        hasattr(x, "shape") and hasattr(x, "dtype") and not hasattr(x, "element_spec")
-    ):
-        return int(x.shape[0])
-    return None
+    return array_rows(x)
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
