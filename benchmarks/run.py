@@ -115,6 +115,13 @@ RATIO_ROWS = (
     ),
     ("tfkd_self_cached", "plain", "tfkd_self (cached logits) / plain fit", 1.10, None),
     ("kd_cached", "plain", "kd (cached logits) / plain fit", 1.10, None),
+    (
+        "kd_features",
+        "kd",
+        "kd + FitNets feature term (last feature map, conv adapter) / kd",
+        1.10,
+        None,
+    ),
     ("ps_kd", "plain", "ps_kd / plain fit", 1.05, None),
     ("ols", "plain", "online_label_smoothing / plain fit", 1.05, None),
     ("dkd_cached", "plain", "dkd (cached logits) / plain fit", 1.05, None),
@@ -622,6 +629,7 @@ def build_cases(kind, settings, num_classes, clock):
     )
     if keras.backend.backend() == "torch":
         models["kd_fast"] = kd(_frozen_forward_teacher(teacher))
+    models["kd_features"] = _kd_with_features(student(), teacher)
     # The teacher-free family (docs/methods.md), at their published settings.
     models.update(
         ps_kd=recipes.ps_kd(student(), alpha=0.8),
@@ -660,6 +668,39 @@ def build_cases(kind, settings, num_classes, clock):
         model.compile(optimizer=_optimizer())
         cases.append(Case(name, model, cached.attach(x), y, batch, clock))
     return cases
+
+
+def _last_feature_layer(model):
+    """The name of the last layer with an image-shaped (N, H, W, C) output."""
+    return [layer for layer in model.layers if len(layer.output.shape) == 4][-1].name
+
+
+def _kd_with_features(student, teacher):
+    """`recipes.kd`'s loss plus a FitNets term on the last feature maps (one pass)."""
+    from keras_tfkd import Distiller, Term, losses
+
+    return Distiller(
+        student=student,
+        terms=[
+            Term(
+                teacher,
+                losses.SoftTargetKL(temperature=KD_T, kl="batchmean"),
+                weight=KD_ALPHA,
+                name="kd",
+            ),
+            Term(
+                teacher,
+                losses.FeatureDistillation(
+                    _last_feature_layer(student),
+                    _last_feature_layer(teacher),
+                    adapter="conv",
+                ),
+                weight=1.0,
+                name="fitnet",
+            ),
+        ],
+        hard_weight=1.0 - KD_ALPHA,
+    )
 
 
 def _synthetic_cifar(n, num_classes):

@@ -5,10 +5,13 @@ Regularization* (Yuan et al., CVPR 2020) on TensorFlow, JAX and PyTorch.
 
 Public API:
 
-* `keras_tfkd.Distiller` - a `keras.Model` mixing hard CE with soft targets.
+* `keras_tfkd.Distiller` - a `keras.Model` mixing hard CE with soft targets;
+  `keras_tfkd.Term` - one weighted term (a teacher and its losses) of it.
 * `keras_tfkd.losses` - `SoftTargetKL`, `SoftTargetCrossEntropy`,
   `LabelSmoothingCrossEntropy`.
-* `keras_tfkd.teachers` - `VirtualTeacher`, `UniformTeacher`, `CachedTeacher`.
+* `keras_tfkd.teachers` - `VirtualTeacher`, `UniformTeacher`, `CachedTeacher`,
+  `EnsembleTeacher`.
+* `keras_tfkd.features` - `FeatureDistillation` (also in `keras_tfkd.losses`).
 * `keras_tfkd.recipes` - `baseline`, `label_smoothing`, `kd`, `tfkd_self`,
   `tfkd_reg`.
 * `keras_tfkd.data` - data sets (`load`) and `pipeline` (NumPy `PyDataset` or
@@ -45,6 +48,8 @@ _MODULES = {
     "study",
     "cli",
     "distribution",
+    "features",
+    "terms",
 }
 
 # Old paths of modules that moved (into `keras_tfkd.data`, `keras_tfkd.runs`):
@@ -52,7 +57,7 @@ _MODULES = {
 # with a DeprecationWarning, and are left out of __all__.
 _MOVED_MODULES = {"augment", "pydataset", "workflows"}
 
-__all__ = ["Distiller", *sorted(_MODULES)]
+__all__ = ["Distiller", "Term", *sorted(_MODULES)]
 
 
 def __getattr__(name):
@@ -61,6 +66,11 @@ def __getattr__(name):
 
         globals()[name] = Distiller
         return Distiller
+    if name == "Term":
+        from keras_tfkd.terms import Term
+
+        globals()[name] = Term
+        return Term
     if name in _MODULES or name in _MOVED_MODULES:
         module = importlib.import_module(f"keras_tfkd.{name}")
         globals()[name] = module

@@ -65,8 +65,13 @@ __all__ = [
 ]
 
 
-def frozen_forward(model, inputs):
+def frozen_forward(model, inputs, capture=None):
     """``model(inputs, training=False)`` for a frozen model, without gradient.
+
+    `capture` is an active `keras_tfkd.features.FeatureCapture` that records
+    some layers' outputs on the way (feature distillation): layers Keras runs
+    record themselves, and the PyTorch path below records the layers it runs
+    as torch functions.
 
     The result equals ``model(inputs, training=False)`` (to float rounding on
     PyTorch, where a faster path runs the model's convolutions, batch
@@ -82,7 +87,7 @@ def frozen_forward(model, inputs):
     (2, 3)
     """
     if keras.backend.backend() == "torch":
-        return _torch_frozen_forward(model, inputs)
+        return _torch_frozen_forward(model, inputs, capture)
     return model(inputs, training=False)
 
 
@@ -218,7 +223,7 @@ def enable_op_determinism():
 # --------------------------------------------------------------------------
 
 
-def _torch_frozen_forward(model, inputs):
+def _torch_frozen_forward(model, inputs, capture=None):
     import torch
 
     with torch.no_grad():
@@ -226,7 +231,7 @@ def _torch_frozen_forward(model, inputs):
         if graph is None:
             return model(inputs, training=False)
         x = keras.ops.convert_to_tensor(inputs)
-        return _run_graph(graph, x)
+        return _run_graph(graph, x, capture)
 
 
 def _functional_graph(model):
@@ -242,18 +247,22 @@ def _functional_graph(model):
     return model
 
 
-def _run_graph(model, x):
+def _run_graph(model, x, capture=None):
     def fast(operation):
-        handler = _torch_handler(operation)
-        if handler is not None:
-            return handler
-        return _keras_compat.graph_operation_fn(operation, training=False)
+        handler = _torch_handler(operation, capture)
+        if handler is None:
+            return _keras_compat.graph_operation_fn(operation, training=False)
+        if capture is not None and capture.wants(operation):
+            return lambda *args, **kwargs: capture.record(
+                operation, handler(*args, **kwargs)
+            )
+        return handler
 
     outputs = _keras_compat.run_through_graph(model, [x], fast)
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
-def _torch_handler(layer):
+def _torch_handler(layer, capture=None):
     """A torch function computing `layer` in inference mode, or None."""
     if getattr(layer, "quantization_mode", None) or getattr(
         layer, "lora_enabled", False
@@ -263,7 +272,7 @@ def _torch_handler(layer):
         return None
     sub = _functional_graph(layer) if isinstance(layer, keras.Model) else None
     if sub is not None:
-        return lambda x, **kwargs: _run_graph(sub, x)
+        return lambda x, **kwargs: _run_graph(sub, x, capture)
     if type(layer) is keras.layers.Conv2D and layer.data_format == "channels_last":
         return lambda x, **kwargs: _conv2d(layer, x)
     if type(layer) is keras.layers.DepthwiseConv2D and (

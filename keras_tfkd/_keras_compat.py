@@ -17,6 +17,8 @@ access                          used by
 `has_graph_runner`              `_backend.frozen_forward` (PyTorch fast path)
 `run_through_graph`             `_backend.frozen_forward` (PyTorch fast path)
 `graph_operation_fn`            `_backend.frozen_forward` (PyTorch fast path)
+`nested_layers`                 `features.find_layer` (feature distillation)
+`record_outputs`                `features.FeatureCapture` (feature distillation)
 `uses_weight_decay`             `schedules.CoupledSGD.update_step`
 `variable_index`                `schedules.CoupledSGD.update_step`
 `NoDecoupledWeightDecay`        `schedules.CoupledSGD` (a base class)
@@ -30,6 +32,8 @@ test here), never ``import keras_tfkd``.
 
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
     "CHECKED_ON",
     "NoDecoupledWeightDecay",
@@ -37,6 +41,8 @@ __all__ = [
     "graph_operation_fn",
     "has_graph_runner",
     "is_functional",
+    "nested_layers",
+    "record_outputs",
     "run_through_graph",
     "sequential_graph",
     "unscale_loss_for_distribution",
@@ -152,6 +158,58 @@ def graph_operation_fn(operation, training):
     from keras.src.models.functional import operation_fn
 
     return operation_fn(operation, training=training)
+
+
+# ------------------------------------------------- intermediate layer outputs
+def nested_layers(model):
+    """Every layer inside `model`, at any depth (each once), `model` excluded.
+
+    Reaches ``Layer._flatten_layers(include_self=False, recursive=True)``:
+    `keras.Model.layers` lists only the direct children, so the blocks of a
+    subclassed model and the layers inside them would be out of reach of a
+    feature-distillation term that names them.
+
+    Checked on Keras 3.15.1.
+    """
+    return model._flatten_layers(include_self=False, recursive=True)
+
+
+@contextlib.contextmanager
+def record_outputs(layers, record):
+    """While active, every call of a layer in `layers` hands its output to `record`.
+
+    ``record(layer, outputs)`` runs after the layer's own ``call``. This is
+    done by shadowing the layer's bound ``call`` with an instance attribute
+    (Keras's ``Layer.__call__`` and ``Operation.__call__`` look ``self.call``
+    up at every call, after their own bookkeeping), removed on exit, so a
+    Functional, Sequential or subclassed model is recorded in the same
+    forward pass that computes its output: no second pass, and nothing is
+    left on the user's model. Inside a traced step (``tf.function``,
+    ``jax.jit``) the recording happens once, at trace time, which is all a
+    traced step needs.
+
+    Checked on Keras 3.15.1.
+    """
+    patched = []
+    try:
+        for layer in layers:
+            original = layer.call
+
+            def call(*args, _original=original, _layer=layer, **kwargs):
+                outputs = _original(*args, **kwargs)
+                record(_layer, outputs)
+                return outputs
+
+            shadowed = "call" in vars(layer)
+            patched.append((layer, shadowed, original))
+            object.__setattr__(layer, "call", call)
+        yield
+    finally:
+        for layer, shadowed, original in reversed(patched):
+            if shadowed:
+                object.__setattr__(layer, "call", original)
+            else:
+                object.__delattr__(layer, "call")
 
 
 # ------------------------------------------------------------------ optimizer

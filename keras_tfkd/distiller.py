@@ -11,9 +11,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfkd import _keras_compat, validation, weight_schedules
+from keras_tfkd import _backend, _keras_compat, validation, weight_schedules
+from keras_tfkd import features as features_lib
 from keras_tfkd import losses as losses_lib
 from keras_tfkd import teachers as teachers_lib
+from keras_tfkd import terms as terms_lib
 
 __all__ = ["Distiller"]
 
@@ -194,21 +196,105 @@ class _EpochHooks(keras.callbacks.Callback):
         distiller = self._distiller
         for name, schedule in distiller._schedules.items():
             value = schedule.value(epoch, self._epochs())
-            getattr(distiller, f"_{name}").assign(_checked_weight(name, value))
-        if isinstance(distiller.teacher, teachers_lib.Teacher):
-            distiller.teacher.on_epoch_begin(epoch, self._epochs())
+            distiller._weight_var(name).assign(_checked_weight(name, value))
+        for teacher in distiller._hook_teachers():
+            teacher.on_epoch_begin(epoch, self._epochs())
 
     def on_epoch_end(self, epoch, logs=None):
         distiller = self._distiller
-        if isinstance(distiller.teacher, teachers_lib.Teacher):
-            distiller.teacher.on_epoch_end(epoch)
+        for teacher in distiller._hook_teachers():
+            teacher.on_epoch_end(epoch)
         if logs is not None:
             for name in distiller._schedules:
                 logs[name] = distiller._weight(name)
 
 
-def _has_epoch_hooks(teacher):
-    return isinstance(teacher, teachers_lib.Teacher) and teacher.has_epoch_hooks
+def _select_output(outputs, output_name, what):
+    """The `output_name` entry (a key or index) of a model's outputs, or the one."""
+    if isinstance(outputs, dict):
+        if output_name not in outputs:
+            raise ValueError(
+                f"The {what} has outputs {sorted(outputs)}: name the one to distil "
+                f"with output_name=..., got output_name={output_name!r}."
+            )
+        return outputs[output_name]
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) == 1 and output_name is None:
+            return outputs[0]
+        n = len(outputs)
+        if not isinstance(output_name, int) or not -n <= output_name < n:
+            raise ValueError(
+                f"The {what} has {n} outputs: give output_name=<index> (0 to "
+                f"{n - 1}) for the one to distil, got output_name={output_name!r}."
+            )
+        return outputs[output_name]
+    return outputs
+
+
+def _output_keys(outputs):
+    if isinstance(outputs, dict):
+        return list(outputs)
+    if isinstance(outputs, (list, tuple)):
+        return list(range(len(outputs)))
+    return []
+
+
+class _Bound:
+    """One soft term as the Distiller runs it (not tracked by Keras)."""
+
+    def __init__(self, name, teacher, losses, weight_name, output_name):
+        self.name = name
+        self.teacher = teacher
+        self.losses = losses
+        self.weight_name = weight_name
+        self.output_name = output_name
+        # FeatureDistillation losses: (loss, student layer, teacher layer).
+        self.features = []
+
+
+class _Plan:
+    """What the Distiller computes per step, kept out of Keras's tracking.
+
+    Holds the resolved feature layers and the student's recorded features of
+    the current forward pass (`call` records them, `compute_loss` reads them),
+    so the student runs once per step with feature terms too.
+    """
+
+    def __init__(self, terms):
+        self.terms = terms
+        self.stash = None
+
+    @property
+    def feature_losses(self):
+        return [link for term in self.terms for link in term.features]
+
+    def student_layers(self):
+        return [layer for _, layer, _ in self.feature_losses]
+
+    def teacher_layers(self, teacher):
+        return [
+            layer
+            for term in self.terms
+            if term.teacher is teacher
+            for _, _, layer in term.features
+        ]
+
+    def teachers(self):
+        distinct = []
+        for term in self.terms:
+            if not any(term.teacher is t for t in distinct):
+                distinct.append(term.teacher)
+        return distinct
+
+    def take(self, y_pred):
+        """The capture of the forward pass that gave `y_pred` (None if another)."""
+        stash, self.stash = self.stash, None
+        if stash is None:
+            return None
+        outputs, capture = stash
+        first = keras.tree.flatten(outputs)[0]
+        given = keras.tree.flatten(y_pred)[0]
+        return capture if first is given else None
 
 
 #: keras.distillation.Distiller's own arguments, refused here with a pointer.
@@ -322,6 +408,15 @@ class Distiller(keras.Model):
             see `compile`.
         hard_weight, soft_weight: the two weights, numbers >= 0 or
             `WeightSchedule` objects, instead of `alpha` (not with it).
+        terms: instead of `teacher`/`soft_loss`/`alpha`/`soft_weight`, a list
+            of `keras_tfkd.Term` (a teacher, its losses, a weight, a name):
+            the loss is ``hard_weight * hard + sum_i weight_i * term_i``, each
+            term logged as ``<name>_loss``, its weight ``<name>_weight``
+            (`weight_names`, `set_weight`). Several teachers, feature terms
+            (`losses.FeatureDistillation`); each model runs once per step.
+        output_name: for a student with several outputs, the key (or index)
+            of the logits to distil; the other outputs keep the losses given
+            to ``compile(loss={...}, loss_weights={...})``.
 
     Example:
 
@@ -350,6 +445,8 @@ class Distiller(keras.Model):
         hard_loss=None,
         hard_weight=None,
         soft_weight=None,
+        terms=None,
+        output_name=None,
         name="distiller",
         **kwargs,
     ):
@@ -361,7 +458,9 @@ class Distiller(keras.Model):
                 f"Distiller got {', '.join(f'`{n}`' for n in keras_names)}, an "
                 "argument of keras.distillation.Distiller: here the soft term is "
                 "`soft_loss=` (a keras.losses.Loss or a list of them) and its "
-                "weight `alpha=` (the hard term weighs 1 - alpha)."
+                "weight `alpha=` (the hard term weighs 1 - alpha); for one weight "
+                "per loss, give terms=[keras_tfkd.Term(teacher, loss, weight), ...] "
+                "and hard_weight=."
             )
         if student is None:
             raise TypeError(
@@ -373,46 +472,82 @@ class Distiller(keras.Model):
             raise TypeError(
                 f"`student` must be a keras.Model, got student={student!r}."
             )
-        weights = _loss_weights(alpha, hard_weight, soft_weight)
-        teachers_lib.check_logits_teacher(student, argument="student")
-        num_classes = student.output_shape[-1] if student.built else None
-        if teacher is not None:
-            if isinstance(teacher, teachers_lib.Teacher):
-                pass
-            elif isinstance(teacher, keras.Model):
-                teachers_lib.check_logits_teacher(teacher)
-                teacher.trainable = False
-            else:
-                raise TypeError(
-                    "`teacher` must be a keras.Model that outputs logits, a "
-                    f"keras_tfkd.teachers.Teacher, or None; got teacher={teacher!r}."
-                )
-            teacher_classes = teachers_lib.teacher_num_classes(teacher)
-            if None not in (num_classes, teacher_classes) and (
-                num_classes != teacher_classes
-            ):
+        if terms is not None:
+            given = {
+                "teacher": teacher,
+                "soft_loss": soft_loss,
+                "alpha": alpha,
+                "soft_weight": soft_weight,
+            }
+            clash = [k for k, v in given.items() if v is not None]
+            if clash:
                 raise ValueError(
-                    f"The teacher predicts {teacher_classes} classes but the student "
-                    f"predicts {num_classes}: `teacher` (num_classes="
-                    f"{teacher_classes}) and `student` (output shape "
-                    f"{student.output_shape}) must agree."
+                    "Give the soft terms either as terms=[Term(...), ...] or as "
+                    "teacher=/soft_loss= with alpha= or soft_weight=, not both: got "
+                    f"terms and {', '.join(f'`{k}`' for k in clash)}. Each Term has "
+                    "its own teacher and weight; hard_weight= weighs the hard term."
                 )
-        soft_losses = _as_loss_list(soft_loss)
-        if teacher is not None and not soft_losses:
-            from keras_tfkd.losses import SoftTargetKL
+            weights = {
+                "weighting": "terms",
+                "hard_weight": weight_schedules.check_weight(
+                    "hard_weight", 1.0 if hard_weight is None else hard_weight
+                ),
+            }
+        else:
+            weights = _loss_weights(alpha, hard_weight, soft_weight)
+        teachers_lib.check_logits_teacher(student, argument="student")
+        self.output_name = output_name
+        num_classes = self._student_classes(student, output_name)
+        if terms is None:
+            soft_losses = _as_loss_list(soft_loss)
+            if teacher is not None and not soft_losses:
+                from keras_tfkd.losses import SoftTargetKL
 
-            soft_losses = [SoftTargetKL()]
-        if soft_losses and teacher is None:
-            raise ValueError(
-                "`soft_loss` was given but `teacher` is None: a soft-target loss "
-                "needs a teacher (a model, VirtualTeacher, UniformTeacher, ...)."
-            )
-        _check_target_kinds(teacher, soft_losses)
+                soft_losses = [SoftTargetKL()]
+            if soft_losses and teacher is None:
+                raise ValueError(
+                    "`soft_loss` was given but `teacher` is None: a soft-target loss "
+                    "needs a teacher (a model, VirtualTeacher, UniformTeacher, ...)."
+                )
+            bound = []
+            if teacher is not None:
+                self._check_teacher(teacher, num_classes, "teacher")
+                _check_target_kinds(teacher, soft_losses)
+                weight_name = (
+                    "alpha" if weights["weighting"] == "alpha" else ("soft_weight")
+                )
+                bound = [_Bound("soft", teacher, soft_losses, weight_name, output_name)]
+        else:
+            terms = list(terms) if isinstance(terms, (list, tuple)) else [terms]
+            if not terms or not all(isinstance(t, terms_lib.Term) for t in terms):
+                raise TypeError(
+                    "`terms` must be a non-empty list of keras_tfkd.Term objects, "
+                    f"got terms={terms!r}."
+                )
+            names = terms_lib.unique_names(terms)
+            bound = []
+            for term, term_name in zip(terms, names):
+                term_output_name = (
+                    output_name if term.output_name is None else term.output_name
+                )
+                self._check_teacher(term.teacher, num_classes, f"{term_name}: teacher")
+                _check_target_kinds(term.teacher, term.losses)
+                bound.append(
+                    _Bound(
+                        term_name,
+                        term.teacher,
+                        term.losses,
+                        f"{term_name}_weight",
+                        term_output_name,
+                    )
+                )
+            soft_losses = [loss for term in bound for loss in term.losses]
         self.student = student
-        self.teacher = teacher
         self.soft_losses = soft_losses
         self.hard_loss = _resolve_hard_loss(hard_loss)
         self.num_classes = num_classes
+        self._plan = _Plan(bound)
+        self._link_features(student)
         # The loss weights live in non-trainable variables: a schedule (or
         # AlphaScheduler) changes them at the next step without retracing.
         self._weighting = weights["weighting"]
@@ -423,11 +558,25 @@ class Distiller(keras.Model):
             self._hard_weight = self._weight_variable(
                 "hard_weight", weights["hard_weight"]
             )
+        if self._weighting == "weights":
             self._soft_weight = self._weight_variable(
                 "soft_weight", weights["soft_weight"]
             )
-        if isinstance(teacher, teachers_lib.Teacher):
-            teacher.bind_student(student)
+        if self._weighting == "terms":
+            self.teacher = None
+            self.term_teachers = self._plan.teachers()
+            self._term_names = [term.name for term in bound]
+            self._term_weights = [
+                self._weight_variable(f"{term.name}_weight", t.weight)
+                for term, t in zip(bound, terms)
+            ]
+            self.term_loss_trackers = [
+                keras.metrics.Mean(name=f"{term.name}_loss") for term in bound
+            ]
+        else:
+            self.teacher = teacher
+        for hooked in self._hook_teachers():
+            hooked.bind_student(student)
         #: The ``E`` of the weight schedules and the teacher's epoch hooks;
         #: None: `fit`'s ``epochs``. Set it when one run is trained by
         #: several `fit` calls of one epoch each (as `keras_tfkd.runs` does).
@@ -437,10 +586,101 @@ class Distiller(keras.Model):
         self._soft_loss_variables = [
             v for loss in soft_losses for v in getattr(loss, "variables", [])
         ]
+        # Feature adapters are trained with the student (not part of it).
+        self.feature_adapters = [
+            loss.adapter
+            for loss, _, _ in self._plan.feature_losses
+            if loss.adapter is not None
+        ]
+        # Multi-output students: the losses of the other outputs (compile).
+        self._head_losses = {}
+        self._head_loss_weights = {}
+        self.head_loss_trackers = []
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
-        self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
-        if student.built:
+        if self._weighting != "terms":
+            self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
+        # An adapter still to be made stays unbuilt, and so does the Distiller:
+        # Keras then builds it (`call` on symbolic inputs) before it builds the
+        # optimizer, so the adapter's variables are trained from the first step.
+        if student.built and not any(
+            loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses
+        ):
             self.built = True
+
+    @staticmethod
+    def _student_classes(student, output_name):
+        if not student.built:
+            return None
+        outputs = getattr(student, "output", None) if student.built else None
+        keys = _output_keys(outputs) if outputs is not None else []
+        if len(keys) > 1 and output_name is None:
+            raise ValueError(
+                f"The student has several outputs ({keys}): give output_name=<name or "
+                "index> for the logits to distil; the other outputs keep the "
+                "losses given to compile(loss={...})."
+            )
+        if outputs is None:
+            shape = getattr(student, "output_shape", None)
+            return shape[-1] if isinstance(shape, tuple) else None
+        return _select_output(outputs, output_name, "student").shape[-1]
+
+    def _check_teacher(self, teacher, num_classes, argument):
+        if isinstance(teacher, teachers_lib.Teacher):
+            pass
+        elif isinstance(teacher, keras.Model):
+            teachers_lib.check_logits_teacher(teacher)
+            teacher.trainable = False
+        else:
+            raise TypeError(
+                f"`{argument}` must be a keras.Model that outputs logits, a "
+                f"keras_tfkd.teachers.Teacher, or None; got {teacher!r}."
+            )
+        if isinstance(teacher, keras.Model) and teacher.built:
+            outputs = getattr(teacher, "output", None)
+            if len(_output_keys(outputs)) > 1:
+                teacher_classes = _select_output(
+                    outputs, self.output_name, "teacher"
+                ).shape[-1]
+            else:
+                teacher_classes = teachers_lib.teacher_num_classes(teacher)
+        else:
+            teacher_classes = teachers_lib.teacher_num_classes(teacher)
+        if None not in (num_classes, teacher_classes) and (
+            num_classes != teacher_classes
+        ):
+            raise ValueError(
+                f"The teacher predicts {teacher_classes} classes but the student "
+                f"predicts {num_classes}: `{argument}` (num_classes="
+                f"{teacher_classes}) and `student` must agree."
+            )
+
+    def _link_features(self, student):
+        """Resolve each FeatureDistillation's layers in the student and teacher."""
+        for term in self._plan.terms:
+            for loss in term.losses:
+                if not getattr(loss, "uses_features", False):
+                    continue
+                if not isinstance(term.teacher, keras.Model):
+                    raise ValueError(
+                        f"{type(loss).__name__} compares layers of the student and "
+                        "the teacher, so the teacher must be a keras.Model, got "
+                        f"{type(term.teacher).__name__}."
+                    )
+                term.features.append(
+                    (
+                        loss,
+                        features_lib.find_layer(
+                            student, loss.student_layer, "student_layer"
+                        ),
+                        features_lib.find_layer(
+                            term.teacher, loss.teacher_layer, "teacher_layer"
+                        ),
+                    )
+                )
+
+    def _hook_teachers(self):
+        """The `Teacher` objects whose hooks the Distiller runs."""
+        return [t for t in self._plan.teachers() if isinstance(t, teachers_lib.Teacher)]
 
     # ------------------------------------------------------------------ knobs
     def _weight_variable(self, name, value):
@@ -458,22 +698,46 @@ class Distiller(keras.Model):
 
     @property
     def weighting(self):
-        """``"alpha"`` (``(1 - alpha) hard + alpha soft``) or ``"weights"`` (free)."""
+        """``"alpha"`` (``(1 - alpha) hard + alpha soft``), ``"weights"`` (free)
+        or ``"terms"`` (``hard_weight * hard + sum_i <name_i>_weight * term_i``)."""
         return self._weighting
 
-    def _weight(self, name):
+    @property
+    def weight_names(self):
+        """The names of every loss weight: what `get_weight`/`set_weight` take."""
         if self._weighting == "alpha":
+            return ("alpha",)
+        if self._weighting == "weights":
+            return ("hard_weight", "soft_weight")
+        return ("hard_weight", *(f"{name}_weight" for name in self._term_names))
+
+    def _weight_var(self, name):
+        if name in ("alpha", "hard_weight", "soft_weight"):
+            return getattr(self, f"_{name}")
+        return self._term_weights[self.weight_names.index(name) - 1]
+
+    def _weight(self, name):
+        if self._weighting == "alpha" and name in (
+            "alpha",
+            "hard_weight",
+            "soft_weight",
+        ):
             alpha = float(self._alpha.numpy())
             return {"alpha": alpha, "hard_weight": 1.0 - alpha, "soft_weight": alpha}[
                 name
             ]
         if name == "alpha":
             raise AttributeError(
-                "This Distiller weighs its terms with `hard_weight` and "
-                "`soft_weight` (given at construction), so it has no `alpha`; "
-                "read or assign `hard_weight`/`soft_weight` instead."
+                "This Distiller weighs its terms with "
+                f"{' and '.join(f'`{n}`' for n in self.weight_names)} (given at "
+                "construction), so it has no `alpha`; read or assign those instead."
             )
-        return float(getattr(self, f"_{name}").numpy())
+        if name not in self.weight_names:
+            raise AttributeError(
+                f"This Distiller has no weight {name!r}; its weights are "
+                f"{list(self.weight_names)}."
+            )
+        return float(self._weight_var(name).numpy())
 
     def _assign_weight(self, name, value):
         if self._weighting == "alpha" and name != "alpha":
@@ -482,15 +746,27 @@ class Distiller(keras.Model):
                 "1 - alpha or alpha: assign `alpha`, or build the Distiller with "
                 "hard_weight=/soft_weight= for weights that need not sum to 1."
             )
-        self._weight(name)  # the AttributeError above, for `alpha`
+        self._weight(name)  # the AttributeError above, for a name it lacks
         value = _checked_weight(name, value)
         if isinstance(value, weight_schedules.WeightSchedule):
             raise TypeError(
-                f"A schedule is given at construction (Distiller({name}=...)); "
-                f"assign a number to `{name}`."
+                f"A schedule is given at construction (Distiller({name}=...) or "
+                f"Term(weight=...)); assign a number to `{name}`."
             )
         self._schedules.pop(name, None)
-        getattr(self, f"_{name}").assign(value)
+        self._weight_var(name).assign(value)
+
+    def get_weight(self, name):
+        """The current value of the loss weight `name` (one of `weight_names`)."""
+        return self._weight(name)
+
+    def set_weight(self, name, value):
+        """Set the loss weight `name` (a number; takes effect at the next step).
+
+        The weight is a variable read by the compiled step: no retracing. A
+        schedule given for it at construction stops.
+        """
+        self._assign_weight(name, value)
 
     @property
     def alpha(self):
@@ -530,13 +806,16 @@ class Distiller(keras.Model):
         return dict(self._schedules)
 
     def _weight_tensors(self):
+        """The hard weight and each bound term's weight, as tensors."""
         if self._weighting == "alpha":
             alpha = ops.convert_to_tensor(self._alpha)
-            return 1.0 - alpha, alpha
-        return (
-            ops.convert_to_tensor(self._hard_weight),
-            ops.convert_to_tensor(self._soft_weight),
-        )
+            return 1.0 - alpha, [alpha] * len(self._plan.terms)
+        hard = ops.convert_to_tensor(self._hard_weight)
+        if self._weighting == "weights":
+            return hard, [ops.convert_to_tensor(self._soft_weight)] * len(
+                self._plan.terms
+            )
+        return hard, [ops.convert_to_tensor(v) for v in self._term_weights]
 
     @property
     def teacher_temperature_variable(self):
@@ -613,9 +892,57 @@ class Distiller(keras.Model):
         ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``.
         Other functions raise a `TypeError` (wrap them in a `keras.losses.Loss`).
         """
-        if loss is not None:
+        loss_weights = kwargs.pop("loss_weights", None)
+        if isinstance(loss, (dict, list, tuple)):
+            self._compile_head_losses(loss, loss_weights)
+        elif loss is not None:
             self.hard_loss = _resolve_hard_loss(loss)
+        if loss_weights is not None and not isinstance(loss, (dict, list, tuple)):
+            raise ValueError(
+                "`loss_weights` weighs the other outputs of a multi-output student "
+                "(compile(loss={...}, loss_weights={...})); the hard and soft terms "
+                "are weighted by the Distiller's alpha=, hard_weight=, soft_weight= "
+                "or Term(weight=)."
+            )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def _compile_head_losses(self, loss, loss_weights):
+        """``compile(loss={output: loss})`` for a student with several outputs."""
+        outputs = getattr(self.student, "output", None)
+        keys = _output_keys(outputs) if self.student.built else []
+        given = loss if isinstance(loss, dict) else dict(enumerate(loss))
+        if len(keys) < 2:
+            raise ValueError(
+                f"compile(loss={type(loss).__name__}) gives one loss per output, but "
+                "the student has one output: give one loss (or None)."
+            )
+        unknown = [k for k in given if k not in keys]
+        if unknown:
+            raise ValueError(
+                f"compile(loss=...) names outputs {unknown} the student does not "
+                f"have; its outputs are {keys}."
+            )
+        weights = dict(loss_weights or {})
+        if not isinstance(loss_weights, (dict, type(None))):
+            weights = dict(enumerate(loss_weights))
+        if self.output_name in weights:
+            raise ValueError(
+                f"loss_weights gives the distilled output {self.output_name!r} "
+                "a weight: it is weighted by the Distiller (alpha= or hard_weight=)."
+            )
+        self.hard_loss = _resolve_hard_loss(given.pop(self.output_name, None))
+        self._head_losses = {
+            key: _resolve_hard_loss(value)
+            for key, value in given.items()
+            if value is not None
+        }
+        self._head_loss_weights = {
+            key: weight_schedules.check_weight(f"loss_weights[{key!r}]", w)
+            for key, w in weights.items()
+        }
+        self.head_loss_trackers = [
+            keras.metrics.Mean(name=f"{key}_loss") for key in self._head_losses
+        ]
 
     def compile_from_config(self, config):
         """Re-compile after loading (optimizer, metrics; the hard loss is in config)."""
@@ -626,9 +953,53 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
-        if isinstance(self.teacher, teachers_lib.Teacher):
-            inputs = self.teacher.student_inputs(inputs)
-        return self.student(inputs, training=training)
+        hooked = self._hook_teachers()
+        if hooked:
+            inputs = hooked[0].student_inputs(inputs)
+        layers = self._plan.student_layers()
+        if not layers:
+            return self.student(inputs, training=training)
+        # Feature terms: record the student's layers in this forward pass, for
+        # `compute_loss` of the same step (the student runs once).
+        with features_lib.FeatureCapture(layers) as capture:
+            outputs = self.student(inputs, training=training)
+        self._plan.stash = (outputs, capture)
+        if any(loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses):
+            self._build_adapters(inputs, capture)
+        return outputs
+
+    def _build_adapters(self, inputs, capture):
+        """Make and build the adapters from the first forward pass's shapes."""
+        teacher_captures = {
+            id(teacher): self._teacher_pass(teacher, inputs, None, False)[1]
+            for teacher in self._plan.teachers()
+            if self._plan.teacher_layers(teacher)
+        }
+        for term in self._plan.terms:
+            for loss, student_layer, teacher_layer in term.features:
+                if not loss.needs_adapter_build:
+                    continue
+                loss.build_adapter(
+                    capture.output(student_layer).shape,
+                    teacher_captures[id(term.teacher)].output(teacher_layer).shape,
+                )
+
+    def _teacher_pass(self, teacher, x, y, training):
+        """One forward pass of `teacher`: its float32 logits and its feature capture."""
+        if isinstance(teacher, teachers_lib.Teacher):
+            labels = (
+                None if y is None else _select_output(y, self.output_name, "labels")
+            )
+            outputs = teachers_lib.teacher_logits(teacher, x, labels, training=training)
+            return outputs, None
+        if teachers_lib.is_packed(x):
+            x = x[teachers_lib.INPUTS_KEY]
+        with features_lib.FeatureCapture(self._plan.teacher_layers(teacher)) as capture:
+            outputs = _backend.frozen_forward(teacher, x, capture)
+        outputs = keras.tree.map_structure(
+            lambda t: ops.stop_gradient(ops.cast(t, "float32")), outputs
+        )
+        return outputs, capture
 
     def _hard(self, y, y_pred, sample_weight):
         if self.hard_loss is not None:
@@ -640,53 +1011,109 @@ class Distiller(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         return loss(y, y_pred, sample_weight=sample_weight)
 
+    def _term_value(self, term, z_t, capture_t, capture_s, y, y_pred, sample_weight):
+        value = ops.zeros((), dtype="float32")
+        logits = _select_output(y_pred, term.output_name, "student")
+        for loss in term.losses:
+            if getattr(loss, "uses_features", False):
+                _, student_layer, teacher_layer = next(
+                    link for link in term.features if link[0] is loss
+                )
+                t_feat = ops.stop_gradient(capture_t.output(teacher_layer))
+                s_feat = capture_s.output(student_layer)
+                part = loss(t_feat, s_feat, sample_weight=sample_weight)
+            else:
+                if z_t is None:
+                    continue
+                targets = _select_output(z_t, term.output_name, "teacher")
+                if getattr(loss, "uses_labels", False):
+                    targets = losses_lib.targets_with_labels(
+                        targets, _select_output(y, term.output_name, "labels")
+                    )
+                part = loss(targets, logits, sample_weight=sample_weight)
+            value = value + ops.cast(part, "float32")
+        return value
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        """``(1 - alpha) * hard + alpha * soft + regularisation`` for one batch."""
+        """``hard_weight * hard + sum_i weight_i * term_i + regularisation``.
+
+        With `alpha` that is ``(1 - alpha) * hard + alpha * soft``.
+        """
         if y is None:
             raise ValueError("The Distiller needs labels `y` to compute its loss.")
-        y = ops.convert_to_tensor(y)
-        hard = ops.cast(self._hard(y, y_pred, sample_weight), "float32")
-        soft = ops.zeros((), dtype="float32")
-        if self.teacher is not None and self.soft_losses:
-            z_t = teachers_lib.teacher_logits(self.teacher, x, y, training=training)
-            if z_t is not None:
-                for loss in self.soft_losses:
-                    y_true = (
-                        losses_lib.targets_with_labels(z_t, y)
-                        if getattr(loss, "uses_labels", False)
-                        else z_t
-                    )
-                    soft = soft + ops.cast(
-                        loss(y_true, y_pred, sample_weight=sample_weight), "float32"
-                    )
-        if training and isinstance(self.teacher, teachers_lib.Teacher):
+        y = keras.tree.map_structure(ops.convert_to_tensor, y)
+        logits = _select_output(y_pred, self.output_name, "student")
+        labels = _select_output(y, self.output_name, "labels")
+        hard = ops.cast(self._hard(labels, logits, sample_weight), "float32")
+        capture_s = None
+        if self._plan.feature_losses:
+            capture_s = self._plan.take(y_pred)
+            if capture_s is None:
+                # compute_loss called on outputs of another forward pass: run
+                # the student once more to record its layers.
+                inputs = x
+                hooked = self._hook_teachers()
+                if hooked:
+                    inputs = hooked[0].student_inputs(inputs)
+                with features_lib.FeatureCapture(self._plan.student_layers()) as cap:
+                    self.student(inputs, training=training)
+                capture_s = cap
+        passes = {}
+        for teacher in self._plan.teachers():
+            passes[id(teacher)] = self._teacher_pass(teacher, x, y, training)
+        values = []
+        for term in self._plan.terms:
+            z_t, capture_t = passes[id(term.teacher)]
+            values.append(
+                self._term_value(
+                    term, z_t, capture_t, capture_s, y, y_pred, sample_weight
+                )
+            )
+        if training:
             # Per-step state (PS-KD's predictions, OLS's class sums), from this
             # forward pass, before the weight update.
-            self.teacher.update(x, y, ops.stop_gradient(ops.convert_to_tensor(y_pred)))
-        hard_weight, soft_weight = self._weight_tensors()
-        total = hard_weight * hard + soft_weight * soft
+            for teacher in self._hook_teachers():
+                teacher.update(
+                    x, labels, ops.stop_gradient(ops.convert_to_tensor(logits))
+                )
+        hard_weight, term_weights = self._weight_tensors()
+        total = hard_weight * hard
+        for weight, value in zip(term_weights, values):
+            total = total + weight * value
+        heads = []
+        for key, loss in self._head_losses.items():
+            head = ops.cast(
+                loss(y[key], y_pred[key], sample_weight=sample_weight), "float32"
+            )
+            total = total + self._head_loss_weights.get(key, 1.0) * head
+            heads.append(head)
         for extra in self.losses:
             total = total + ops.cast(
                 _keras_compat.aggregate_additional_loss(self, extra), "float32"
             )
-        batch = ops.shape(y_pred)[0]
-        self.hard_loss_tracker.update_state(
-            _keras_compat.unscale_loss_for_distribution(hard), sample_weight=batch
-        )
-        self.soft_loss_tracker.update_state(
-            _keras_compat.unscale_loss_for_distribution(soft), sample_weight=batch
-        )
+        batch = ops.shape(logits)[0]
+        unscale = _keras_compat.unscale_loss_for_distribution
+        self.hard_loss_tracker.update_state(unscale(hard), sample_weight=batch)
+        if self._weighting == "terms":
+            trackers = self.term_loss_trackers
+        else:
+            trackers = [self.soft_loss_tracker]
+            values = [sum(values[1:], values[0])] if values else [ops.zeros(())]
+        for tracker, value in zip(trackers, values):
+            tracker.update_state(unscale(value), sample_weight=batch)
+        for tracker, value in zip(self.head_loss_trackers, heads):
+            tracker.update_state(unscale(value), sample_weight=batch)
         return total
 
     # ---------------------------------------------- validation before training
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the data (clear errors, no step taken)."""
-        if isinstance(self.teacher, teachers_lib.Teacher):
-            x, y, kwargs = self.teacher.prepare_fit_data(x, y, kwargs)
+        for teacher in self._hook_teachers():
+            x, y, kwargs = teacher.prepare_fit_data(x, y, kwargs)
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
-        if self._schedules or _has_epoch_hooks(self.teacher):
+        if self._schedules or any(t.has_epoch_hooks for t in self._hook_teachers()):
             callbacks = kwargs.get("callbacks")
             if isinstance(callbacks, keras.callbacks.CallbackList):
                 callbacks.callbacks.insert(0, _EpochHooks(self))
@@ -709,30 +1136,66 @@ class Distiller(keras.Model):
     # ------------------------------------------------------------ serialising
     def get_config(self):
         ser = keras.saving.serialize_keras_object
+
+        def weight_config(name):
+            schedule = self._schedules.get(name)
+            return self._weight(name) if schedule is None else ser(schedule)
+
         config = {
             "name": self.name,
             "student": ser(self.student),
-            "teacher": None if self.teacher is None else ser(self.teacher),
-            "soft_loss": [ser(loss) for loss in self.soft_losses],
             "hard_loss": None if self.hard_loss is None else ser(self.hard_loss),
+            "output_name": self.output_name,
         }
-        names = (
-            ("alpha",) if self._weighting == "alpha" else ("hard_weight", "soft_weight")
-        )
-        for name in names:
-            schedule = self._schedules.get(name)
-            config[name] = self._weight(name) if schedule is None else ser(schedule)
+        if self._weighting == "terms":
+            teachers = self.term_teachers
+            config["term_teachers"] = [ser(t) for t in teachers]
+            config["terms"] = [
+                {
+                    "teacher": next(
+                        i for i, t in enumerate(teachers) if t is term.teacher
+                    ),
+                    "loss": [ser(loss) for loss in term.losses],
+                    "weight": weight_config(term.weight_name),
+                    "name": term.name,
+                    "output_name": term.output_name,
+                }
+                for term in self._plan.terms
+            ]
+            config["hard_weight"] = weight_config("hard_weight")
+            return config
+        config["teacher"] = None if self.teacher is None else ser(self.teacher)
+        config["soft_loss"] = [ser(loss) for loss in self.soft_losses]
+        for name in self.weight_names:
+            config[name] = weight_config(name)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         de = keras.saving.deserialize_keras_object
+
+        def weight(value):
+            return de(value) if isinstance(value, dict) else value
+
         student = de(config.pop("student"))
-        teacher = config.pop("teacher")
+        for name in ("alpha", "hard_weight", "soft_weight"):
+            if name in config:
+                config[name] = weight(config[name])
+        if "terms" in config:
+            teachers = [de(t) for t in config.pop("term_teachers")]
+            terms = [
+                terms_lib.Term(
+                    teachers[item["teacher"]],
+                    [de(loss) for loss in item["loss"]],
+                    weight=weight(item["weight"]),
+                    name=item["name"],
+                    output_name=item.get("output_name"),
+                )
+                for item in config.pop("terms")
+            ]
+            return cls(student=student, terms=terms, **config)
+        teacher = config.pop("teacher", None)
         teacher = None if teacher is None else de(teacher)
         soft = [de(c) for c in config.pop("soft_loss", [])]
-        for name in ("alpha", "hard_weight", "soft_weight"):
-            if isinstance(config.get(name), dict):
-                config[name] = de(config[name])
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)

@@ -25,6 +25,8 @@ import warnings
 import keras
 from keras import ops
 
+from keras_tfkd.features import FeatureDistillation
+
 __all__ = [
     "LabelAwareLoss",
     "SoftTargetKL",
@@ -36,6 +38,7 @@ __all__ = [
     "TARGET_KINDS",
     "targets_with_labels",
     "DecoupledKD",
+    "FeatureDistillation",
 ]
 
 #: What a teacher hands the soft losses: logits (softened by the loss with

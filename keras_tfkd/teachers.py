@@ -30,6 +30,8 @@ __all__ = [
     "VirtualTeacher",
     "UniformTeacher",
     "CachedTeacher",
+    "EnsembleTeacher",
+    "ENSEMBLE_COMBINES",
     "TEACHER_LOGITS_KEY",
     "EXAMPLE_INDEX_KEY",
     "attach_example_index",
@@ -384,6 +386,101 @@ class CachedTeacher(Teacher):
         if isinstance(inputs, dict) and TEACHER_LOGITS_KEY in inputs:
             return ops.cast(inputs[TEACHER_LOGITS_KEY], "float32")
         return None
+
+
+#: How `EnsembleTeacher` combines its models.
+ENSEMBLE_COMBINES = ("logits", "probabilities")
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class EnsembleTeacher(Teacher):
+    """Several frozen teachers as one: the mean of their logits or probabilities.
+
+    * ``combine="logits"``: ``z = mean_m z_m``;
+    * ``combine="probabilities"``: ``z = log(mean_m softmax(z_m))``, the
+      logits of the mean distribution, so ``softmax(z) = mean_m softmax(z_m)``
+      exactly. A soft loss with temperature ``T`` then softens that mixture
+      (``softmax(z / T)``), which is not the mean of the softened members
+      unless ``T = 1``.
+
+    Each member runs once per step, frozen and in inference mode. For one
+    term per teacher with its own weight, give `keras_tfkd.Term` objects to
+    the Distiller instead.
+
+    Args:
+        teachers: a list of `keras.Model` teachers that output logits, all
+            with the same number of classes.
+        combine: ``"logits"`` (default) or ``"probabilities"``.
+
+    Example:
+
+    ```python
+    teacher = EnsembleTeacher([teacher_a, teacher_b], combine="probabilities")
+    distiller = Distiller(student=student, teacher=teacher)
+    ```
+    """
+
+    def __init__(self, teachers, combine="logits", num_classes=None, **kwargs):
+        models = list(teachers) if isinstance(teachers, (list, tuple)) else []
+        if not models:
+            raise ValueError(
+                "EnsembleTeacher needs a non-empty list of teacher models, got "
+                f"teachers={teachers!r}."
+            )
+        models = [
+            keras.saving.deserialize_keras_object(m) if isinstance(m, dict) else m
+            for m in models
+        ]
+        for index, model in enumerate(models):
+            if not isinstance(model, keras.Model):
+                raise TypeError(
+                    f"EnsembleTeacher: teachers[{index}] must be a keras.Model that "
+                    f"outputs logits, got {model!r}."
+                )
+            check_logits_teacher(model, argument=f"teachers[{index}]")
+            model.trainable = False
+        counts = {teacher_num_classes(model) for model in models} - {None}
+        if len(counts) > 1:
+            raise ValueError(
+                "EnsembleTeacher: the teachers predict different numbers of classes "
+                f"({sorted(counts)}); they must agree."
+            )
+        if combine not in ENSEMBLE_COMBINES:
+            raise ValueError(
+                f"`combine` must be one of {list(ENSEMBLE_COMBINES)}, got "
+                f"combine={combine!r}."
+            )
+        if num_classes is None:
+            if not counts:
+                raise ValueError(
+                    "EnsembleTeacher cannot read the number of classes from unbuilt "
+                    "teachers: give num_classes=."
+                )
+            num_classes = counts.pop()
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.teachers = models
+        self.combine = combine
+
+    def call(self, inputs, labels=None):
+        if is_packed(inputs):
+            inputs = inputs[INPUTS_KEY]
+        logits = [
+            ops.cast(_backend.frozen_forward(model, inputs), "float32")
+            for model in self.teachers
+        ]
+        stacked = ops.stack(logits, axis=0)
+        if self.combine == "logits":
+            return ops.mean(stacked, axis=0)
+        log_probs = ops.log_softmax(stacked, axis=-1)
+        return ops.logsumexp(log_probs, axis=0) - math.log(len(self.teachers))
+
+    def get_config(self):
+        config = super().get_config()
+        config["teachers"] = [
+            keras.saving.serialize_keras_object(model) for model in self.teachers
+        ]
+        config["combine"] = self.combine
+        return config
 
 
 def _is_tfkd_dataset(x):

@@ -182,6 +182,41 @@ def _variables():
     ]
 
 
+def test_nested_layers():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = keras.layers.Dense(2, name="inner_dense")
+
+        def call(self, x):
+            return self.inner(x)
+
+    class Outer(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.block = Block(name="block")
+
+        def call(self, x):
+            return self.block(x)
+
+    names = [layer.name for layer in _keras_compat.nested_layers(Outer())]
+    assert {"block", "inner_dense"} <= set(names), f"{MOVED}: nested_layers"
+
+
+def test_record_outputs():
+    model = _functional()
+    hidden = model.get_layer("hidden")
+    seen = []
+    with _keras_compat.record_outputs([hidden], lambda layer, out: seen.append(out)):
+        model(_x())
+    assert len(seen) == 1, f"{MOVED}: record_outputs (layer call not shadowed)"
+    expected = hidden(_x())
+    np.testing.assert_allclose(_np(seen[0]), _np(expected), rtol=1e-6)
+    assert "call" not in vars(hidden), f"{MOVED}: record_outputs left a patch"
+    model(_x())
+    assert len(seen) == 1
+
+
 def test_uses_weight_decay():
     assert hasattr(keras.optimizers.SGD, "_use_weight_decay"), (
         f"{MOVED}: BaseOptimizer._use_weight_decay is gone"

@@ -2,10 +2,11 @@
 
 What is where (every name is importable from `keras_tfkd.callbacks`):
 
-* `schedulers` - `AlphaScheduler` / `TemperatureScheduler`: change the
-  Distiller's ``alpha`` or temperature at each epoch begin, like
+* `schedulers` - `AlphaScheduler` / `TemperatureScheduler` /
+  `WeightScheduler`: change the Distiller's ``alpha``, temperature or any
+  loss weight by name at each epoch begin, like
   `keras.callbacks.LearningRateScheduler`, without retracing the train step;
-  the value in use is logged as ``alpha`` / ``temperature``.
+  the value in use is logged as ``alpha`` / ``temperature`` / its name.
 * `self_teacher` - `SelfTeacherSnapshot` keeps a frozen copy of the student
   (the best by a monitored metric, or the last) as the teacher of the next
   stage; `freeze_copy` is a frozen clone of a model with its current weights;
@@ -39,7 +40,11 @@ import warnings
 from keras_tfkd.callbacks.checkpoint import StudentCheckpoint
 from keras_tfkd.callbacks.monitors import SoftTargetMonitor
 from keras_tfkd.callbacks.safety import NaNGuard, NonFiniteLossError, RunBackup
-from keras_tfkd.callbacks.schedulers import AlphaScheduler, TemperatureScheduler
+from keras_tfkd.callbacks.schedulers import (
+    AlphaScheduler,
+    TemperatureScheduler,
+    WeightScheduler,
+)
 from keras_tfkd.callbacks.self_teacher import (
     Generation,
     SelfTeacherSnapshot,
@@ -48,6 +53,7 @@ from keras_tfkd.callbacks.self_teacher import (
 
 __all__ = [
     "AlphaScheduler",
+    "WeightScheduler",
     "TemperatureScheduler",
     "SelfTeacherSnapshot",
     "SoftTargetMonitor",

@@ -17,7 +17,7 @@ from keras import ops
 
 from keras_tfkd.callbacks._common import as_float
 
-__all__ = ["AlphaScheduler", "TemperatureScheduler"]
+__all__ = ["AlphaScheduler", "TemperatureScheduler", "WeightScheduler"]
 
 
 def _takes_two_arguments(fn):
@@ -185,5 +185,66 @@ class TemperatureScheduler(_VariableScheduler):
             raise ValueError(
                 f"TemperatureScheduler: schedule(epoch={epoch}) returned "
                 f"temperature={raw!r}; the temperature must be a finite number > 0."
+            )
+        return value
+
+
+class WeightScheduler(_VariableScheduler):
+    """Sets one loss weight of the Distiller, by name, at each epoch begin.
+
+    `weight` is one of the Distiller's `weight_names`: ``"alpha"``,
+    ``"hard_weight"``, ``"soft_weight"`` or, for a Distiller built with
+    ``terms=[...]``, ``"<term name>_weight"``. As for `AlphaScheduler`, the
+    compiled step reads the weight's variable, so the new value takes effect
+    at the next step without retracing, and the value in use is logged per
+    epoch under the weight's name.
+
+    Args:
+        weight: the weight's name.
+        schedule: ``schedule(epoch) -> value`` (or ``schedule(epoch,
+            current)``), a number >= 0 (in [0, 1] for ``alpha``).
+        verbose: 1 prints the new value at each epoch begin.
+
+    Example:
+
+    ```python
+    # Feature term: off for 2 epochs, then 0.1.
+    warm = WeightScheduler("fitnet_weight", lambda epoch: 0.0 if epoch < 2 else 0.1)
+    distiller.fit(x, y, epochs=10, callbacks=[warm])
+    distiller.history.history["fitnet_weight"]  # [0.0, 0.0, 0.1, ...]
+    ```
+    """
+
+    def __init__(self, weight, schedule, verbose=0):
+        if not isinstance(weight, str):
+            raise TypeError(
+                "WeightScheduler's first argument is the weight's name (e.g. "
+                f'"hard_weight" or "<term>_weight"), got weight={weight!r}.'
+            )
+        self.key = weight
+        super().__init__(schedule, verbose=verbose)
+
+    def _variable(self):
+        names = getattr(self.model, "weight_names", None)
+        if names is None:
+            raise ValueError(
+                "WeightScheduler needs a keras_tfkd.Distiller, got "
+                f"model={self.model!r}."
+            )
+        if self.key not in names:
+            raise ValueError(
+                f"WeightScheduler: the Distiller has no weight {self.key!r}; its "
+                f"weights are {list(names)}."
+            )
+        return self.model._weight_var(self.key)
+
+    def _check(self, epoch, raw):
+        value = as_float(raw)
+        upper = 1.0 if self.key == "alpha" else math.inf
+        if value is None or not math.isfinite(value) or not 0.0 <= value <= upper:
+            bound = "in [0, 1]" if self.key == "alpha" else "a finite number >= 0"
+            raise ValueError(
+                f"WeightScheduler: schedule(epoch={epoch}) returned "
+                f"{self.key}={raw!r}; it must be {bound}."
             )
         return value
