@@ -25,6 +25,18 @@ TEACHERS = ("model", "virtual", "cached")
 #: Teachers whose state is updated by every step (PS-KD's per-example store,
 #: OLS's per-class sums): each replica must write the rows of the whole batch.
 ONLINE_TEACHERS = ("pskd", "ols")
+#: A feature-distillation term with a trained adapter beside the KD term.
+FEATURE_KINDS = ("features",)
+KIND_GROUPS = {"plain": TEACHERS, "online": ONLINE_TEACHERS, "features": FEATURE_KINDS}
+#: The groups run by one process each. TensorFlow keys its collectives by a
+#: counter that restarts with each strategy, so steps whose all-reduces
+#: differ (the online teachers' gathers, the adapter's extra gradients) run
+#: in their own process there; JAX runs the feature kind with the plain ones.
+PROCESSES = (
+    ("plain", "online", "features")
+    if BACKEND == "tensorflow"
+    else ("plain,features", "online")
+)
 NUM_CLASSES = 5
 ALPHA = 0.7
 TEMPERATURE = 4.0
@@ -44,7 +56,7 @@ def _student():
     return keras.Sequential(
         [
             keras.Input((8,)),
-            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
             keras.layers.Dense(
                 NUM_CLASSES, kernel_regularizer=keras.regularizers.L2(L2)
             ),
@@ -55,7 +67,8 @@ def _student():
 
 def _teacher_model():
     return keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(NUM_CLASSES)], name="teacher"
+        [keras.Input((8,)), keras.layers.Dense(NUM_CLASSES, name="teacher_out")],
+        name="teacher",
     )
 
 
@@ -76,6 +89,12 @@ def _run(kind, dist, student_init, teacher_init, x, y, w):
             soft = losses.SoftTargetKL(
                 temperature=1.0, teacher_temperature=TEMPERATURE, scale=0.5
             )
+        elif kind == "features":
+            teacher = teacher_model
+            soft = [
+                losses.SoftTargetKL(temperature=TEMPERATURE),
+                losses.FeatureDistillation("hidden", "teacher_out", adapter="dense"),
+            ]
         elif kind == "cached":
             teacher = teachers.CachedTeacher.from_model(teacher_model, x)
             inputs = teacher.attach(x)
@@ -105,6 +124,11 @@ def _run(kind, dist, student_init, teacher_init, x, y, w):
         "evaluate": {k: float(v) for k, v in logs.items()},
         "weights": [np.asarray(v).tolist() for v in student.get_weights()],
         "replicas": replicas,
+        "adapters": [
+            np.asarray(v).tolist()
+            for adapter in distiller.feature_adapters
+            for v in adapter.get_weights()
+        ],
         "teacher_state": [
             np.asarray(v, "float32").tolist()
             for v in getattr(distiller.teacher, "non_trainable_weights", [])
@@ -130,9 +154,14 @@ def _worker(out_path):
     # TensorFlow keys its collectives by a counter that restarts with each
     # strategy: steps with other collectives (the online teachers' gathers)
     # must run in their own process (see keras_tfkd._backend.all_replicas).
-    kinds = ONLINE_TEACHERS if os.environ.get("TFKD_ONLINE_KINDS") else TEACHERS
+    kinds = [
+        kind
+        for group in os.environ["TFKD_KIND_GROUPS"].split(",")
+        for kind in KIND_GROUPS[group]
+    ]
     for kind in kinds:
         for name in ("single", "data_parallel"):
+            keras.utils.set_random_seed(1)  # the same adapter initial weights
             dist = distribution.get_distribution(name, devices=devices)
             results[f"{kind}/{name}"] = _run(
                 kind, dist, student_init, teacher_init, x, y, w
@@ -158,10 +187,10 @@ def runs(tmp_path_factory):
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["JAX_PLATFORMS"] = "cpu"
     results = {}
-    for online in ("", "1"):
+    for groups in PROCESSES:
         proc = subprocess.run(
             [sys.executable, __file__, str(out)],
-            env=dict(env, TFKD_ONLINE_KINDS=online),
+            env=dict(env, TFKD_KIND_GROUPS=groups),
             capture_output=True,
             text=True,
             timeout=300,
@@ -209,7 +238,7 @@ def test_two_cpu_devices_are_used(runs):
 
 
 @pytest.mark.gradients
-@pytest.mark.parametrize("kind", TEACHERS)
+@pytest.mark.parametrize("kind", TEACHERS + FEATURE_KINDS)
 def test_same_losses_and_weights_on_two_devices(runs, kind):
     one, two = runs[f"{kind}/single"], runs[f"{kind}/data_parallel"]
     assert set(one["history"]) >= {"loss", "hard_loss", "soft_loss"}
@@ -224,6 +253,9 @@ def test_same_losses_and_weights_on_two_devices(runs, kind):
     )
     assert moved > 1e-2
     for a, b in zip(two["weights"], one["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(one["adapters"]) == (2 if kind in FEATURE_KINDS else 0)
+    for a, b in zip(two["adapters"], one["adapters"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
