@@ -33,24 +33,6 @@ def _check_alpha(alpha):
     return float(alpha)
 
 
-def _as_loss_list(soft_loss):
-    if soft_loss is None:
-        return []
-    losses = list(soft_loss) if isinstance(soft_loss, (list, tuple)) else [soft_loss]
-    resolved = []
-    for loss in losses:
-        if isinstance(loss, dict):
-            loss = keras.saving.deserialize_keras_object(loss)
-        if not isinstance(loss, keras.losses.Loss):
-            raise TypeError(
-                "`soft_loss` must be a keras.losses.Loss (or a list of them) that "
-                "takes teacher logits as y_true and student logits as y_pred, got "
-                f"soft_loss={loss!r}."
-            )
-        resolved.append(loss)
-    return resolved
-
-
 def _keras_loss_class(function):
     """The `keras.losses.Loss` class of a Keras loss function, or None."""
     key = getattr(function, "__name__", "").replace("_", "").lower()
@@ -499,7 +481,9 @@ class Distiller(keras.Model):
         self.output_name = output_name
         num_classes = self._student_classes(student, output_name)
         if terms is None:
-            soft_losses = _as_loss_list(soft_loss)
+            soft_losses = (
+                [] if soft_loss is None else terms_lib.as_losses(soft_loss, "soft_loss")
+            )
             if teacher is not None and not soft_losses:
                 from keras_tfkd.losses import SoftTargetKL
 

@@ -32,19 +32,21 @@ RESERVED_NAMES = ("hard", "soft", "alpha", "loss")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def _as_losses(loss):
+def as_losses(loss, argument="loss"):
+    """`loss` (a `keras.losses.Loss`, a config dict or a list of them) as a list.
+
+    Raises a `TypeError` naming `argument` for anything else.
+    """
     losses = list(loss) if isinstance(loss, (list, tuple)) else [loss]
-    if not losses:
-        raise ValueError("A Term needs at least one loss, got loss=[].")
     resolved = []
     for item in losses:
         if isinstance(item, dict):
             item = keras.saving.deserialize_keras_object(item)
         if not isinstance(item, keras.losses.Loss):
             raise TypeError(
-                "A Term's `loss` must be a keras.losses.Loss (SoftTargetKL, "
-                "FeatureDistillation, ...) or a list of them, got "
-                f"loss={item!r}."
+                f"`{argument}` must be a keras.losses.Loss (SoftTargetKL, "
+                "FeatureDistillation, ...) or a list of them, on teacher outputs "
+                f"(y_true) and student outputs (y_pred); got {argument}={item!r}."
             )
         resolved.append(item)
     return resolved
@@ -95,7 +97,9 @@ class Term:
                 "keras_tfkd.teachers.Teacher."
             )
         self.teacher = teacher
-        self.losses = _as_losses(loss)
+        self.losses = as_losses(loss)
+        if not self.losses:
+            raise ValueError("A Term needs at least one loss, got loss=[].")
         self.weight = weight_schedules.check_weight("weight", weight)
         if name is not None:
             check_name(name)
