@@ -952,6 +952,24 @@ class Distiller(keras.Model):
             self._build_adapters(inputs, capture)
         return outputs
 
+    def _build_adapters_from(self, x):
+        """Build unbuilt feature adapters on two examples of `x`, before `fit`.
+
+        Keras builds them itself otherwise (from symbolic inputs), but only
+        inside `fit`, after callbacks such as `BackupAndRestore` have looked
+        for the weights to restore. A dataset or generator input is left to
+        Keras.
+        """
+        if not any(
+            loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses
+        ):
+            return
+        if teachers_lib.array_rows(x) is None:
+            return
+        self(keras.tree.map_structure(lambda a: a[:2], x), training=False)
+        if self.student.built:
+            self.built = True
+
     def _build_adapters(self, inputs, capture):
         """Make and build the adapters from the first forward pass's shapes."""
         teacher_captures = {
@@ -1097,6 +1115,7 @@ class Distiller(keras.Model):
         for teacher in self._hook_teachers():
             x, y, kwargs = teacher.prepare_fit_data(x, y, kwargs)
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
+        self._build_adapters_from(x)
         if self._schedules or any(t.has_epoch_hooks for t in self._hook_teachers()):
             callbacks = kwargs.get("callbacks")
             if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -1115,6 +1134,7 @@ class Distiller(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs, training=False)
+        self._build_adapters_from(x)
         return super().evaluate(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------ serialising

@@ -466,3 +466,55 @@ def test_readme_beyond_logits_block_runs(tmp_path, monkeypatch, capsys):
         "kd_a_weight",
         "kd_b_weight",
     )
+
+
+# ---------------------------------------------------------------- resume
+def _feature_distiller():
+    student, teacher = _cnn("s", 4, 0), _cnn("t", 8, 1)
+    d = Distiller(
+        student=student,
+        terms=[
+            Term(teacher, losses.SoftTargetKL(temperature=4.0), LinearWarmup(2), "kd"),
+            Term(
+                teacher,
+                losses.FeatureDistillation("s_conv2", "t_conv2", adapter="conv"),
+                0.5,
+                "fitnet",
+            ),
+        ],
+    )
+    d.compile(optimizer=keras.optimizers.SGD(0.05))
+    keras.utils.set_random_seed(3)  # the adapter's initial weights
+    return d
+
+
+def test_terms_resumed_by_backup_and_restore_equal_an_uninterrupted_run(tmp_path):
+    x, y = _data()
+    fit = dict(epochs=4, batch_size=8, shuffle=False, verbose=0)
+    whole = _feature_distiller()
+    whole.fit(x, y, **fit)
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    backup = str(tmp_path / "backup")
+    first = _feature_distiller()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.fit(
+            x, y, callbacks=[keras.callbacks.BackupAndRestore(backup), Crash()], **fit
+        )
+    resumed = _feature_distiller()
+    history = resumed.fit(
+        x, y, callbacks=[keras.callbacks.BackupAndRestore(backup)], **fit
+    )
+    assert len(history.history["loss"]) == 2  # epochs 2 and 3 only
+    np.testing.assert_allclose(history.history["kd_weight"], [1.0, 1.0])
+    for a, b in zip(resumed.student.get_weights(), whole.student.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(
+        _np(resumed.feature_adapters[0].kernel),
+        _np(whole.feature_adapters[0].kernel),
+        atol=1e-5,
+    )
