@@ -662,6 +662,11 @@ class Distiller(keras.Model):
                     )
                 )
 
+    @property
+    def teachers(self):
+        """Every distinct teacher of the Distiller (of its terms), in order."""
+        return self._plan.teachers()
+
     def _hook_teachers(self):
         """The `Teacher` objects whose hooks the Distiller runs."""
         return [t for t in self._plan.teachers() if isinstance(t, teachers_lib.Teacher)]

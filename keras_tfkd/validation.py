@@ -106,11 +106,16 @@ def leaves(x):
 def _check_teacher_against_inputs(distiller, x):
     from keras_tfkd import teachers as teachers_lib
 
-    teacher = distiller.teacher
-    if teacher is None or isinstance(teacher, teachers_lib.Teacher):
-        return
     if not isinstance(x, np.ndarray):
         return
+    for teacher in distiller.teachers:
+        if not isinstance(teacher, teachers_lib.Teacher):
+            _check_model_teacher(teacher, x)
+
+
+def _check_model_teacher(teacher, x):
+    from keras_tfkd import teachers as teachers_lib
+
     expected = getattr(teacher, "input_shape", None)
     if isinstance(expected, tuple) and len(expected) == x.ndim:
         for got, want in zip(x.shape[1:], expected[1:]):
@@ -120,7 +125,8 @@ def _check_teacher_against_inputs(distiller, x):
                     f"shape {x.shape}: teacher and student must take the same inputs."
                 )
     sample = teacher(x[: min(len(x), 16)], training=False)
-    teachers_lib.check_logits_values(sample, argument="teacher")
+    if not isinstance(sample, (dict, list, tuple)):  # one output: its logits
+        teachers_lib.check_logits_values(sample, argument="teacher")
 
 
 def check_sample_weight(weights, argument="sample_weight"):
