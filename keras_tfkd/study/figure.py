@@ -1,4 +1,5 @@
-"""results.png: `plot` draws the best accuracies, Δ vs baseline and the curves.
+"""results.png: `plot` draws the best accuracies, Δ vs baseline, the curves and
+each method's paired 95% interval against its baseline.
 
 A module of its own named ``figure``, not ``plot``: a submodule named like
 the package's `plot` function would be shadowed by it.
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_tfkd.study import stats
 from keras_tfkd.study.report import _fmt, _fmt_delta, _spread_note, _teacher_epochs_text
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
@@ -25,16 +27,20 @@ def _plot_label(row):
 
 
 def plot(rows, path, title=""):
-    """results.png: accuracies on their real scale, Δ vs baseline, curves.
+    """results.png: accuracies on their real scale, Δ vs baseline, curves, CIs.
 
-    Three panels: the best test accuracy of every (method, student) as bars
+    Four panels: the best test accuracy of every (method, student) as bars
     on the full 0-100% axis, with chance (1/K) marked; its difference with
     the same student's baseline in accuracy points, around a zero line,
     with the per-seed (paired) differences as small marks and error bars of
     their sample std (none with one seed); and the mean test accuracy per
     epoch, one marker per epoch (so one epoch is one point), the legend
-    outside the axes. Drawn on a `matplotlib.figure.Figure` with the Agg
-    canvas, so it never touches pyplot's global backend.
+    outside the axes; and, for every method, the mean paired difference
+    with its baseline of the final and of the best test accuracy, with the
+    95% Student t interval over seeds (`stats.paired_interval`) as error
+    bars around a zero line (no bars with one seed). Drawn on a
+    `matplotlib.figure.Figure` with the Agg canvas, so it never touches
+    pyplot's global backend.
     """
     fig = _figure(rows, title)
     fig.savefig(path, dpi=110)
@@ -42,18 +48,22 @@ def plot(rows, path, title=""):
 
 
 def _figure(rows, title=""):
-    """The `matplotlib.figure.Figure` of `plot`: axes absolute, delta, curves."""
+    """The `matplotlib.figure.Figure` of `plot`: axes absolute, delta, curves,
+    intervals (in that order of ``fig.axes``; the intervals drawn above the
+    curves)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     spread = _spread_note(rows)
     rows = [r for r in rows if r["role"] == "run" and r["best"] is not None]
-    fig = Figure(figsize=(13, 10), layout="constrained")
+    compared = [r for r in rows if r["method"] != "baseline"]
+    fig = Figure(figsize=(13, 14), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1])
+    grid = fig.add_gridspec(3, 2, height_ratios=[1, 0.25 + 0.75 * bool(compared), 1])
     absolute = fig.add_subplot(grid[0, 0])
     delta = fig.add_subplot(grid[0, 1], sharey=absolute)
-    curves = fig.add_subplot(grid[1, :])
+    curves = fig.add_subplot(grid[2, :])
+    intervals = fig.add_subplot(grid[1, :])
     colors = [_color(i) for i in range(len(rows))]
     classes = {r["num_classes"] for r in rows if r.get("num_classes")}
     chance = 100 / classes.pop() if len(classes) == 1 else None
@@ -61,6 +71,7 @@ def _figure(rows, title=""):
     _accuracy_panel(absolute, rows, colors, chance, several)
     _delta_panel(delta, rows, colors, several)
     _curves_panel(curves, rows, colors, chance)
+    _interval_panel(intervals, rows, colors, several)
     fig.suptitle("\n".join(t for t in (title, spread) if t), fontsize=10)
     return fig
 
@@ -224,3 +235,84 @@ def _curves_panel(ax, rows, colors, chance):
         fontsize=10,
     )
     ax.grid(alpha=0.3)
+
+
+#: The fields of the interval panel: (row key of the per-seed differences,
+#: legend name, marker, filled); the first is the headline (final).
+_INTERVAL_FIELDS = (
+    ("delta_final_seeds", "final test accuracy (headline)", "o", True),
+    ("delta_best_seeds", "best test accuracy (best epoch)", "s", False),
+)
+
+
+def _interval_panel(ax, rows, colors, several):
+    """Every method's mean paired difference with its baseline, final and best,
+    with the 95% t interval over seeds as error bars, around a zero line."""
+    pairs = [(r, c) for r, c in zip(rows, colors) if r["method"] != "baseline"]
+    rows = [r for r, _ in pairs]
+    y = np.arange(len(rows))
+    reach = [1.0]
+    dodge = 0.17
+    labelled = set()
+    for yi, (r, color) in zip(y, pairs):
+        if not (r.get("delta_final_seeds") or r.get("delta_best_seeds")):
+            ax.text(0, yi, "no baseline", fontsize=7, ha="center", va="center")
+            continue
+        for j, (key, name, marker, filled) in enumerate(_INTERVAL_FIELDS):
+            ci = stats.paired_interval(r.get(key) or [])
+            if ci["mean"] is None:
+                continue
+            yj = yi + dodge * (2 * j - 1)
+            err = None
+            if ci["low"] is not None:
+                err = [[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]]
+                reach += [abs(ci["low"]), abs(ci["high"])]
+            reach.append(abs(ci["mean"]))
+            ax.errorbar(
+                ci["mean"],
+                yj,
+                xerr=err,
+                fmt=marker,
+                color=color,
+                mfc=color if filled else "white",
+                ms=6,
+                capsize=3,
+                elinewidth=1.4,
+                label=None if name in labelled else name,
+            )
+            labelled.add(name)
+            text = f"{ci['mean']:+.2f}"
+            if ci["low"] is not None:
+                text += f" [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+                text += f"  {ci['improved']}/{ci['n']}"
+            ax.annotate(
+                text,
+                (ci["high"] if ci["high"] is not None else ci["mean"], yj),
+                xytext=(6, 0),
+                textcoords="offset points",
+                fontsize=7,
+                va="center",
+                color=color,
+            )
+    span = 1.15 * max(reach)
+    ax.set_xlim(-span, 1.45 * span)  # room on the right for the labels
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, [_plot_label(r) for r in rows], fontsize=8)
+    ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)
+    if not rows:
+        ax.text(0, 0, "no method but the baseline", fontsize=8, ha="center")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("mean over seeds of (method − same seed's baseline), accuracy points")
+    bars = (
+        "bars: 95% Student t interval over seeds; text: mean [interval]  "
+        "seeds improved / n"
+        if several
+        else "n = 1 seed: no interval"
+    )
+    ax.set_title(
+        f"paired difference with the baseline, final and best\n{bars}", fontsize=10
+    )
+    if labelled:
+        ax.legend(
+            fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+        )

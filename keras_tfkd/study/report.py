@@ -114,6 +114,22 @@ def _row(key, group):
         "train_seconds": float(sum(r.get("train_seconds", 0) for r in group)),
         "curve": _mean_curve(group),
         "notes": _seed_notes(group),
+        "seed_values": _seed_values(group),
+    }
+
+
+def _seed_values(group):
+    """``{seed: {field: value}}``: every accuracy field (a number, or None,
+    named ``*accuracy``) of each seed's record, as a fraction; what `claims`
+    pairs by seed."""
+    return {
+        r["seed"]: {
+            k: v
+            for k, v in r.items()
+            if k.endswith("accuracy")
+            and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        }
+        for r in group
     }
 
 
@@ -331,7 +347,8 @@ def _accuracy_notes(rows):
 
 
 def format_markdown(rows, header, config):
-    """results.md: settings, the table, each method's KL term, the plot."""
+    """results.md: settings, the table, each method's KL term, the paired
+    claims ("Does it help?", `claims` on each of `CLAIM_FIELDS`), the plot."""
     head, body = _table_cells(rows)
     lines = [
         "# Tf-KD study",
@@ -376,6 +393,216 @@ def format_markdown(rows, header, config):
     }
     for label, note in kl_notes.items():
         lines.append(f"- KL term of {label}: {note}.")
+    section = _claims_markdown(rows)
+    if section:
+        lines += ["", *section]
     if config.plot:
         lines += ["", "![results](results.png)"]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ claims
+#: The accuracy fields the claims section reports, ``(name, record field)``;
+#: the first is the headline. A new field (say a validation-selected test
+#: accuracy) is one more entry here, or the `field` of `claims`.
+CLAIM_FIELDS = (("final", "test_accuracy"), ("best", "best_test_accuracy"))
+
+#: ``comparable`` claims: the band, in accuracy points, of `stats.verdict`.
+COMPARABLE_MARGIN = 1.0
+
+#: The methods that came after the paper, each tested against Tf-KD_reg.
+_LATER_METHODS = ("pskd", "cskd", "ols", "dkd")
+
+
+def _claim_list():
+    """``(claim, method, reference method, kind)`` of the paper's claims and
+    of each later method's, in the order of the table."""
+    items = [
+        ("Re-KD improves the strong model", "rekd", "baseline", "improves"),
+        ("De-KD improves the student", "dekd", "baseline", "improves"),
+        ("Tf-KD_self improves over the baseline", "tfkd_self", "baseline", "improves"),
+        ("Tf-KD_reg improves over the baseline", "tfkd_reg", "baseline", "improves"),
+        ("Tf-KD_reg is comparable to normal KD", "tfkd_reg", "kd", "comparable"),
+    ]
+    for m in _LATER_METHODS:
+        label = METHOD_LABELS.get(m, m)
+        items += [
+            (f"{label} improves over Tf-KD_reg", m, "tfkd_reg", "improves"),
+            (f"{label} improves over the baseline", m, "baseline", "improves"),
+        ]
+    return items
+
+
+def claims(
+    records_or_rows,
+    field="test_accuracy",
+    *,
+    confidence=0.95,
+    margin=COMPARABLE_MARGIN,
+):
+    """The paper's claims that the runs can test, paired over seeds.
+
+    `records_or_rows` is a study's records (results.json) or the rows of
+    `summarize`. For every claim whose method was run (one claim row per
+    student of that method), the per-seed differences ``method - reference``
+    in accuracy points of `field` (a record field: ``"test_accuracy"``, the
+    final one, by default; ``"best_test_accuracy"``; ...) over the seeds both
+    have, their `stats.paired_interval` and `stats.verdict`:
+
+    * "Re-KD improves the strong model": Re-KD trains the strong model (the
+      study's teacher) as a student of the weak one, so it is compared with
+      the baseline of the strong model;
+    * "De-KD improves the student", "Tf-KD_self / Tf-KD_reg improves over
+      the baseline": against the baseline of the same student;
+    * "Tf-KD_reg is comparable to normal KD": Tf-KD_reg - KD, claim
+      ``"comparable"`` within +-`margin` points;
+    * for PS-KD, CS-KD, OLS and DKD: "X improves over Tf-KD_reg" and "X
+      improves over the baseline".
+
+    Returns dicts with ``claim``, ``kind`` ("improves"/"comparable"),
+    ``method``, ``reference``, ``student``, ``comparison`` (the method
+    labels), ``field``, ``differences`` (per seed, in points), the interval's
+    ``n``, ``mean``, ``low``, ``high``, ``improved``, ``dropped`` and
+    ``confidence``, ``margin`` and ``verdict``. A claim whose reference run
+    is missing (Re-KD without a baseline of the strong model) has
+    ``verdict == "skipped"`` and a ``note`` saying why; ``note`` is None
+    otherwise.
+    """
+    from keras_tfkd.study import stats
+
+    items = list(records_or_rows)
+    rows = summarize(items) if items and "seed" in items[0] else items
+    runs = [r for r in rows if r["role"] == "run" and "seed_values" in r]
+    if runs and not any(
+        field in values for r in runs for values in r["seed_values"].values()
+    ):
+        raise ValueError(f"No run has the accuracy field {field!r}.")
+    out = []
+    for text, method, reference, kind in _claim_list():
+        for row in (r for r in runs if r["method"] == method):
+            student = row["student"]
+            label = METHOD_LABELS.get(method, method)
+            ref_label = METHOD_LABELS.get(reference, reference)
+            claim = {
+                "claim": text,
+                "kind": kind,
+                "method": method,
+                "reference": reference,
+                "student": student,
+                "comparison": f"{label} vs {ref_label} ({student})",
+                "field": field,
+                "margin": margin if kind == "comparable" else None,
+                "note": None,
+            }
+            ref = next(
+                (
+                    r
+                    for r in runs
+                    if (r["method"], r["student"], r["epochs"])
+                    == (reference, student, row["epochs"])
+                ),
+                None,
+            )
+            if ref is None:
+                why = f"no {ref_label} run of {student}"
+                if method == "rekd":
+                    why += " (the strong model, which Re-KD trains as the student)"
+                interval = stats.paired_interval([], confidence)
+                out.append(
+                    {
+                        **claim,
+                        "differences": [],
+                        **interval,
+                        "verdict": "skipped",
+                        "note": why,
+                    }
+                )
+                continue
+            diffs = _paired_differences(row, ref, field)
+            interval = stats.paired_interval(diffs, confidence)
+            out.append(
+                {
+                    **claim,
+                    "differences": diffs,
+                    **interval,
+                    "verdict": stats.verdict(interval, kind, margin),
+                }
+            )
+    return out
+
+
+def _paired_differences(row, ref, field):
+    """``100 * (row - ref)`` of `field` on every seed both rows have (NaN
+    where either value is missing or not finite)."""
+    diffs = []
+    for seed in sorted(set(row["seed_values"]) & set(ref["seed_values"])):
+        a = row["seed_values"][seed].get(field)
+        b = ref["seed_values"][seed].get(field)
+        diffs.append(float("nan") if a is None or b is None else 100 * (a - b))
+    return diffs
+
+
+def _fmt_interval(claim):
+    """``+1.23 [+0.40, +2.06]``; without an interval (one seed) just the mean."""
+    if claim["mean"] is None:
+        return "n/a"
+    if claim["low"] is None:
+        return f"{claim['mean']:+.2f} (no interval)"
+    return f"{claim['mean']:+.2f} [{claim['low']:+.2f}, {claim['high']:+.2f}]"
+
+
+def _fmt_improved(claim):
+    text = f"{claim['improved']}/{claim['n']}"
+    if claim["dropped"]:
+        text += f" ({claim['dropped']} NaN left out)"
+    return text
+
+
+def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
+    """The "Does it help?" section of results.md (no lines without a claim)."""
+    if not any(r["role"] == "run" and "seed_values" in r for r in rows):
+        return []
+    by_field = [(name, claims(rows, field, margin=margin)) for name, field in fields]
+    first = by_field[0][1]
+    if not first:
+        return []
+    head = ["claim", "comparison", "n"]
+    for name, _ in by_field:
+        head += [f"{name}: mean Δ [95% CI]", f"{name}: improved", f"{name}: verdict"]
+    lines = [
+        "## Does it help? (paired over seeds)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for i, claim in enumerate(first):
+        cells = [claim["claim"], claim["comparison"], str(claim["n"])]
+        for _, items in by_field:
+            c = items[i]
+            if c["verdict"] == "skipped":
+                cells += ["", "", f"skipped: {c['note']}"]
+            else:
+                cells += [_fmt_interval(c), _fmt_improved(c), c["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    names = " and ".join(name for name, _ in by_field)
+    lines += [
+        "",
+        f"- Δ: method − reference on each seed (same seed, same initial weights), "
+        f"in accuracy points, of the {names} test accuracy; 95% CI: the Student "
+        "t interval over seeds, mean − t·sd/√n to mean + t·sd/√n (sd with "
+        "ddof=1, t the 97.5% quantile with n − 1 degrees of freedom); improved: "
+        "seeds with Δ > 0.",
+        "- Rule: *improves* is supported if the interval's low end is > 0, not "
+        "supported if its high end is < 0, else inconclusive; *comparable* is "
+        f"supported if the whole interval lies within -{margin:.2f} .. "
+        f"+{margin:.2f} points, not supported if it lies wholly outside that "
+        "band, else inconclusive; with fewer than 2 seeds every verdict is "
+        "inconclusive.",
+    ]
+    if len(by_field) > 1:
+        lines.append(
+            f"- The headline is {by_field[0][0]} (after the last epoch); best is "
+            "the best epoch picked on the test set itself, an optimistic "
+            "selection for every run."
+        )
+    return lines
