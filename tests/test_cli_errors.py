@@ -112,14 +112,12 @@ def test_seeds_are_a_list_or_a_count():
     ],
 )
 def test_bad_seeds_fail_at_parse_time(argv, message, capsys):
-    start = time.perf_counter()
     with pytest.raises(SystemExit) as info:
         cli.build_parser().parse_args(["study", *argv])  # nothing runs
     assert info.value.code == 2
     err = _short(capsys.readouterr().err, "keras-tfkd study")
     assert message in err, err
     assert "`keras-tfkd study --help`" in err
-    assert time.perf_counter() - start < 5
 
 
 def test_bad_seed_of_run(capsys):
@@ -514,8 +512,16 @@ def test_tensorflow_python_warnings_are_hidden_then_restored():
 @pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None, reason="TensorFlow not installed"
 )
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="backend-independent: the subprocess always trains on TensorFlow "
+    "(--backend tensorflow), whatever the session's backend; run once, in the "
+    "tensorflow session",
+)
 def test_tensorflow_study_prints_no_cuinit_or_retracing(tmp_path):
-    env = _env()
+    # KERAS_BACKEND names another backend, as in the jax session this used to
+    # run in too: --backend must win over it.
+    env = _env(KERAS_BACKEND="jax")
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     args = ["study", "--backend", "tensorflow", "--epochs", "1", "--seeds", "0"]
     done = _command(
