@@ -31,11 +31,11 @@ KIND_GROUPS = {"plain": TEACHERS, "online": ONLINE_TEACHERS, "features": FEATURE
 #: The groups run by one process each. TensorFlow keys its collectives by a
 #: counter that restarts with each strategy, so steps whose all-reduces
 #: differ (the online teachers' gathers, the adapter's extra gradients) run
-#: in their own process there; JAX runs the feature kind with the plain ones.
+#: in their own process there; JAX runs them all in one.
 PROCESSES = (
     ("plain", "online", "features")
     if BACKEND == "tensorflow"
-    else ("plain,features", "online")
+    else ("plain,online,features",)
 )
 NUM_CLASSES = 5
 ALPHA = 0.7
