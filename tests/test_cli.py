@@ -128,7 +128,10 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         assert f"\n{label} " in output
     assert "De-KD teacher: cnn_tiny after 1 epoch" in output
     markdown = (folder / "results.md").read_text()
-    assert markdown.count("\n| ") == 1 + 12  # header + one row per (method, student)
+    table = markdown.split("\n## ", 1)[0]  # the main table, before the sections
+    assert table.count("\n| ") == 1 + 12  # header + one row per (method, student)
+    assert "## Does it help? (paired over seeds)" in markdown
+    assert "## Calibration (test set, after the last epoch)" in markdown
     assert (
         "KL term of KD: batch-mean KL, multiplier 0.01 (paper: 1 with KL/K at K=100)"
         in markdown

@@ -440,3 +440,31 @@ def test_plot_has_an_interval_panel(tmp_path, seeds):
         assert (x0, x1) == pytest.approx((0.2578, 2.7422), abs=1e-3)
     title = intervals.get_title()
     assert ("95% Student t interval" in title) == (len(seeds) > 1)
+
+
+def test_markdown_has_the_calibration_table(tmp_path):
+    """Final-epoch ECE/NLL/Brier per row and the paired ECE difference."""
+    records = _records()
+    ece = {"baseline": [0.10, 0.12, 0.11], "tfkd_reg": [0.06, 0.07, 0.08]}
+    for r in records:
+        if r["student"] == "cnn_tiny" and r["method"] in ece:
+            i = SEEDS.index(r["seed"])
+            r.update(test_ece=ece[r["method"]][i], test_nll=0.5, test_brier=0.25)
+    rows = study.summarize(records)
+    markdown = study.format_markdown(rows, "header", _config(tmp_path))
+    section = markdown.split("## Calibration (test set, after the last epoch)", 1)[1]
+    diffs = [-4.0, -5.0, -3.0]
+    mean = np.mean(diffs)
+    half = scipy.stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)
+    assert "| Baseline | cnn_tiny | 11.00 ± 1.00 | 0.500 ± 0.000 |" in section
+    assert (
+        f"| Tf-KD_reg | cnn_tiny | 7.00 ± 1.00 | 0.500 ± 0.000 | 0.2500 ± 0.0000 | "
+        f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] | 3/3 |"
+    ) in section
+    # Runs without calibration fields (older results.json) show a dash.
+    assert "| KD | cnn_tiny | - | - | - | - | - |" in section
+    # No calibration anywhere: no section.
+    plain = study.format_markdown(
+        study.summarize(_records()), "header", _config(tmp_path)
+    )
+    assert "## Calibration" not in plain

@@ -19,6 +19,7 @@ import numpy as np
 from keras_tfkd import _backend, _io, schedules
 from keras_tfkd import callbacks as callbacks_lib
 from keras_tfkd import data as data_lib
+from keras_tfkd import metrics as metrics_lib
 from keras_tfkd.metrics import accuracy
 from keras_tfkd.runs.models import build_model
 
@@ -78,8 +79,17 @@ def deterministic(seed):
     _backend.enable_op_determinism()
 
 
+#: Calibration of the test predictions after every epoch (NumPy, host logits):
+#: the record's field and history name, and its function.
+CALIBRATION = (
+    ("test_nll", metrics_lib.negative_log_likelihood),
+    ("test_ece", metrics_lib.expected_calibration_error),
+    ("test_brier", metrics_lib.brier_score),
+)
+
 _HISTORY_KEYS = (
     ("test_accuracy", "test_accuracy"),
+    *((name, name) for name, _ in CALIBRATION),
     ("train_accuracy", "accuracy"),
     ("loss", "loss"),
     ("hard_loss", "hard_loss"),
@@ -93,7 +103,9 @@ class _TestAccuracy(keras.callbacks.Callback):
     Only the student is evaluated (``student.predict``), not the Distiller:
     no teacher forward pass, and on JAX one compiled predict function per
     architecture, shared by every method through the compilation cache. The
-    accuracy is written to the epoch logs as ``test_accuracy``.
+    accuracy is written to the epoch logs as ``test_accuracy``, and the
+    calibration of the same predictions as ``test_nll``, ``test_ece`` (15
+    equal-width bins) and ``test_brier``.
     """
 
     def __init__(self, test_data, labels, keep_best_weights, log, every, total, label):
@@ -132,6 +144,8 @@ class _TestAccuracy(keras.callbacks.Callback):
         logits = np.asarray(student.predict(self.test_data, verbose=0))
         acc = accuracy(logits, self.labels)
         logs["test_accuracy"] = acc
+        for name, function in CALIBRATION:
+            logs[name] = function(logits, self.labels)
         self.accuracies.append(acc)
         for name, key in _HISTORY_KEYS:
             if key in logs:
@@ -231,8 +245,15 @@ def _summary(plan, tracker, guard, seconds, steps, initial_epoch):
         or epochs_run < plan.epochs
         or not all(math.isfinite(v) for v in losses)
     )
+    calibration = {
+        name: tracker.history[name][epochs_run - 1]
+        if len(tracker.history.get(name, [])) >= epochs_run > 0
+        else None
+        for name, _ in CALIBRATION
+    }
     info = {
         "test_accuracy": float(test_acc[-1]) if test_acc else None,
+        **calibration,
         "best_test_accuracy": tracker.best if tracker.best >= 0 else None,
         "best_epoch": tracker.best_epoch,
         "epochs_completed": epochs_run,

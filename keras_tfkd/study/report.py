@@ -115,6 +115,10 @@ def _row(key, group):
         "curve": _mean_curve(group),
         "notes": _seed_notes(group),
         "seed_values": _seed_values(group),
+        "seed_calibration": {
+            r["seed"]: {name: r.get(name) for name, _ in CALIBRATION_FIELDS}
+            for r in group
+        },
     }
 
 
@@ -396,6 +400,9 @@ def format_markdown(rows, header, config):
     section = _claims_markdown(rows)
     if section:
         lines += ["", *section]
+    section = _calibration_markdown(rows)
+    if section:
+        lines += ["", *section]
     if config.plot:
         lines += ["", "![results](results.png)"]
     return "\n".join(lines) + "\n"
@@ -605,4 +612,90 @@ def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
             "the best epoch picked on the test set itself, an optimistic "
             "selection for every run."
         )
+    return lines
+
+
+# ------------------------------------------------------------- calibration
+#: The calibration fields of a run record (the test predictions after the
+#: last epoch) and how the table shows them: label, scale, decimals.
+CALIBRATION_FIELDS = (
+    ("test_ece", ("ECE %", 100.0, 2)),
+    ("test_nll", ("NLL", 1.0, 3)),
+    ("test_brier", ("Brier", 1.0, 4)),
+)
+
+
+def _calibration_cell(values, scale, digits):
+    values = [v * scale for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _calibration_markdown(rows):
+    """results.md's calibration table: final-epoch ECE, NLL and Brier per row,
+    and the paired ECE difference with the same student's baseline."""
+    from keras_tfkd.study import stats
+
+    runs = [r for r in rows if r["role"] == "run" and r.get("seed_calibration")]
+    if not any(
+        v is not None
+        for r in runs
+        for seed in r["seed_calibration"].values()
+        for v in seed.values()
+    ):
+        return []
+    baselines = {
+        (r["student"], r["epochs"]): r for r in runs if r["method"] == "baseline"
+    }
+    head = ["method", "student", *(spec[0] for _, spec in CALIBRATION_FIELDS)]
+    head += ["Δ ECE [95% CI]", "ECE lower (k/n)"]
+    lines = [
+        "## Calibration (test set, after the last epoch)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for row in runs:
+        seeds = row["seed_calibration"]
+        cells = [row["label"], row["student"]]
+        for name, (_, scale, digits) in CALIBRATION_FIELDS:
+            values = [seeds[s].get(name) for s in sorted(seeds)]
+            cells.append(_calibration_cell(values, scale, digits))
+        base = baselines.get((row["student"], row["epochs"]))
+        if base is None or row is base:
+            cells += ["ref" if row is base else "-", "-"]
+        else:
+            diffs = [
+                100 * (seeds[s]["test_ece"] - base["seed_calibration"][s]["test_ece"])
+                for s in sorted(seeds)
+                if s in base["seed_calibration"]
+                and seeds[s].get("test_ece") is not None
+                and base["seed_calibration"][s].get("test_ece") is not None
+            ]
+            interval = stats.paired_interval(diffs)
+            if interval["n"] == 0:
+                cells += ["-", "-"]
+            else:
+                span = (
+                    ""
+                    if interval["low"] is None
+                    else f" [{interval['low']:+.2f}, {interval['high']:+.2f}]"
+                )
+                lower = sum(d < 0 for d in diffs)
+                cells += [
+                    f"{interval['mean']:+.2f}{span}",
+                    f"{lower}/{interval['n']}",
+                ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "- ECE: expected calibration error with 15 equal-width confidence bins, "
+        "`sum_b |B_b|/N |acc(B_b) - conf(B_b)|`, in points; NLL: mean `-log p_y`; "
+        "Brier: mean `sum_k (p_k - onehot_k)^2`; lower is better for all three. "
+        "Δ ECE: the paired per-seed difference with the same student's baseline, "
+        "with its 95% Student t interval (none with one seed).",
+    ]
     return lines
