@@ -89,6 +89,11 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         assert record["test_accuracy"] == curve[-1]
         assert record["best_test_accuracy"] == max(curve)
         assert 0.0 <= record["test_accuracy"] <= 1.0
+        # The headline: test accuracy at the epoch of best validation accuracy.
+        val = record["history"]["val_accuracy"]
+        assert record["selected_epoch"] == 1 + val.index(max(val))
+        assert record["selected_test_accuracy"] == curve[record["selected_epoch"] - 1]
+        assert record["hyperparameters"]["validation_examples"] == 40  # 10% of 400
     assert len({r["key"] for r in records}) == len(records)
     # 11 methods, the strong model's baseline, the De-KD teacher stopped early.
     assert len(records) == 13
@@ -131,6 +136,8 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
     table = markdown.split("\n## ", 1)[0]  # the main table, before the sections
     assert table.count("\n| ") == 1 + 12  # header + one row per (method, student)
     assert "## Does it help? (paired over seeds)" in markdown
+    assert "| val-selected acc % | Δ val-selected |" in table
+    assert "val-selected: mean Δ [95% CI]" in markdown
     assert "## Calibration (test set, after the last epoch)" in markdown
     assert (
         "KL term of KD: batch-mean KL, multiplier 0.01 (paper: 1 with KL/K at K=100)"

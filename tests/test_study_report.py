@@ -413,12 +413,14 @@ def test_one_epoch_study_dekd_differs_from_kd(tmp_path):
     )
     kd_teacher = next(r for r in records if r["key"] == kd["teacher_key"])
     assert dekd["teacher_key"] == teacher["key"] != kd["teacher_key"]
-    assert teacher["hyperparameters"]["train_examples"] == 337
+    # 1211 training examples after the default 10% validation holdout (136).
+    assert teacher["hyperparameters"]["validation_examples"] == 136
+    assert teacher["hyperparameters"]["train_examples"] == 303  # 1/4 of 1211
     assert teacher["hyperparameters"]["schedule_epochs"] == 4
     assert (
         teacher["dekd_teacher"]["fraction"] == dekd["dekd_teacher"]["fraction"] == 0.25
     )
-    assert kd_teacher["hyperparameters"]["train_examples"] == 1347
+    assert kd_teacher["hyperparameters"]["train_examples"] == 1211
     assert dekd["teacher_test_accuracy"] == pytest.approx(teacher["test_accuracy"])
     assert dekd["teacher_test_accuracy"] != kd["teacher_test_accuracy"]
     table = summary["table"]

@@ -56,6 +56,7 @@ def _study(args, log):
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             dekd_teacher_epochs=args.dekd_teacher_epochs,
+            validation_fraction=args.validation_fraction,
             kl=args.kl,
             data_dir=args.data_dir,
             limit=args.limit,

@@ -96,6 +96,19 @@ def _int_at_least(minimum):
 _positive_int = _int_at_least(1)
 
 
+def _validation_fraction(text):
+    """An argparse type: a number in [0, 1) (0: no validation split)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, 1) (0: no validation split), got {text!r}"
+        )
+    return value
+
+
 def _add_backend(parser):
     parser.add_argument(
         "--backend",
@@ -196,6 +209,14 @@ def _add_study(sub):
         type=float,
         default=1e-2,
         help="Adam, decayed to 0 along a cosine (default: %(default)s)",
+    )
+    study.add_argument(
+        "--validation-fraction",
+        type=_validation_fraction,
+        default=0.1,
+        help="share of the training split held out (stratified, seeded) to "
+        "select each run's epoch; its test accuracy there is the headline. 0: "
+        "none (default: %(default)s)",
     )
     study.add_argument(
         "--dekd-teacher-epochs",

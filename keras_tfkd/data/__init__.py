@@ -37,7 +37,12 @@ from keras_tfkd.data.batching import (  # noqa: F401
     pipeline_throughput,
     reference_augmentation,
 )
-from keras_tfkd.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
+from keras_tfkd.data.dataset import (
+    Dataset,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    holdout,
+)
 from keras_tfkd.data.formats import (  # noqa: F401
     IMAGE_EXTENSIONS,
     read_cifar_binary,
@@ -76,6 +81,7 @@ __all__ = [
     "DatasetNotFoundError",
     "augmentation_is_random",
     "available",
+    "holdout",
     "load",
     "num_batches",
     "pipeline",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Dataset", "DatasetFormatError", "DatasetNotFoundError"]
+__all__ = ["Dataset", "DatasetFormatError", "DatasetNotFoundError", "holdout"]
 
 _SPLITS = {"train": "train", "test": "test", "val": "test", "validation": "test"}
 
@@ -68,6 +68,9 @@ class Dataset:
     source: str = ""
     #: ImageNet evaluation: resize the short side to this, then centre-crop.
     eval_resize: int | None = None
+    #: Examples held out of the training split for model selection (a
+    #: `Dataset` whose test split they are), from `holdout`; None: none.
+    validation: Dataset | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -106,3 +109,71 @@ def _split(split: str) -> str:
         raise ValueError(
             f"Unknown split {split!r}; use 'train' or 'test' ('val' = 'test')"
         ) from None
+
+
+def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """`dataset` with a stratified, seeded `fraction` of its training split held out.
+
+    Returns a copy whose training split lacks the held-out examples and whose
+    ``validation`` is a `Dataset` with them as its test split (so
+    ``pipeline(ds.validation, "test", ...)`` reads them, normalised with the
+    statistics of the full training split). In each class, ``round(fraction
+    * n_c)`` examples are drawn with ``numpy.random.default_rng(seed)`` (at
+    least one of any class with two or more), so the class balance is kept
+    and the split is the same on every machine. The test split is untouched.
+
+    >>> from keras_tfkd.data import load
+    >>> ds = holdout(load("digits"), 0.1)
+    >>> ds.num_examples("train"), ds.validation.num_examples("test")
+    (1211, 136)
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"`fraction` must be a number, got fraction={fraction!r}.")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"`fraction` must be in (0, 1) (the share of the training split held "
+            f"out for validation), got fraction={fraction!r}."
+        )
+    if dataset.validation is not None:
+        raise ValueError(f"{dataset.name!r} already holds out a validation split.")
+    labels = dataset.labels("train")
+    rng = np.random.default_rng(int(seed))
+    held = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            take = min(max(take, 1), len(members) - 1)
+        else:
+            take = 0
+        held.append(rng.permutation(members)[:take])
+    held = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=int)
+    keep = np.setdiff1d(np.arange(len(labels)), held)
+    images = dataset.images("train")
+    if len(keep) == 0 or len(held) == 0:
+        raise ValueError(
+            f"`fraction`={fraction!r} of {len(labels)} training examples leaves "
+            "no training or no validation example."
+        )
+    source = f"{fraction:g} of the training split held out (seed {int(seed)})"
+    if dataset.in_memory:
+        train = dict(x_train=images[keep], y_train=labels[keep])
+        validation = dataclasses.replace(
+            dataset,
+            x_train=images[:0],
+            y_train=labels[:0],
+            x_test=images[held],
+            y_test=labels[held],
+            source=source,
+        )
+    else:
+        train = dict(train_files=images[keep], y_train=labels[keep])
+        validation = dataclasses.replace(
+            dataset,
+            train_files=images[:0],
+            y_train=labels[:0],
+            test_files=images[held],
+            y_test=labels[held],
+            source=source,
+        )
+    return dataclasses.replace(dataset, **train, validation=validation)

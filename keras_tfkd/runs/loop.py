@@ -89,6 +89,7 @@ CALIBRATION = (
 
 _HISTORY_KEYS = (
     ("test_accuracy", "test_accuracy"),
+    ("val_accuracy", "val_accuracy"),
     *((name, name) for name, _ in CALIBRATION),
     ("train_accuracy", "accuracy"),
     ("loss", "loss"),
@@ -108,10 +109,22 @@ class _TestAccuracy(keras.callbacks.Callback):
     equal-width bins) and ``test_brier``.
     """
 
-    def __init__(self, test_data, labels, keep_best_weights, log, every, total, label):
+    def __init__(
+        self,
+        test_data,
+        labels,
+        keep_best_weights,
+        log,
+        every,
+        total,
+        label,
+        validation=None,
+    ):
         super().__init__()
         self.test_data = test_data
         self.labels = np.asarray(labels).reshape(-1)
+        #: ``(batches, labels)`` of held-out training examples, or None.
+        self.validation = validation
         self.keep_best_weights = keep_best_weights
         self.log = log
         self.every = every
@@ -146,6 +159,10 @@ class _TestAccuracy(keras.callbacks.Callback):
         logs["test_accuracy"] = acc
         for name, function in CALIBRATION:
             logs[name] = function(logits, self.labels)
+        if self.validation is not None:
+            batches, labels = self.validation
+            val_logits = np.asarray(student.predict(batches, verbose=0))
+            logs["val_accuracy"] = accuracy(val_logits, labels)
         self.accuracies.append(acc)
         for name, key in _HISTORY_KEYS:
             if key in logs:
@@ -254,6 +271,7 @@ def _summary(plan, tracker, guard, seconds, steps, initial_epoch):
     info = {
         "test_accuracy": float(test_acc[-1]) if test_acc else None,
         **calibration,
+        **_selected(tracker.history, epochs_run),
         "best_test_accuracy": tracker.best if tracker.best >= 0 else None,
         "best_epoch": tracker.best_epoch,
         "epochs_completed": epochs_run,
@@ -267,6 +285,27 @@ def _summary(plan, tracker, guard, seconds, steps, initial_epoch):
     if initial_epoch:
         info["resumed_after_epoch"] = initial_epoch
     return info
+
+
+def _selected(history, epochs_run):
+    """The epoch with the best validation accuracy and the test metrics there.
+
+    ``selected_epoch`` (1-based; the first of equal ones) and
+    ``selected_test_accuracy``, ``selected_test_nll``, ... : what a run
+    selected on held-out training data reports, unlike the best test
+    accuracy, which selects on the test set itself. Empty without a
+    validation split.
+    """
+    val = history.get("val_accuracy", [])[:epochs_run]
+    finite = [v if math.isfinite(v) else -1.0 for v in val]
+    if not finite or max(finite) < 0:
+        return {}
+    epoch = int(np.argmax(finite))
+    out = {"selected_epoch": epoch + 1, "selected_val_accuracy": float(val[epoch])}
+    for name in ("test_accuracy", *(n for n, _ in CALIBRATION)):
+        values = history.get(name, [])
+        out[f"selected_{name}"] = float(values[epoch]) if epoch < len(values) else None
+    return out
 
 
 def _train_data(experiment, dataset, **options):
@@ -309,6 +348,7 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
     distiller.compile(
         optimizer=_make_optimizer(experiment, config, steps), metrics=["accuracy"]
     )
+    held_out = getattr(dataset, "validation", None)
     tracker = _TestAccuracy(
         data_lib.pipeline(dataset, "test", config.eval_batch_size),
         dataset.labels("test"),
@@ -317,6 +357,12 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
         config.progress_every,
         plan.epochs,
         plan.label,
+        validation=None
+        if held_out is None
+        else (
+            data_lib.pipeline(held_out, "test", config.eval_batch_size),
+            held_out.labels("test"),
+        ),
     )
     guard = callbacks_lib.NaNGuard(raise_error=False, log=log)
     initial_epoch = _resume(plan, tracker, keep_best_weights, log)

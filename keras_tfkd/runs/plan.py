@@ -157,6 +157,10 @@ def plan_run(
     hp.update(config.hyperparameters())
     hp["train_examples"] = dataset.num_examples("train")
     hp["test_examples"] = dataset.num_examples("test")
+    if getattr(dataset, "validation", None) is not None:
+        # Model selection on held-out training examples (`data.holdout`).
+        hp["validation_examples"] = dataset.validation.num_examples("test")
+        hp["validation_source"] = dataset.validation.source
     if stop_after is not None:
         hp["schedule_epochs"] = experiment.epochs
     if teacher_checkpoint is not None:

@@ -76,6 +76,11 @@ class StudyConfig:
             schedule: the same number of steps, at the same learning rates,
             as the first ``1/S`` of the KD teacher's one epoch
             (`dekd_teacher_plan`).
+        validation_fraction: the share of the training split held out
+            (stratified, seed 0: `keras_tfkd.data.holdout`) to select each
+            run's epoch by validation accuracy; the test accuracy at that
+            epoch is the headline. 0 holds nothing out (the headline is then
+            the final epoch's test accuracy).
         kl: the KL form of every method, ``"batchmean"`` (the registry's
             rows: the published meaning at any K) or ``"reference"`` (the
             authors' KL / K with the published multipliers).
@@ -96,6 +101,7 @@ class StudyConfig:
     learning_rate: float = 1e-2
     dekd_teacher_epochs: int = 1
     dekd_teacher_fraction: float = 0.25
+    validation_fraction: float = 0.1
     kl: str = "batchmean"
     data_dir: str | None = None
     limit: int | None = None
@@ -127,6 +133,16 @@ class StudyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        share = self.validation_fraction
+        if (
+            isinstance(share, bool)
+            or not isinstance(share, (int, float))
+            or not 0 <= share < 1
+        ):
+            raise ValueError(
+                "`validation_fraction` must be a number in [0, 1) (0: no "
+                f"validation split), got validation_fraction={share!r}."
+            )
         fraction = self.dekd_teacher_fraction
         if (
             isinstance(fraction, bool)

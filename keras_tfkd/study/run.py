@@ -76,6 +76,8 @@ def run_study(config=None, log=print):
         runs.check_model_name(name)
     load_kw = {} if config.limit is None else {"limit": config.limit}
     dataset = data.load(config.dataset, config.data_dir, **load_kw)
+    if config.validation_fraction:
+        dataset = data.holdout(dataset, config.validation_fraction, seed=0)
     with contextlib.ExitStack() as stack:
         if config.compilation_cache:
             stack.enter_context(runs.compilation_cache(out / ".jax_cache"))
@@ -93,7 +95,8 @@ def _run_jobs(config, dataset, out, start, log):
     log(
         f"Study: {len(config.methods)} methods x {len(config.seeds)} seeds on "
         f"{dataset.name} (K={dataset.num_classes}, {dataset.num_examples('train')} "
-        f"train / {dataset.num_examples('test')} test), {config.epochs} epochs, "
+        f"train{_validation_text(dataset)} / {dataset.num_examples('test')} test), "
+        f"{config.epochs} epochs, "
         f"backend {keras.backend.backend()} -> {out}"
     )
     dplan = dekd_teacher_plan(config, dataset.num_examples("train"))
@@ -165,6 +168,11 @@ def _run_jobs(config, dataset, out, start, log):
         "seconds": seconds,
         "paths": paths,
     }
+
+
+def _validation_text(dataset):
+    held = getattr(dataset, "validation", None)
+    return "" if held is None else f" + {held.num_examples('test')} validation"
 
 
 def _run_label(exp, dplan=None):
