@@ -91,7 +91,7 @@ def test_study_writes_every_method_and_the_outputs(study_dir):
         assert 0.0 <= record["test_accuracy"] <= 1.0
         # The headline: test accuracy at the epoch of best validation accuracy.
         val = record["history"]["val_accuracy"]
-        assert record["selected_epoch"] == 1 + val.index(max(val))
+        assert record["selected_epoch"] == len(val) - val[::-1].index(max(val))
         assert record["selected_test_accuracy"] == curve[record["selected_epoch"] - 1]
         assert record["hyperparameters"]["validation_examples"] == 40  # 10% of 400
     assert len({r["key"] for r in records}) == len(records)

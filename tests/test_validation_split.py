@@ -40,16 +40,16 @@ def test_holdout_refuses_a_fraction_outside_0_1(fraction):
         data.holdout(data.load("digits"), "0.1")
 
 
-def test_selected_epoch_is_the_first_best_validation_epoch():
+def test_selected_epoch_is_the_last_best_validation_epoch():
     history = {
         "val_accuracy": [0.5, 0.8, 0.8, float("nan")],
         "test_accuracy": [0.4, 0.7, 0.9, 0.95],
         "test_ece": [0.3, 0.2, 0.1, 0.05],
     }
     out = _selected(history, 4)
-    assert out["selected_epoch"] == 2  # the first of the two 0.8 (NaN is never best)
-    assert out["selected_test_accuracy"] == 0.7
-    assert out["selected_test_ece"] == 0.2
+    assert out["selected_epoch"] == 3  # the last of the two 0.8 (NaN is never best)
+    assert out["selected_test_accuracy"] == 0.9
+    assert out["selected_test_ece"] == 0.1
     assert out["selected_val_accuracy"] == 0.8
     assert _selected({"test_accuracy": [0.5]}, 1) == {}  # no validation split
     assert _selected(history, 1)["selected_epoch"] == 1  # only the epochs run

@@ -290,7 +290,9 @@ def _summary(plan, tracker, guard, seconds, steps, initial_epoch):
 def _selected(history, epochs_run):
     """The epoch with the best validation accuracy and the test metrics there.
 
-    ``selected_epoch`` (1-based; the first of equal ones) and
+    ``selected_epoch`` (1-based; the last of equal ones: a small validation
+    split ties often, and among equally good epochs the latest has trained
+    longest, at the lowest learning rate of the schedule) and
     ``selected_test_accuracy``, ``selected_test_nll``, ... : what a run
     selected on held-out training data reports, unlike the best test
     accuracy, which selects on the test set itself. Empty without a
@@ -300,7 +302,7 @@ def _selected(history, epochs_run):
     finite = [v if math.isfinite(v) else -1.0 for v in val]
     if not finite or max(finite) < 0:
         return {}
-    epoch = int(np.argmax(finite))
+    epoch = len(finite) - 1 - int(np.argmax(finite[::-1]))
     out = {"selected_epoch": epoch + 1, "selected_val_accuracy": float(val[epoch])}
     for name in ("test_accuracy", *(n for n, _ in CALIBRATION)):
         values = history.get(name, [])
