@@ -156,24 +156,15 @@ def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
             "no training or no validation example."
         )
     source = f"{fraction:g} of the training split held out (seed {int(seed)})"
-    if dataset.in_memory:
-        train = dict(x_train=images[keep], y_train=labels[keep])
-        validation = dataclasses.replace(
-            dataset,
-            x_train=images[:0],
-            y_train=labels[:0],
-            x_test=images[held],
-            y_test=labels[held],
-            source=source,
-        )
-    else:
-        train = dict(train_files=images[keep], y_train=labels[keep])
-        validation = dataclasses.replace(
-            dataset,
-            train_files=images[:0],
-            y_train=labels[:0],
-            test_files=images[held],
-            y_test=labels[held],
-            source=source,
-        )
+    train_field, test_field = (
+        ("x_train", "x_test") if dataset.in_memory else ("train_files", "test_files")
+    )
+    validation = dataclasses.replace(
+        dataset,
+        **{train_field: images[:0], test_field: images[held]},
+        y_train=labels[:0],
+        y_test=labels[held],
+        source=source,
+    )
+    train = {train_field: images[keep], "y_train": labels[keep]}
     return dataclasses.replace(dataset, **train, validation=validation)
