@@ -919,7 +919,8 @@ class Distiller(keras.Model):
                 f"loss_weights gives the distilled output {self.output_name!r} "
                 "a weight: it is weighted by the Distiller (alpha= or hard_weight=)."
             )
-        self.hard_loss = _resolve_hard_loss(given.pop(self.output_name, None))
+        if self.output_name in given:
+            self.hard_loss = _resolve_hard_loss(given.pop(self.output_name))
         self._head_losses = {
             key: _resolve_hard_loss(value)
             for key, value in given.items()
@@ -933,10 +934,36 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{key}_loss") for key in self._head_losses
         ]
 
+    def get_compile_config(self):
+        """Keras's compile config, plus the losses of a multi-output student's
+        other outputs (`compile` hands Keras ``loss=None``)."""
+        config = super().get_compile_config()
+        if config is not None and self._head_losses:
+            ser = keras.saving.serialize_keras_object
+            config = dict(config)
+            config["head_losses"] = {
+                str(k): ser(v) for k, v in self._head_losses.items()
+            }
+            config["head_loss_weights"] = {
+                str(k): w for k, w in self._head_loss_weights.items()
+            }
+        return config
+
     def compile_from_config(self, config):
-        """Re-compile after loading (optimizer, metrics; the hard loss is in config)."""
+        """Re-compile after loading (optimizer, metrics, the other outputs'
+        losses; the hard loss is in the Distiller's config)."""
         config = keras.saving.deserialize_keras_object(config)
         config.pop("loss", None)
+        heads = config.pop("head_losses", None)
+        weights = config.pop("head_loss_weights", None)
+        if heads:
+            # JSON keys are strings: a list output's index comes back an int.
+            keys = _output_keys(self.student.output)
+            by_text = {str(k): k for k in keys}
+            config["loss"] = {by_text.get(k, k): v for k, v in heads.items()}
+            config["loss_weights"] = {
+                by_text.get(k, k): v for k, v in (weights or {}).items()
+            } or None
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)

@@ -405,7 +405,7 @@ def test_term_weights_schedule_and_callback_without_retracing():
 
 
 # --------------------------------------------------------- multi-output
-def test_multi_output_student_distils_one_head():
+def test_multi_output_student_distils_one_head(tmp_path):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 6, 3))
     h = keras.layers.GlobalAveragePooling2D()(
@@ -450,6 +450,14 @@ def test_multi_output_student_distils_one_head():
     history = d.fit(x, labels, epochs=1, batch_size=8, verbose=0).history
     assert {"hard_loss", "soft_loss", "aux_loss"} <= set(history)
     assert any("accuracy" in key for key in history)
+    # Saved and loaded, the other output keeps its loss and weight.
+    path = os.path.join(tmp_path, "multi.keras")
+    d.save(path)
+    again = keras.models.load_model(path, safe_mode=True)
+    ours = d.evaluate(x, labels, verbose=0, return_dict=True)
+    theirs = again.evaluate(x, labels, verbose=0, return_dict=True)
+    for key in ("loss", "aux_loss", "hard_loss", "soft_loss"):
+        np.testing.assert_allclose(theirs[key], ours[key], rtol=1e-5, err_msg=key)
 
 
 # ---------------------------------------------------------------- README
