@@ -243,6 +243,11 @@ _INTERVAL_FIELDS = (
     ("delta_final_seeds", "final test accuracy (headline)", "o", True),
     ("delta_best_seeds", "best test accuracy (best epoch)", "s", False),
 )
+#: The same with a validation split: the val-selected accuracy is the headline.
+_SELECTED_FIELDS = (
+    ("delta_selected_seeds", "val-selected test accuracy (headline)", "o", True),
+    ("delta_best_seeds", "best test accuracy (selected on test)", "s", False),
+)
 
 
 def _interval_panel(ax, rows, colors, several):
@@ -250,6 +255,12 @@ def _interval_panel(ax, rows, colors, several):
     with the 95% t interval over seeds as error bars, around a zero line."""
     pairs = [(r, c) for r, c in zip(rows, colors) if r["method"] != "baseline"]
     rows = [r for r, _ in pairs]
+    fields = (
+        _SELECTED_FIELDS
+        if any(r.get("delta_selected_seeds") for r in rows)
+        else _INTERVAL_FIELDS
+    )
+    headline = "val-selected" if fields is _SELECTED_FIELDS else "final"
     y = np.arange(len(rows))
     reach = [1.0]
     dodge = 0.17
@@ -258,7 +269,7 @@ def _interval_panel(ax, rows, colors, several):
         if not (r.get("delta_final_seeds") or r.get("delta_best_seeds")):
             ax.text(0, yi, "no baseline", fontsize=7, ha="center", va="center")
             continue
-        for j, (key, name, marker, filled) in enumerate(_INTERVAL_FIELDS):
+        for j, (key, name, marker, filled) in enumerate(fields):
             ci = stats.paired_interval(r.get(key) or [])
             if ci["mean"] is None:
                 continue
@@ -310,7 +321,8 @@ def _interval_panel(ax, rows, colors, several):
         else "n = 1 seed: no interval"
     )
     ax.set_title(
-        f"paired difference with the baseline, final and best\n{bars}", fontsize=10
+        f"paired difference with the baseline, {headline} and best\n{bars}",
+        fontsize=10,
     )
     if labelled:
         ax.legend(
