@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfkd import _backend, _keras_compat, validation, weight_schedules
+from keras_tfkd import _keras_compat, validation, weight_schedules
 from keras_tfkd import features as features_lib
 from keras_tfkd import losses as losses_lib
 from keras_tfkd import teachers as teachers_lib
@@ -249,6 +249,11 @@ class _Plan:
     @property
     def feature_losses(self):
         return [link for term in self.terms for link in term.features]
+
+    @property
+    def needs_adapter_build(self):
+        """Whether a feature loss's adapter is still unbuilt."""
+        return any(loss.needs_adapter_build for loss, _, _ in self.feature_losses)
 
     def student_layers(self):
         return [layer for _, layer, _ in self.feature_losses]
@@ -498,7 +503,7 @@ class Distiller(keras.Model):
                 self._check_teacher(teacher, num_classes, "teacher")
                 _check_target_kinds(teacher, soft_losses)
                 weight_name = (
-                    "alpha" if weights["weighting"] == "alpha" else ("soft_weight")
+                    "alpha" if weights["weighting"] == "alpha" else "soft_weight"
                 )
                 bound = [_Bound("soft", teacher, soft_losses, weight_name, output_name)]
         else:
@@ -549,7 +554,6 @@ class Distiller(keras.Model):
         if self._weighting == "terms":
             self.teacher = None
             self.term_teachers = self._plan.teachers()
-            self._term_names = [term.name for term in bound]
             self._term_weights = [
                 self._weight_variable(f"{term.name}_weight", t.weight)
                 for term, t in zip(bound, terms)
@@ -586,16 +590,14 @@ class Distiller(keras.Model):
         # An adapter still to be made stays unbuilt, and so does the Distiller:
         # Keras then builds it (`call` on symbolic inputs) before it builds the
         # optimizer, so the adapter's variables are trained from the first step.
-        if student.built and not any(
-            loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses
-        ):
+        if student.built and not self._plan.needs_adapter_build:
             self.built = True
 
     @staticmethod
     def _student_classes(student, output_name):
         if not student.built:
             return None
-        outputs = getattr(student, "output", None) if student.built else None
+        outputs = getattr(student, "output", None)
         keys = _output_keys(outputs) if outputs is not None else []
         if len(keys) > 1 and output_name is None:
             raise ValueError(
@@ -698,7 +700,7 @@ class Distiller(keras.Model):
             return ("alpha",)
         if self._weighting == "weights":
             return ("hard_weight", "soft_weight")
-        return ("hard_weight", *(f"{name}_weight" for name in self._term_names))
+        return ("hard_weight", *(term.weight_name for term in self._plan.terms))
 
     def _weight_var(self, name):
         if name in ("alpha", "hard_weight", "soft_weight"):
@@ -968,10 +970,13 @@ class Distiller(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def call(self, inputs, training=None):
+    def _student_inputs(self, inputs):
+        """The part of a batch the student sees (a `Teacher` may pack more)."""
         hooked = self._hook_teachers()
-        if hooked:
-            inputs = hooked[0].student_inputs(inputs)
+        return hooked[0].student_inputs(inputs) if hooked else inputs
+
+    def call(self, inputs, training=None):
+        inputs = self._student_inputs(inputs)
         layers = self._plan.student_layers()
         if not layers:
             return self.student(inputs, training=training)
@@ -980,7 +985,7 @@ class Distiller(keras.Model):
         with features_lib.FeatureCapture(layers) as capture:
             outputs = self.student(inputs, training=training)
         self._plan.stash = (outputs, capture)
-        if any(loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses):
+        if self._plan.needs_adapter_build:
             self._build_adapters(inputs, capture)
         return outputs
 
@@ -992,11 +997,7 @@ class Distiller(keras.Model):
         for the weights to restore. A dataset or generator input is left to
         Keras.
         """
-        if not any(
-            loss.needs_adapter_build for loss, _, _ in self._plan.feature_losses
-        ):
-            return
-        if teachers_lib.array_rows(x) is None:
+        if not self._plan.needs_adapter_build or teachers_lib.array_rows(x) is None:
             return
         self(keras.tree.map_structure(lambda a: a[:2], x), training=False)
         if self.student.built:
@@ -1026,13 +1027,8 @@ class Distiller(keras.Model):
             )
             outputs = teachers_lib.teacher_logits(teacher, x, labels, training=training)
             return outputs, None
-        if teachers_lib.is_packed(x):
-            x = x[teachers_lib.INPUTS_KEY]
         with features_lib.FeatureCapture(self._plan.teacher_layers(teacher)) as capture:
-            outputs = _backend.frozen_forward(teacher, x, capture)
-        outputs = keras.tree.map_structure(
-            lambda t: ops.stop_gradient(ops.cast(t, "float32")), outputs
-        )
+            outputs = teachers_lib.teacher_logits(teacher, x, y, capture=capture)
         return outputs, capture
 
     def _hard(self, y, y_pred, sample_weight):
@@ -1087,12 +1083,8 @@ class Distiller(keras.Model):
             if capture_s is None:
                 # compute_loss called on outputs of another forward pass: run
                 # the student once more to record its layers.
-                inputs = x
-                hooked = self._hook_teachers()
-                if hooked:
-                    inputs = hooked[0].student_inputs(inputs)
                 with features_lib.FeatureCapture(self._plan.student_layers()) as cap:
-                    self.student(inputs, training=training)
+                    self.student(self._student_inputs(x), training=training)
                 capture_s = cap
         passes = {}
         for teacher in self._plan.teachers():
@@ -1133,8 +1125,8 @@ class Distiller(keras.Model):
         if self._weighting == "terms":
             trackers = self.term_loss_trackers
         else:
-            trackers = [self.soft_loss_tracker]
-            values = [sum(values[1:], values[0])] if values else [ops.zeros(())]
+            trackers = [self.soft_loss_tracker]  # one term (or none: soft = 0)
+            values = values or [ops.zeros(())]
         for tracker, value in zip(trackers, values):
             tracker.update_state(unscale(value), sample_weight=batch)
         for tracker, value in zip(self.head_loss_trackers, heads):

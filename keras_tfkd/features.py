@@ -117,20 +117,17 @@ class FeatureCapture:
 
     def record(self, layer, outputs):
         """Record `outputs` as the output of `layer`; return them."""
-        self._record(layer, outputs)
-        return outputs
-
-    def _record(self, layer, outputs):
         if id(layer) in self._outputs:
             raise ValueError(
                 f"The layer {layer.name!r} ran more than once in one forward pass, "
                 "so its feature is ambiguous: distil a layer that runs once."
             )
         self._outputs[id(layer)] = outputs
+        return outputs
 
     def __enter__(self):
         self._outputs = {}
-        self._context = _keras_compat.record_outputs(self._layers, self._record)
+        self._context = _keras_compat.record_outputs(self._layers, self.record)
         self._context.__enter__()
         return self
 

@@ -506,22 +506,27 @@ def teacher_num_classes(teacher):
     return None if shape is None else shape[-1]
 
 
-def teacher_logits(teacher, inputs, labels, training=False):
+def teacher_logits(teacher, inputs, labels, training=False, capture=None):
     """Float32, gradient-stopped teacher outputs for a batch (None if unavailable).
 
     `training` reaches a `Teacher` that runs the student (CS-KD runs the
     partners' forward pass in the student's training mode); a frozen model
-    teacher always runs in inference mode.
+    teacher always runs in inference mode, its outputs a tensor or, for a
+    model with several outputs, their structure. `capture` (an active
+    `keras_tfkd.features.FeatureCapture`) records layers of a model teacher
+    on the way.
     """
     if isinstance(teacher, Teacher):
         logits = teacher(inputs, labels=labels, training=training)
     else:
         if is_packed(inputs):
             inputs = inputs[INPUTS_KEY]
-        logits = _backend.frozen_forward(teacher, inputs)
+        logits = _backend.frozen_forward(teacher, inputs, capture)
     if logits is None:
         return None
-    return ops.stop_gradient(ops.cast(logits, "float32"))
+    return keras.tree.map_structure(
+        lambda t: ops.stop_gradient(ops.cast(t, "float32")), logits
+    )
 
 
 def _is_softmax(activation):

@@ -118,22 +118,20 @@ def _row(key, group):
         "curve": _mean_curve(group),
         "notes": _seed_notes(group),
         "seed_values": _seed_values(group),
-        "seed_calibration": {
-            r["seed"]: {name: r.get(name) for name, _ in CALIBRATION_FIELDS}
-            for r in group
-        },
     }
 
 
 def _seed_values(group):
     """``{seed: {field: value}}``: every accuracy field (a number, or None,
-    named ``*accuracy``) of each seed's record, as a fraction; what `claims`
-    pairs by seed."""
+    named ``*accuracy``) and calibration field (`CALIBRATION_FIELDS`) of each
+    seed's record, as a fraction; what `claims` and the calibration table
+    pair by seed."""
+    calibration = {name for name, _ in CALIBRATION_FIELDS}
     return {
         r["seed"]: {
             k: v
             for k, v in r.items()
-            if k.endswith("accuracy")
+            if (k.endswith("accuracy") or k in calibration)
             and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
         }
         for r in group
@@ -674,12 +672,13 @@ def _calibration_markdown(rows):
     and the paired ECE difference with the same student's baseline."""
     from keras_tfkd.study import stats
 
-    runs = [r for r in rows if r["role"] == "run" and r.get("seed_calibration")]
+    names = [name for name, _ in CALIBRATION_FIELDS]
+    runs = [r for r in rows if r["role"] == "run" and r.get("seed_values")]
     if not any(
-        v is not None
+        seed.get(name) is not None
         for r in runs
-        for seed in r["seed_calibration"].values()
-        for v in seed.values()
+        for seed in r["seed_values"].values()
+        for name in names
     ):
         return []
     baselines = {
@@ -694,7 +693,7 @@ def _calibration_markdown(rows):
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for row in runs:
-        seeds = row["seed_calibration"]
+        seeds = row["seed_values"]
         cells = [row["label"], row["student"]]
         for name, (_, scale, digits) in CALIBRATION_FIELDS:
             values = [seeds[s].get(name) for s in sorted(seeds)]
@@ -703,13 +702,7 @@ def _calibration_markdown(rows):
         if base is None or row is base:
             cells += ["ref" if row is base else "-", "-"]
         else:
-            diffs = [
-                100 * (seeds[s]["test_ece"] - base["seed_calibration"][s]["test_ece"])
-                for s in sorted(seeds)
-                if s in base["seed_calibration"]
-                and seeds[s].get("test_ece") is not None
-                and base["seed_calibration"][s].get("test_ece") is not None
-            ]
+            diffs = _paired_differences(row, base, "test_ece")
             interval = stats.paired_interval(diffs)
             if interval["n"] == 0:
                 cells += ["-", "-"]
@@ -719,7 +712,7 @@ def _calibration_markdown(rows):
                     if interval["low"] is None
                     else f" [{interval['low']:+.2f}, {interval['high']:+.2f}]"
                 )
-                lower = sum(d < 0 for d in diffs)
+                lower = sum(d < 0 for d in diffs)  # NaN (a missing seed) is not
                 cells += [
                     f"{interval['mean']:+.2f}{span}",
                     f"{lower}/{interval['n']}",
