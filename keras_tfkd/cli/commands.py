@@ -29,37 +29,65 @@ from keras_tfkd.cli.errors import (
 from keras_tfkd.cli.parser import _RUN_FIELD_FLAGS, LISTS
 from keras_tfkd.experiments import METHODS, UnknownNameError
 
+#: The study flags a preset can set: StudyConfig fields, given on the command
+#: line or taken from the preset.
+_PRESET_FLAGS = (
+    "dataset",
+    "limit",
+    "epochs",
+    "seeds",
+    "student",
+    "teacher",
+    "batch_size",
+    "learning_rate",
+    "augment",
+    "validation_fraction",
+    "dekd_teacher_epochs",
+    "kl",
+)
+
 
 def _study(args, log):
     from keras_tfkd import data, runs, study
 
     _translation_removed(args.translation)
+    try:
+        chosen = study.preset(args.preset)
+    except UnknownNameError as e:
+        raise _UsageError(
+            _unknown("preset", args.preset, e.valid, "--preset")
+        ) from None
+    given = {f: getattr(args, f) for f in _PRESET_FLAGS if getattr(args, f) is not None}
     methods = tuple(args.methods) if args.methods else METHODS
     for m in methods:
         if m not in METHODS:
             raise _UsageError(_unknown("method", m, METHODS, "--methods"))
-    dataset = _check_dataset(args.dataset)
-    _check_models(("--student", args.student), ("--teacher", args.teacher))
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise _UsageError(
-            f"--learning-rate must be a number > 0, got {args.learning_rate!r}."
+    settings = {**chosen.settings, **given}
+    custom = {}
+    if "dataset" in given:
+        settings["dataset"] = _check_dataset(args.dataset)
+    for flag in ("student", "teacher"):
+        if ":" in str(settings.get(flag, "")):
+            custom[flag] = settings[flag]
+    _check_models(
+        *(
+            (f"--{f}", settings[f])
+            for f in ("student", "teacher")
+            if f in settings and f not in custom
         )
+    )
+    rate = settings.get("learning_rate")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise _UsageError(f"--learning-rate must be a number > 0, got {rate!r}.")
+    if "seeds" in settings:
+        settings["seeds"] = tuple(settings["seeds"])
     try:
-        config = study.StudyConfig(
+        config = study.StudyConfig.from_preset(
+            chosen.name,
+            **settings,
             output_dir=args.output_dir,
-            dataset=dataset,
-            epochs=args.epochs,
-            seeds=tuple(args.seeds),
             methods=methods,
-            student=args.student,
-            teacher=args.teacher,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            dekd_teacher_epochs=args.dekd_teacher_epochs,
-            validation_fraction=args.validation_fraction,
-            kl=args.kl,
             data_dir=args.data_dir,
-            limit=args.limit,
             plot=not args.no_plot,
         )
     except ValueError as e:  # e.g. the same model as student and teacher
@@ -67,7 +95,7 @@ def _study(args, log):
     try:
         summary = study.run_study(config, log=log)
     except data.DatasetNotFoundError as e:
-        raise _UsageError(_data_error(e, dataset), status=1) from None
+        raise _UsageError(_data_error(e, config.dataset), status=1) from None
     except runs.CorruptCheckpointError as e:  # the message says what to do
         raise _UsageError(str(e), status=1) from None
     if args.quiet:
@@ -204,6 +232,11 @@ def _list(args):
         if section == "experiments":
             for exp_id in experiments.available():
                 print(indent + experiments.get(exp_id).describe())
+        elif section == "presets":
+            from keras_tfkd.study import presets
+
+            for p in presets.PRESETS.values():
+                print(f"{indent}{p.name}: {p.summary}; {p.cost}")
         elif section == "models":
             from keras_tfkd import runs
 

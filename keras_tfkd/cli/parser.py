@@ -10,12 +10,13 @@ import argparse
 from keras_tfkd import experiments as _experiments
 from keras_tfkd.cli.backend import BACKENDS
 from keras_tfkd.cli.errors import PROG
+from keras_tfkd.data.batching import AUGMENTATIONS
 from keras_tfkd.experiments import METHODS
+from keras_tfkd.study.presets import DEFAULT_PRESET, PRESETS
 
-LISTS = ("experiments", "models", "datasets")
+LISTS = ("experiments", "models", "datasets", "presets")
 #: Seeds go to NumPy's legacy seeding (``keras.utils.set_random_seed``).
 MAX_SEED = 2**32 - 1
-DEFAULT_SEEDS = (0, 1, 2)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -96,6 +97,23 @@ def _int_at_least(minimum):
 _positive_int = _int_at_least(1)
 
 
+def _limit(text):
+    """An argparse type: ``N`` or ``TRAIN,TEST`` (0: the whole split)."""
+    parts = str(text).split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or any(v < 0 for v in values) or values == [0]:
+        raise argparse.ArgumentTypeError(
+            f"must be N or TRAIN,TEST (whole numbers, 0: all of that split), "
+            f"got {text!r}"
+        )
+    if len(values) == 1:
+        return values[0]
+    return tuple(v or None for v in values)
+
+
 def _validation_fraction(text):
     """An argparse type: a number in [0, 1) (0: no validation split)."""
     try:
@@ -168,26 +186,39 @@ def _add_study(sub):
     study = sub.add_parser(
         "study",
         help="run the paper's whole comparison on an offline data set",
-        description="Baseline, LSR, KD, Re-KD, De-KD, Tf-KD_self and Tf-KD_reg "
-        "over several seeds (defaults: digits, cnn_tiny <- cnn_small, seeds "
-        "0,1,2, a few minutes on 2 CPU cores). Prints the paper-style table and "
-        "writes results.json, results.md and results.png; finished runs are "
-        "skipped when rerun into the same folder, and an interrupted run "
-        "resumes from its last finished epoch.",
+        description="Every method over several seeds, paired on the same seeds "
+        "and batches: by default the digits preset (cnn_tiny <- cnn_small, 5 "
+        "seeds, a few minutes on 2 CPU cores); --preset names another study "
+        "(`keras-tfkd list presets`), and any flag given wins over the "
+        "preset's value. Prints the table and writes results.json, results.md "
+        "(with the claims: does each method help, by how much, how sure) and "
+        "results.png; finished runs are skipped when rerun into the same "
+        "folder, and an interrupted run resumes from its last finished epoch.",
+    )
+    study.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        metavar="NAME",
+        help=f"a named study: {', '.join(PRESETS)} (default: %(default)s)",
     )
     study.add_argument(
         "--output-dir",
         default="runs/study",
         help="a folder, created if missing (default: %(default)s)",
     )
-    study.add_argument("--dataset", default="digits", help="(default: %(default)s)")
+    study.add_argument(
+        "--dataset",
+        help="a data set name (`keras-tfkd list datasets`) or a .npz file with "
+        "x_train, y_train, x_test, y_test (and x_val, y_val to select epochs on)",
+    )
     study.add_argument("--data-dir", help="folder to search for the data set first")
     study.add_argument(
-        "--limit", type=_positive_int, help="use the first N examples of each split"
+        "--limit",
+        type=_limit,
+        help="use the first N examples of each split, or TRAIN,TEST (e.g. 2000,0: "
+        "the first 2000 training and all test examples; 0 is all)",
     )
-    study.add_argument(
-        "--epochs", type=_positive_int, default=12, help="(default: %(default)s)"
-    )
+    study.add_argument("--epochs", type=_positive_int, help="(digits: 12)")
     _add_seeds(study)
     study.add_argument(
         "--methods",
@@ -196,41 +227,44 @@ def _add_study(sub):
         help=f"subset of: {' '.join(METHODS)} (default: all)",
     )
     study.add_argument(
-        "--student", default="cnn_tiny", help="the weak model (default: %(default)s)"
+        "--student",
+        help="the weak model: a model name (`keras-tfkd list models`) or "
+        "package.module:function building a logits model (digits: cnn_tiny)",
     )
     study.add_argument(
-        "--teacher", default="cnn_small", help="the strong model (default: %(default)s)"
+        "--teacher",
+        help="the strong model, named like --student (digits: cnn_small)",
     )
-    study.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="(default: %(default)s)"
-    )
+    study.add_argument("--batch-size", type=_positive_int, help="(digits: 64)")
     study.add_argument(
         "--learning-rate",
         type=float,
-        default=1e-2,
-        help="Adam, decayed to 0 along a cosine (default: %(default)s)",
+        help="Adam, decayed to 0 along a cosine (digits: 0.01)",
+    )
+    study.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        help="the training augmentation (default: the data set's own; "
+        "fashion_mnist_regime: cifar, the paper's crop, flip and rotation)",
     )
     study.add_argument(
         "--validation-fraction",
         type=_validation_fraction,
-        default=0.1,
         help="share of the training split held out (stratified, seeded) to "
         "select each run's epoch; its test accuracy there is the headline. 0: "
-        "none (default: %(default)s)",
+        "none (default: 0.1)",
     )
     study.add_argument(
         "--dekd-teacher-epochs",
         type=_positive_int,
-        default=1,
-        help="epochs of the De-KD teacher (default: %(default)s)",
+        help="epochs of the De-KD teacher (digits: 1)",
     )
     study.add_argument(
         "--kl",
         choices=_experiments.KL_FORMS,
-        default="batchmean",
         help="the KL form of every method: batchmean (the registry's, the "
         "published meaning at any K) or reference (the authors' KL / K with the "
-        "published multipliers) (default: %(default)s)",
+        "published multipliers) (default: batchmean)",
     )
     study.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
     study.add_argument("--no-plot", action="store_true", help="skip results.png")
@@ -245,11 +279,10 @@ def _add_seeds(study):
         "--seeds",
         nargs="+",
         action=_SeedsAction,
-        default=list(DEFAULT_SEEDS),
         metavar="SEED",
         help="the seeds to run, one run of every method per seed: a list such as "
         "0,1,2 (or 0 1 2); whole numbers >= 0, each given once. --seeds 1 is the "
-        "single seed 1; for N seeds use --num-seeds N (default: 0,1,2)",
+        "single seed 1; for N seeds use --num-seeds N (digits: 0,1,2,3,4)",
     )
     seeds.add_argument(
         "--num-seeds",

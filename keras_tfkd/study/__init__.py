@@ -65,10 +65,13 @@ from keras_tfkd.study.config import (  # METHOD_LABELS: public, not in __all__
     plan,
 )
 from keras_tfkd.study.figure import plot
+from keras_tfkd.study.presets import PRESETS, Preset, preset
 from keras_tfkd.study.report import format_markdown, format_table, summarize
 from keras_tfkd.study.run import run_study
 
 __all__ = [
+    "PRESETS",
+    "Preset",
     "STUDY_SOURCES",
     "StudyConfig",
     "dekd_teacher_plan",
@@ -76,6 +79,7 @@ __all__ = [
     "format_table",
     "plan",
     "plot",
+    "preset",
     "run_study",
     "summarize",
 ]

@@ -55,7 +55,10 @@ class StudyConfig:
         dataset: a `keras_tfkd.data` name (``digits`` needs no download).
         epochs: epochs of every run (the De-KD teacher stops after
             `dekd_teacher_epochs`).
-        seeds: one run of every method per seed.
+        seeds: one run of every method per seed (default 0-4: with 3 seeds
+            the 95% interval of a paired difference is wide enough on digits
+            that almost every claim is inconclusive; 5 cost about 4 minutes
+            on 2 CPU cores).
         methods: a subset of `experiments.METHODS`.
         student / teacher: the weak and the strong model (Re-KD swaps them).
         batch_size, learning_rate: batch size and Adam's initial learning
@@ -76,6 +79,11 @@ class StudyConfig:
             schedule: the same number of steps, at the same learning rates,
             as the first ``1/S`` of the KD teacher's one epoch
             (`dekd_teacher_plan`).
+        augment: the training augmentation, a policy of
+            `keras_tfkd.data.AUGMENTATIONS` (None: the data set's reference
+            policy, ``"shift"`` for digits and Fashion-MNIST; ``"cifar"`` is
+            the paper's crop with padding 4, horizontal flip and a rotation of
+            up to 15 degrees).
         validation_fraction: the share of the training split held out
             (stratified, seed 0: `keras_tfkd.data.holdout`) to select each
             run's epoch by validation accuracy; the test accuracy at that
@@ -84,7 +92,12 @@ class StudyConfig:
         kl: the KL form of every method, ``"batchmean"`` (the registry's
             rows: the published meaning at any K) or ``"reference"`` (the
             authors' KL / K with the published multipliers).
-        data_dir, limit: passed to `keras_tfkd.data.load`.
+        data_dir: passed to `keras_tfkd.data.load`.
+        limit: the first N examples of each split (an int), or of the train
+            and test splits (``(n_train, n_test)``, None for all of one).
+        preset: the name of the `PRESETS` entry this config came from
+            (`StudyConfig.from_preset`), shown in results.md; it changes no
+            result.
         compilation_cache: on JAX, reuse XLA compilations across runs
             (`runs.compilation_cache`), kept in the output folder.
         plot: write results.png.
@@ -93,7 +106,7 @@ class StudyConfig:
     output_dir: str = "runs/study"
     dataset: str = "digits"
     epochs: int = 12
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     methods: tuple[str, ...] = experiments_lib.METHODS
     student: str = "cnn_tiny"
     teacher: str = "cnn_small"
@@ -101,10 +114,12 @@ class StudyConfig:
     learning_rate: float = 1e-2
     dekd_teacher_epochs: int = 1
     dekd_teacher_fraction: float = 0.25
+    augment: str | None = None
     validation_fraction: float = 0.1
     kl: str = "batchmean"
     data_dir: str | None = None
-    limit: int | None = None
+    limit: int | tuple[int | None, int | None] | None = None
+    preset: str | None = None
     compilation_cache: bool = True
     plot: bool = True
 
@@ -133,6 +148,12 @@ class StudyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        _check_limit(self.limit)
+        if self.augment is not None and self.augment not in data_lib.AUGMENTATIONS:
+            raise ValueError(
+                f"`augment` must be None or one of {data_lib.AUGMENTATIONS}, got "
+                f"augment={self.augment!r}."
+            )
         share = self.validation_fraction
         if (
             isinstance(share, bool)
@@ -173,6 +194,28 @@ class StudyConfig:
                 "De-KD need two different models (a weak and a strong one)."
             )
 
+    @classmethod
+    def from_preset(cls, name=None, **overrides):
+        """The config of a named study (`keras_tfkd.study.PRESETS`), with
+        `overrides` (any field) winning over the preset's settings.
+
+        >>> StudyConfig.from_preset("fashion_mnist_regime").student
+        'cnn5'
+        >>> StudyConfig.from_preset("fashion_mnist_regime", epochs=5).epochs
+        5
+        """
+        from keras_tfkd.study import presets
+
+        chosen = presets.preset(name or presets.DEFAULT_PRESET)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(
+                f"StudyConfig has no field {unknown[0]!r}; fields: "
+                f"{', '.join(sorted(fields))}."
+            )
+        return cls(**{**chosen.settings, "preset": chosen.name, **overrides})
+
     def train_config(self):
         from keras_tfkd import runs
 
@@ -180,7 +223,23 @@ class StudyConfig:
             optimizer="adam",
             learning_rate=self.learning_rate,
             lr_schedule="cosine",
+            augment=self.augment,
             drop_remainder=True,
+        )
+
+
+def _check_limit(limit):
+    """A ValueError unless `limit` is None, an int >= 1 or (train, test) of those."""
+    parts = limit if isinstance(limit, (tuple, list)) else (limit,)
+    ok = len(parts) in (1, 2) and all(
+        p is None or (isinstance(p, int) and not isinstance(p, bool) and p >= 1)
+        for p in parts
+    )
+    if not ok or (len(parts) == 1 and limit is not None and parts[0] is None):
+        raise ValueError(
+            "`limit` must be None, an integer >= 1 (the first N examples of each "
+            "split) or (n_train, n_test) of those (None: all of that split), got "
+            f"limit={limit!r}."
         )
 
 

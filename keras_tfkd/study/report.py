@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd.study.config import METHOD_LABELS, STUDY_SOURCES, _fraction_text
 
@@ -297,11 +298,16 @@ def _header(config, dataset):
         epochs += (
             f", {held.num_examples('test')} training examples held out for validation"
         )
+    augment = config.augment or data_lib.reference_augmentation(dataset)
+    preset = "" if config.preset is None else f"preset {config.preset}: "
     return (
-        f"{dataset.name} (K={dataset.num_classes}), {epochs}, "
+        f"{preset}{dataset.name} (K={dataset.num_classes}, "
+        f"{dataset.num_examples('train')} train / {dataset.num_examples('test')} "
+        f"test), {config.student} <- {config.teacher}, {epochs}, "
         f"seeds {' '.join(map(str, config.seeds))}, Adam lr {config.learning_rate:g} "
         "(cosine), "
-        f"batch {config.batch_size}, backend {keras.backend.backend()}"
+        f"batch {config.batch_size}, augmentation {augment}, backend "
+        f"{keras.backend.backend()}"
     )
 
 

@@ -1,0 +1,113 @@
+"""Named studies: `PRESETS`, `preset`, and the settings each one gives `StudyConfig`.
+
+A preset is a set of `StudyConfig` fields chosen and measured together, so a
+study can be named instead of spelled out (``keras-tfkd study --preset
+fashion_mnist_regime``). Any field given next to it wins over the preset's.
+
+* ``digits`` (the default): every method on scikit-learn's 8x8 digits with a
+  6k-parameter student, a few minutes on 2 CPU cores. Its students underfit
+  more than they overfit, so it tests the code and the protocol, not the
+  paper's claims.
+* ``fashion_mnist_regime``: the regime of the paper's claims on 2 CPU cores,
+  an over-parameterised student on a Fashion-MNIST training subset it can
+  fit, with the paper's augmentation and a long schedule (see
+  docs/reproducing.md for the measurement behind each choice).
+* ``fashion_mnist_full``: the same study on all 60,000 training images, for
+  a GPU (``benchmarks/gpu_study.py`` runs it with the data passed in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+
+from keras_tfkd import experiments as experiments_lib
+
+__all__ = ["PRESETS", "Preset", "preset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named study: `settings` are `StudyConfig` fields; `summary` says what
+    it is and `cost` what it took where it was measured."""
+
+    name: str
+    summary: str
+    settings: Mapping
+    cost: str
+
+
+def _preset(name, summary, cost, **settings):
+    return Preset(name, summary, types.MappingProxyType(settings), cost)
+
+
+#: The training examples of the Fashion-MNIST regime (before the validation
+#: split): few enough that the student can fit them on 2 CPU cores.
+REGIME_TRAIN_EXAMPLES = 2000
+#: Its test examples: the test accuracy is measured after every epoch of every
+#: run, and on all 10,000 that evaluation would cost more than the training.
+REGIME_TEST_EXAMPLES = 2000
+
+PRESETS = {
+    p.name: p
+    for p in (
+        _preset(
+            "digits",
+            "every method on scikit-learn's digits (8x8, 1,347 train / 450 test), "
+            "cnn_tiny <- cnn_small, 12 epochs, 5 seeds: the `StudyConfig` defaults",
+            "about 4 min on 2 CPU cores (JAX)",
+        ),
+        _preset(
+            "fashion_mnist_regime",
+            f"the paper's regime: cnn5 <- cnn_small on the first "
+            f"{REGIME_TRAIN_EXAMPLES:,} Fashion-MNIST training and test images, "
+            "the paper's augmentation, 30 epochs, 3 seeds",
+            "about 65 min on 2 CPU cores (TensorFlow)",
+            dataset="fashion_mnist",
+            limit=(REGIME_TRAIN_EXAMPLES, REGIME_TEST_EXAMPLES),
+            epochs=30,
+            seeds=(0, 1, 2),
+            student="cnn5",
+            teacher="cnn_small",
+            augment="cifar",
+            batch_size=64,
+            learning_rate=1e-2,
+            dekd_teacher_epochs=3,
+        ),
+        _preset(
+            "fashion_mnist_full",
+            "fashion_mnist_regime on all 60,000 training and 10,000 test images, "
+            "batch 256, for a GPU (benchmarks/gpu_study.py)",
+            "not yet measured on a GPU",
+            dataset="fashion_mnist",
+            epochs=30,
+            seeds=(0, 1, 2),
+            student="cnn5",
+            teacher="cnn_small",
+            augment="cifar",
+            batch_size=256,
+            learning_rate=1e-2,
+            dekd_teacher_epochs=3,
+        ),
+    )
+}
+
+#: The preset `keras-tfkd study` and `StudyConfig.from_preset()` use.
+DEFAULT_PRESET = "digits"
+
+
+def preset(name):
+    """The `Preset` called `name`; `UnknownNameError` lists the known ones.
+
+    >>> preset("digits").settings["dataset"]
+    'digits'
+    """
+    if name not in PRESETS:
+        names = list(PRESETS)
+        raise experiments_lib.UnknownNameError(
+            f"Unknown preset {name!r}; valid presets: {', '.join(names)}.",
+            name,
+            names,
+        )
+    return PRESETS[name]
