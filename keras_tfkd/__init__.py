@@ -5,6 +5,8 @@ Regularization* (Yuan et al., CVPR 2020) on TensorFlow, JAX and PyTorch.
 
 Public API:
 
+* `keras_tfkd.compare` - which methods help *your* model on *your* data (the
+  study's protocol: paired seeds, validation-selected epochs, the claims).
 * `keras_tfkd.Distiller` - a `keras.Model` mixing hard CE with soft targets;
   `keras_tfkd.Term` - one weighted term (a teacher and its losses) of it.
 * `keras_tfkd.losses` - `SoftTargetKL`, `SoftTargetCrossEntropy`,
@@ -46,6 +48,7 @@ _MODULES = {
     "runs",
     "metrics",
     "study",
+    "presets",
     "cli",
     "distribution",
     "features",
@@ -57,7 +60,7 @@ _MODULES = {
 # with a DeprecationWarning, and are left out of __all__.
 _MOVED_MODULES = {"augment", "pydataset", "workflows"}
 
-__all__ = ["Distiller", "Term", *sorted(_MODULES)]
+__all__ = ["Distiller", "Term", "compare", *sorted(_MODULES)]
 
 
 def __getattr__(name):
@@ -66,6 +69,11 @@ def __getattr__(name):
 
         globals()[name] = Distiller
         return Distiller
+    if name == "compare":
+        from keras_tfkd.study.compare import compare
+
+        globals()[name] = compare
+        return compare
     if name == "Term":
         from keras_tfkd.terms import Term
 

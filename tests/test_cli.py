@@ -399,20 +399,27 @@ def test_missing_data_exits_1_with_where_to_put_it(capsys, tmp_path, monkeypatch
     assert "Traceback" not in err
 
 
-def test_study_command_defaults_are_the_study_defaults():
+def test_study_command_defaults_are_the_study_defaults(monkeypatch, tmp_path):
+    """`keras-tfkd study` with no flag runs StudyConfig() (the digits preset)."""
     from keras_tfkd import cli, study
 
     args = cli.build_parser().parse_args(["study"])
-    defaults = study.StudyConfig()
-    for field in ("output_dir", "dataset", "epochs", "student", "teacher"):
-        assert getattr(args, field) == getattr(defaults, field), field
-    assert (args.batch_size, args.learning_rate) == (
-        defaults.batch_size,
-        defaults.learning_rate,
+    assert args.preset == "digits" and args.methods is None
+    seen = {}
+
+    def fake_run_study(config, log=print, dataset=None):
+        seen["config"] = config
+        return {"table": ""}
+
+    monkeypatch.setattr(study, "run_study", fake_run_study)
+    out = str(tmp_path / "out")
+    assert (
+        cli.main(["study", "--backend", keras.backend.backend(), "--output-dir", out])
+        == 0
     )
-    assert tuple(args.seeds) == defaults.seeds
-    assert args.dekd_teacher_epochs == defaults.dekd_teacher_epochs
-    assert args.methods is None and defaults.methods == experiments.METHODS
+    config = seen["config"]
+    assert config == study.StudyConfig(output_dir=out, preset="digits")
+    assert config.seeds == (0, 1, 2, 3, 4) and config.methods == experiments.METHODS
 
 
 def _flag(field):

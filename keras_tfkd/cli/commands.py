@@ -63,19 +63,25 @@ def _study(args, log):
         if m not in METHODS:
             raise _UsageError(_unknown("method", m, METHODS, "--methods"))
     settings = {**chosen.settings, **given}
-    custom = {}
     if "dataset" in given:
         settings["dataset"] = _check_dataset(args.dataset)
+    named = []
     for flag in ("student", "teacher"):
-        if ":" in str(settings.get(flag, "")):
-            custom[flag] = settings[flag]
-    _check_models(
-        *(
-            (f"--{f}", settings[f])
-            for f in ("student", "teacher")
-            if f in settings and f not in custom
-        )
-    )
+        value = settings.get(flag)
+        if value is not None and ":" in value:
+            _import_model(value, f"--{flag}")
+        elif value is not None:
+            named.append((f"--{flag}", value))
+    _check_models(*named)
+    own = ":" in str(settings.get("student")) or str(
+        settings.get("dataset", "")
+    ).lower().endswith(".npz")
+    if own and "teacher" not in given:
+        # A model or data of the user's: the preset's zoo teacher need not fit
+        # them, so without --teacher only the teacher-free methods run.
+        settings["teacher"] = None
+        if not args.methods:
+            methods = study.TEACHER_FREE_METHODS
     rate = settings.get("learning_rate")
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise _UsageError(f"--learning-rate must be a number > 0, got {rate!r}.")
@@ -96,11 +102,51 @@ def _study(args, log):
         summary = study.run_study(config, log=log)
     except data.DatasetNotFoundError as e:
         raise _UsageError(_data_error(e, config.dataset), status=1) from None
+    except data.DatasetFormatError as e:  # a .npz of the user's: says what is wrong
+        raise _UsageError(str(e), status=1) from None
+    except runs.ModelCheckError as e:  # a model of the user's that cannot serve
+        raise _UsageError(str(e)) from None
     except runs.CorruptCheckpointError as e:  # the message says what to do
         raise _UsageError(str(e), status=1) from None
     if args.quiet:
         print(summary["table"])
     return 0
+
+
+def _import_model(spec, flag):
+    """Register ``package.module:function`` (imported from the current folder
+    first) as a model of the study; a usage error says what is missing."""
+    import importlib
+    import sys
+
+    from keras_tfkd import runs
+
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise _UsageError(
+            f"{flag} {spec!r}: write package.module:function (a function that "
+            "returns a logits keras.Model)."
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise _UsageError(
+            f"{flag} {spec!r}: cannot import {module_name!r} ({e}). Run from the "
+            "folder that holds it, or install it."
+        ) from None
+    builder = module
+    for part in function_name.split("."):
+        builder = getattr(builder, part, None)
+    if not callable(builder):
+        raise _UsageError(
+            f"{flag} {spec!r}: {module_name!r} has no function {function_name!r}."
+        )
+    try:
+        runs.register_model(spec, builder)
+    except TypeError as e:
+        raise _UsageError(f"{flag} {spec!r}: {e}") from None
 
 
 def _read_config(path):
@@ -233,7 +279,7 @@ def _list(args):
             for exp_id in experiments.available():
                 print(indent + experiments.get(exp_id).describe())
         elif section == "presets":
-            from keras_tfkd.study import presets
+            from keras_tfkd import presets
 
             for p in presets.PRESETS.values():
                 print(f"{indent}{p.name}: {p.summary}; {p.cost}")

@@ -121,6 +121,14 @@ def _check_experiment(experiment_id):
 def _check_dataset(name, flag="--dataset"):
     from keras_tfkd import data
 
+    if str(name).lower().endswith(".npz"):  # a file of the user's arrays
+        if not os.path.isfile(name):
+            raise _UsageError(
+                f"{flag} {name!r}: no such file (a .npz with x_train, y_train, "
+                "x_test, y_test).",
+                status=1,
+            )
+        return str(name)
     key = str(name).lower().replace("-", "_")
     if key not in data.available():
         raise _UsageError(_unknown("dataset", name, data.available(), flag, "datasets"))

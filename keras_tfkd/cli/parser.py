@@ -12,7 +12,7 @@ from keras_tfkd.cli.backend import BACKENDS
 from keras_tfkd.cli.errors import PROG
 from keras_tfkd.data.batching import AUGMENTATIONS
 from keras_tfkd.experiments import METHODS
-from keras_tfkd.study.presets import DEFAULT_PRESET, PRESETS
+from keras_tfkd.presets import DEFAULT_PRESET, PRESETS
 
 LISTS = ("experiments", "models", "datasets", "presets")
 #: Seeds go to NumPy's legacy seeding (``keras.utils.set_random_seed``).

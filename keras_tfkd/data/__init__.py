@@ -12,6 +12,8 @@ The modules, one concept each:
   policy (``$KERAS_TFKD_DATA``, ``$KERAS_TFKD_OFFLINE``) and the help texts;
 * `keras_tfkd.data.formats` - file readers (IDX, CIFAR binary, image folders);
 * `keras_tfkd.data.loaders` - one loader per set, `load` and `available`;
+* `keras_tfkd.data.arrays` - your own arrays (`from_arrays`) and ``.npz``
+  files (`load_npz`);
 * `keras_tfkd.data.batching` - `pipeline` (argument checks, augmentation
   policy, engine choice), `num_batches`, `pipeline_throughput`;
 * `keras_tfkd.data.augment` - the reference augmentations in NumPy;
@@ -27,6 +29,7 @@ imported when a pipeline is built.
 # had before it became this package (constants, `pipeline_engine`). To change
 # the system folders searched, set `keras_tfkd.data.sources.SYSTEM_DATA_DIRS`:
 # the copy here is not read.
+from keras_tfkd.data.arrays import NPZ_KEYS, from_arrays, load_npz  # noqa: F401
 from keras_tfkd.data.batching import (  # noqa: F401
     AUGMENTATIONS,
     ENGINES,
@@ -81,8 +84,10 @@ __all__ = [
     "DatasetNotFoundError",
     "augmentation_is_random",
     "available",
+    "from_arrays",
     "holdout",
     "load",
+    "load_npz",
     "num_batches",
     "pipeline",
     "pipeline_throughput",

@@ -66,14 +66,15 @@ _REFERENCE_AUGMENTATION = {
 
 
 def reference_augmentation(dataset: Dataset | str) -> str:
-    """The name of the reference augmentation policy of a data set.
+    """The name of the reference augmentation policy of a data set
+    (``"none"`` for a set of your own, `keras_tfkd.data.from_arrays`).
 
     Example:
         >>> reference_augmentation("cifar10")
         'cifar'
     """
     name = dataset.name if isinstance(dataset, Dataset) else str(dataset)
-    return _REFERENCE_AUGMENTATION[name.lower().replace("-", "_")]
+    return _REFERENCE_AUGMENTATION.get(name.lower().replace("-", "_"), "none")
 
 
 def augmentation_is_random(
@@ -402,9 +403,11 @@ def _resolve_augmentation(dataset, split: str, augment) -> str:
     name = dataset.name if isinstance(dataset, Dataset) else str(dataset)
     name = name.lower().replace("-", "_")
     if augment is None:
-        policy = _REFERENCE_AUGMENTATION[name] if split == "train" else "none"
+        policy = (
+            _REFERENCE_AUGMENTATION.get(name, "none") if split == "train" else "none"
+        )
     elif augment is True:
-        policy = _REFERENCE_AUGMENTATION[name]
+        policy = _REFERENCE_AUGMENTATION.get(name, "none")
     elif augment is False:
         policy = "none"
     elif isinstance(augment, str) and augment in AUGMENTATIONS:
@@ -416,4 +419,10 @@ def _resolve_augmentation(dataset, split: str, augment) -> str:
         )
     if policy == "imagenet" and name != "imagenet":
         raise ValueError("augment='imagenet' needs the imagenet data set (files)")
+    shape = getattr(dataset, "input_shape", None)
+    if policy != "none" and shape is not None and len(shape) != 3:
+        raise ValueError(
+            f"augment={policy!r} transforms images (H, W, C), but the examples of "
+            f"{name!r} have shape {tuple(shape)}: use augment='none'."
+        )
     return policy

@@ -71,6 +71,9 @@ class Dataset:
     #: Examples held out of the training split for model selection (a
     #: `Dataset` whose test split they are), from `holdout`; None: none.
     validation: Dataset | None = None
+    #: A digest of a user's arrays (`keras_tfkd.data.from_arrays`), part of
+    #: every run's key; None for the named sets (their name and sizes are).
+    fingerprint: str | None = None
 
     @property
     def in_memory(self) -> bool:

@@ -99,7 +99,9 @@ def load(name: str, data_dir: str | os.PathLike | None = None, **kw: Any) -> Dat
 
     Args:
         name: ``digits``, ``fashion_mnist``, ``cifar10``, ``cifar100``,
-            ``tiny_imagenet`` or ``imagenet`` (``-`` is accepted for ``_``).
+            ``tiny_imagenet`` or ``imagenet`` (``-`` is accepted for ``_``),
+            or the path of a ``.npz`` file of your own arrays
+            (`keras_tfkd.data.load_npz`).
         data_dir: a folder to search first (`keras_tfkd.data.sources` lists
             the full search order).
         **kw: ``limit`` (int, or ``(n_train, n_test)``) keeps the first N
@@ -121,6 +123,16 @@ def load(name: str, data_dir: str | os.PathLike | None = None, **kw: Any) -> Dat
         ((1347, 8, 8, 1), (450, 8, 8, 1))
         >>> fm = load("fashion_mnist", limit=1000)  # doctest: +SKIP
     """
+    if str(name).lower().endswith(".npz"):
+        from keras_tfkd.data.arrays import load_npz
+
+        unknown = sorted(set(kw) - {"limit"})
+        if unknown or data_dir is not None:
+            raise TypeError(
+                f"load({str(name)!r}) of a .npz file takes only `limit`, got "
+                f"{', '.join(unknown or ['data_dir'])}."
+            )
+        return load_npz(name, **kw)
     key = str(name).lower().replace("-", "_")
     if key not in _NAMES:
         raise ValueError(

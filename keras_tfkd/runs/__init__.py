@@ -11,7 +11,8 @@ module             holds
                    resume from the backup, the per-epoch test accuracy
 `teacher_cache`    normal runs cached as ``.keras`` files; teachers loaded
 `store`            `run_key`, `ResultsStore` (``results.json``)
-`models`           model names: `build_model`, `model_names`
+`models`           model names: `build_model`, `model_names`, and your own
+                   functions (`register_model`, `model_fingerprint`)
 `explain`          `explain_accuracy`: why a run's accuracy looks as it does
 =================  ============================================================
 
@@ -43,7 +44,16 @@ record["best_test_accuracy"], record["kl_note"]
 from keras_tfkd.runs.config import OPTIMIZERS, TrainConfig
 from keras_tfkd.runs.explain import explain_accuracy
 from keras_tfkd.runs.loop import compilation_cache, deterministic
-from keras_tfkd.runs.models import build_model, check_model_name, model_names
+from keras_tfkd.runs.models import (
+    ModelCheckError,
+    build_model,
+    check_model,
+    check_model_name,
+    is_custom_model,
+    model_fingerprint,
+    model_names,
+    register_model,
+)
 from keras_tfkd.runs.plan import (
     BACKUPS_DIR,
     CHECKPOINTS_DIR,
@@ -66,20 +76,25 @@ __all__ = [
     "OPTIMIZERS",
     "RESULTS_FILE",
     "CorruptCheckpointError",
+    "ModelCheckError",
     "ResultsStore",
     "RunPlan",
     "TeacherPlan",
     "TrainConfig",
     "build_model",
     "check_keras_file",
+    "check_model",
     "check_model_name",
     "compilation_cache",
     "deterministic",
     "execute",
     "explain_accuracy",
+    "is_custom_model",
+    "model_fingerprint",
     "model_names",
     "plan_run",
     "planned_key",
+    "register_model",
     "run_key",
     "teacher_checkpoint",
     "train",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd.runs.config import TrainConfig
+from keras_tfkd.runs.models import model_fingerprint
 from keras_tfkd.runs.store import run_key
 
 __all__ = [
@@ -123,6 +124,7 @@ class RunPlan:
 
 def _folder_name(dataset, student, epochs, seed, key):
     digest = key.rsplit("/", 1)[-1]
+    student = student.replace(":", ".")  # package.module:function
     return f"{dataset}-{student}-e{epochs}-s{seed}-{digest}"
 
 
@@ -161,6 +163,15 @@ def plan_run(
         # Model selection on held-out training examples (`data.holdout`).
         hp["validation_examples"] = dataset.validation.num_examples("test")
         hp["validation_source"] = dataset.validation.source
+    if getattr(dataset, "fingerprint", None):
+        hp["data_fingerprint"] = dataset.fingerprint
+    for role, name in (
+        ("student", experiment.student),
+        ("teacher", experiment.teacher),
+    ):
+        fingerprint = name and model_fingerprint(name, dataset)
+        if fingerprint:
+            hp[f"{role}_fingerprint"] = fingerprint
     if stop_after is not None:
         hp["schedule_epochs"] = experiment.epochs
     if teacher_checkpoint is not None:
@@ -183,7 +194,10 @@ def plan_run(
         folder = (
             output_dir
             / BACKUPS_DIR
-            / (f"{experiment.method}-{experiment.teacher or 'none'}-{name}")
+            / (
+                f"{experiment.method}-"
+                f"{(experiment.teacher or 'none').replace(':', '.')}-{name}"
+            )
         )
         backup_dir = folder
     teacher = _plan_teacher(

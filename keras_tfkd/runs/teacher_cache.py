@@ -21,6 +21,7 @@ from keras_tfkd import data as data_lib
 from keras_tfkd.metrics import accuracy
 from keras_tfkd.runs import loop
 from keras_tfkd.runs.config import TrainConfig
+from keras_tfkd.runs.models import build_model, is_custom_model
 from keras_tfkd.runs.plan import CHECKPOINTS_DIR, plan_run
 
 __all__ = [
@@ -154,14 +155,24 @@ def teacher_checkpoint(
     return plan.teacher.checkpoint, record
 
 
-def load_teacher(path, dataset):
-    """The trained teacher at `path`, checked: intact, one output, K classes."""
+def load_teacher(path, dataset, model=None):
+    """The trained teacher at `path`, checked: intact, one output, K classes.
+
+    `model` names the checkpoint's model when it is one of yours
+    (`runs.register_model`): it is then built by its function and the
+    weights are loaded into it, so its custom layers need no registration.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Teacher checkpoint not found: teacher={str(path)!r}.")
     check_keras_file(path, "teacher checkpoint")
     try:  # safe_mode=True (the default): no lambda/code from the file runs
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        if model is not None and is_custom_model(model):
+            built = build_model(model, dataset.num_classes, dataset.input_shape)
+            built.load_weights(path)
+            model = built
+        else:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
         raise CorruptCheckpointError(
             f"Cannot load the teacher checkpoint {str(path)!r} "

@@ -35,7 +35,11 @@ def execute(plan, dataset, *, store=None, log=default_log):
             teacher_record = normal_run(plan.teacher.run, dataset, store=store, log=log)
             teacher_acc = teacher_record.get(plan.teacher.accuracy_field)
             record["teacher_key"] = teacher_record["key"]
-        teacher = load_teacher(plan.teacher.checkpoint, dataset)
+        teacher = load_teacher(
+            plan.teacher.checkpoint,
+            dataset,
+            model=None if plan.teacher.run is None else plan.experiment.teacher,
+        )
         if teacher_acc is None:
             teacher_acc = test_accuracy(teacher, dataset, plan.config)
         record["teacher_checkpoint"] = str(plan.teacher.checkpoint)

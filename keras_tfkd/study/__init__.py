@@ -57,15 +57,18 @@ print(summary["table"])
 ```
 """
 
+from keras_tfkd.presets import PRESETS, Preset, preset
+from keras_tfkd.study.compare import compare
 from keras_tfkd.study.config import (  # METHOD_LABELS: public, not in __all__
     METHOD_LABELS,  # noqa: F401
     STUDY_SOURCES,
+    TEACHER_FREE_METHODS,
+    TEACHER_METHODS,
     StudyConfig,
     dekd_teacher_plan,
     plan,
 )
 from keras_tfkd.study.figure import plot
-from keras_tfkd.study.presets import PRESETS, Preset, preset
 from keras_tfkd.study.report import format_markdown, format_table, summarize
 from keras_tfkd.study.run import run_study
 
@@ -74,6 +77,9 @@ __all__ = [
     "Preset",
     "STUDY_SOURCES",
     "StudyConfig",
+    "TEACHER_FREE_METHODS",
+    "TEACHER_METHODS",
+    "compare",
     "dekd_teacher_plan",
     "format_markdown",
     "format_table",

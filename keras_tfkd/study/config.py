@@ -45,6 +45,16 @@ METHOD_LABELS = {
 }
 
 
+#: The methods that need a second, stronger model (the teacher).
+TEACHER_METHODS = ("kd", "rekd", "dekd", "dkd")
+
+#: The methods that need no model but the student: what `keras_tfkd.compare`
+#: runs when it is given no teacher.
+TEACHER_FREE_METHODS = tuple(
+    m for m in experiments_lib.METHODS if m not in TEACHER_METHODS
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """What `run_study` runs (the defaults are those of ``keras-tfkd study``).
@@ -60,7 +70,10 @@ class StudyConfig:
             that almost every claim is inconclusive; 5 cost about 4 minutes
             on 2 CPU cores).
         methods: a subset of `experiments.METHODS`.
-        student / teacher: the weak and the strong model (Re-KD swaps them).
+        student / teacher: the weak and the strong model (Re-KD swaps them):
+            model names of `keras_tfkd.runs.model_names` (your own functions
+            once `runs.register_model` names them). The teacher may be None
+            when no method of `TEACHER_METHODS` runs.
         batch_size, learning_rate: batch size and Adam's initial learning
             rate (decayed to 0 along a cosine over `epochs`).
         dekd_teacher_epochs: epochs of normal training of the De-KD teacher
@@ -109,7 +122,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     methods: tuple[str, ...] = experiments_lib.METHODS
     student: str = "cnn_tiny"
-    teacher: str = "cnn_small"
+    teacher: str | None = "cnn_small"
     batch_size: int = 64
     learning_rate: float = 1e-2
     dekd_teacher_epochs: int = 1
@@ -186,9 +199,15 @@ class StudyConfig:
                 "teacher (the whole run), so De-KD would silently equal KD. Use "
                 "fewer De-KD teacher epochs, more epochs, or leave out dekd."
             )
-        if self.student == self.teacher and {"kd", "rekd", "dekd", "dkd"} & set(
-            methods
-        ):
+        needs_teacher = sorted(set(TEACHER_METHODS) & set(methods))
+        if self.teacher is None and needs_teacher:
+            raise ValueError(
+                f"{', '.join(needs_teacher)} "
+                f"{'needs' if len(needs_teacher) == 1 else 'need'} a teacher model, "
+                "got teacher=None: give a teacher (--teacher), or leave "
+                f"{'it' if len(needs_teacher) == 1 else 'them'} out of the methods."
+            )
+        if self.student == self.teacher and needs_teacher:
             raise ValueError(
                 f"`student` and `teacher` are both {self.student!r}: KD, Re-KD and "
                 "De-KD need two different models (a weak and a strong one)."
@@ -204,7 +223,7 @@ class StudyConfig:
         >>> StudyConfig.from_preset("fashion_mnist_regime", epochs=5).epochs
         5
         """
-        from keras_tfkd.study import presets
+        from keras_tfkd import presets
 
         chosen = presets.preset(name or presets.DEFAULT_PRESET)
         fields = {f.name for f in dataclasses.fields(cls)}

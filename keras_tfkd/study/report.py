@@ -303,7 +303,8 @@ def _header(config, dataset):
     return (
         f"{preset}{dataset.name} (K={dataset.num_classes}, "
         f"{dataset.num_examples('train')} train / {dataset.num_examples('test')} "
-        f"test), {config.student} <- {config.teacher}, {epochs}, "
+        f"test), {config.student}"
+        f"{'' if config.teacher is None else ' <- ' + config.teacher}, {epochs}, "
         f"seeds {' '.join(map(str, config.seeds))}, Adam lr {config.learning_rate:g} "
         "(cosine), "
         f"batch {config.batch_size}, augmentation {augment}, backend "
@@ -409,8 +410,13 @@ def format_markdown(rows, header, config):
         "- best: best test accuracy over epochs (as the paper reports); final: "
         f"after the last epoch; {spread}; Δ: against the baseline of the same "
         f"student (same seeds, same initial weights){paired}; n: seeds.",
-        f"- Student `{config.student}` plays MobileNetV2 and teacher "
-        f"`{config.teacher}` ResNet18; hyper-parameters from: "
+        f"- Student `{config.student}` plays MobileNetV2"
+        + (
+            ""
+            if config.teacher is None
+            else f" and teacher `{config.teacher}` ResNet18"
+        )
+        + "; hyper-parameters from: "
         + ", ".join(
             f"{METHOD_LABELS[m]} `{STUDY_SOURCES[m]}`"
             for m in config.methods

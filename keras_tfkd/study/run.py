@@ -8,6 +8,7 @@ from pathlib import Path
 
 from keras_tfkd.study.config import (
     METHOD_LABELS,
+    TEACHER_METHODS,
     StudyConfig,
     _dekd_plan_line,
     _dekd_subset,
@@ -59,8 +60,12 @@ class _PartEpochTeacher:
         return record
 
 
-def run_study(config=None, log=print):
+def run_study(config=None, log=print, dataset=None):
     """Run (or resume) a study; write results.json/.md/.png; return a summary.
+
+    `dataset` is a loaded `keras_tfkd.data.Dataset` to use instead of
+    loading ``config.dataset`` (e.g. `keras_tfkd.data.from_arrays`); one
+    that already holds out a validation split keeps it.
 
     Returns a dict with ``records`` (this study's runs, teachers included),
     ``rows`` (`summarize`), ``table`` (the printed text), ``seconds`` and the
@@ -69,15 +74,30 @@ def run_study(config=None, log=print):
     from keras_tfkd import data, runs
 
     config = config or StudyConfig()
+    start = time.perf_counter()
+    models = [m for m in (config.student, config.teacher) if m is not None]
+    for name in models:
+        runs.check_model_name(name)
+    if dataset is None:
+        load_kw = {} if config.limit is None else {"limit": config.limit}
+        dataset = data.load(config.dataset, config.data_dir, **load_kw)
+    if config.validation_fraction and dataset.validation is None:
+        dataset = data.holdout(dataset, config.validation_fraction, seed=0)
+    needs = [m for m in TEACHER_METHODS if m in config.methods]
+    for role, name in (("student", config.student), ("teacher", config.teacher)):
+        if name is None or (role == "teacher" and not needs):
+            continue
+        try:  # each model takes the data and returns K logits, before training
+            runs.check_model(name, dataset)
+        except runs.ModelCheckError as e:
+            if role == "student":
+                raise
+            raise runs.ModelCheckError(
+                f"{e} It is the teacher of {', '.join(needs)}: give a teacher that "
+                "fits the data, or leave those methods out."
+            ) from None
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for name in (config.student, config.teacher):
-        runs.check_model_name(name)
-    load_kw = {} if config.limit is None else {"limit": config.limit}
-    dataset = data.load(config.dataset, config.data_dir, **load_kw)
-    if config.validation_fraction:
-        dataset = data.holdout(dataset, config.validation_fraction, seed=0)
     with contextlib.ExitStack() as stack:
         if config.compilation_cache:
             stack.enter_context(runs.compilation_cache(out / ".jax_cache"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as _scipy_stats
 
 __all__ = ["CLAIMS", "paired_interval", "verdict"]
 
@@ -64,7 +63,9 @@ def paired_interval(differences, confidence=0.95):
     }
     if n >= 2:
         sd = float(finite.std(ddof=1))
-        half = float(_scipy_stats.t.ppf((1 + confidence) / 2, n - 1)) * sd
+        from scipy import stats as scipy_stats  # imported when needed: slow
+
+        half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1)) * sd
         half /= math.sqrt(n)
         result.update(sd=sd, low=result["mean"] - half, high=result["mean"] + half)
     return result
