@@ -84,6 +84,7 @@ __all__ = [
     "build_model",
     "check_keras_file",
     "check_model",
+    "checkpoint_name",
     "check_model_name",
     "compilation_cache",
     "deterministic",

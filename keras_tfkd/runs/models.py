@@ -3,8 +3,9 @@ and the functions of your own that `register_model` names.
 
 A model of your own is a function that returns a fresh logits `keras.Model`
 (`keras_tfkd.compare` and ``keras-tfkd study --student package.module:function``
-register it). Its checkpoints are loaded by building it again and loading the
-weights, so custom layers need no registration; its `model_fingerprint`
+register it). Its checkpoints are weights files, loaded by building it again,
+so a subclassed model needs no ``get_config`` and custom layers no
+registration; its `model_fingerprint`
 (the layers and weight shapes it builds) enters every run's key, so a changed
 architecture trains again under the same name.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "ModelCheckError",
     "build_model",
     "check_model",
+    "checkpoint_name",
     "check_model_name",
     "is_custom_model",
     "model_fingerprint",
@@ -65,6 +67,14 @@ def register_model(name, builder):
         _CHECKED.clear()
     _CUSTOM[name] = (builder, accepted)
     return name
+
+
+def checkpoint_name(name, which):
+    """The file of a normal run's `which` (``"best"``/``"final"``) checkpoint
+    of model `name`: ``best.keras``, or ``best.weights.h5`` for a model of
+    yours (its weights only: it is built again by its function, so it need
+    not be serialisable)."""
+    return f"{which}.weights.h5" if name in _CUSTOM else f"{which}.keras"
 
 
 def is_custom_model(name):
@@ -108,6 +118,18 @@ def _build_custom(name, num_classes, input_shape):
             f"The model function {name!r} returned {type(model).__name__}, not a "
             "keras.Model."
         )
+    if not hasattr(model, "output_shape"):
+        # A subclassed model: wrapped in a functional one (one Input, its
+        # call), which has the output shape, summary and saving that a
+        # Distiller and the checkpoints need.
+        try:
+            inputs = keras.Input(tuple(input_shape))
+            model = keras.Model(inputs, model(inputs), name=model.name)
+        except Exception as e:
+            raise ModelCheckError(
+                f"The model {name!r} cannot take the data's examples of shape "
+                f"{tuple(input_shape)} ({type(e).__name__}: {e})."
+            ) from None
     return model
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd.runs.config import TrainConfig
-from keras_tfkd.runs.models import model_fingerprint
+from keras_tfkd.runs.models import checkpoint_name, model_fingerprint
 from keras_tfkd.runs.store import run_key
 
 __all__ = [
@@ -72,7 +72,8 @@ class RunPlan:
     """One run, resolved: read by `train`, the command line and the study.
 
     ``normal`` runs (baselines and teachers) keep ``best.keras``,
-    ``final.keras`` and ``run.json`` in `folder`, shared by every run that
+    ``final.keras`` (``.weights.h5`` for a model of yours,
+    `runs.checkpoint_name`) and ``run.json`` in `folder`, shared by every run that
     needs the same one; the others keep only a backup while they train.
     """
 
@@ -243,7 +244,8 @@ def _plan_teacher(experiment, dataset, seed, output_dir, config, checkpoint):
     )
     return TeacherPlan(
         source=source,
-        checkpoint=run.folder / ("final.keras" if early else "best.keras"),
+        checkpoint=run.folder
+        / checkpoint_name(run.experiment.student, "final" if early else "best"),
         run=run,
         accuracy_field="test_accuracy" if early else "best_test_accuracy",
     )

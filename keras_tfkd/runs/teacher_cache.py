@@ -21,7 +21,12 @@ from keras_tfkd import data as data_lib
 from keras_tfkd.metrics import accuracy
 from keras_tfkd.runs import loop
 from keras_tfkd.runs.config import TrainConfig
-from keras_tfkd.runs.models import build_model, is_custom_model
+from keras_tfkd.runs.models import (
+    build_model,
+    check_model,
+    checkpoint_name,
+    is_custom_model,
+)
 from keras_tfkd.runs.plan import CHECKPOINTS_DIR, plan_run
 
 __all__ = [
@@ -67,23 +72,31 @@ def check_keras_file(path, argument="checkpoint"):
         )
 
 
-def _cached_record(folder, log):
+def _check_checkpoint(path, argument):
+    """`check_keras_file` for a ``.keras`` file; a weights file must be HDF5."""
+    if path.suffix == ".keras":
+        return check_keras_file(path, argument)
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise CorruptCheckpointError(
+                f"The {argument} {str(path)!r} is truncated or corrupt (not an "
+                "HDF5 weights file). Delete it and train it again."
+            )
+
+
+def _cached_record(folder, log, names):
     """The cached record of a finished normal run, or None (then: retrain)."""
     run_file = folder / "run.json"
-    if not (
-        run_file.exists()
-        and (folder / "best.keras").exists()
-        and (folder / "final.keras").exists()
-    ):
+    if not (run_file.exists() and all((folder / n).exists() for n in names)):
         return None
     try:
         record = json.loads(run_file.read_text())
     except json.JSONDecodeError:
         log(f"  {run_file} is not valid JSON: training this run again.")
         return None
-    for name in ("best.keras", "final.keras"):
+    for name in names:
         try:
-            check_keras_file(folder / name, "cached checkpoint")
+            _check_checkpoint(folder / name, "cached checkpoint")
         except CorruptCheckpointError as e:
             log(f"  {e} Training this run again.")
             run_file.unlink(missing_ok=True)
@@ -92,13 +105,17 @@ def _cached_record(folder, log):
 
 
 def _save_model(model, path):
-    _io.write_atomic(path, model.save)
+    if str(path).endswith(".weights.h5"):
+        _io.write_atomic(path, model.save_weights)
+    else:
+        _io.write_atomic(path, model.save)
 
 
 def normal_run(plan, dataset, *, store=None, log=loop.default_log):
     """Execute a normal run's plan (or reuse its cache); return its record."""
     folder = plan.folder
-    cached = _cached_record(folder, log)
+    names = {w: checkpoint_name(plan.experiment.student, w) for w in ("best", "final")}
+    cached = _cached_record(folder, log, names.values())
     if cached is not None and cached["key"] == plan.key:
         if store is not None and store.get(cached["key"]) is None:
             store.add(cached)
@@ -109,14 +126,14 @@ def normal_run(plan, dataset, *, store=None, log=loop.default_log):
     log(f"  training {what} normally ...")
     student, tracker, info = loop.fit(plan, dataset, keep_best_weights=True, log=log)
     folder.mkdir(parents=True, exist_ok=True)
-    _save_model(student, folder / "final.keras")
+    _save_model(student, folder / names["final"])
     if tracker.best_weights is not None:
         student.set_weights(tracker.best_weights)
-    _save_model(student, folder / "best.keras")
+    _save_model(student, folder / names["best"])
     record = loop.finish(plan.record(), info)
     record["checkpoints"] = {
-        "best": str(Path(CHECKPOINTS_DIR) / folder.name / "best.keras"),
-        "final": str(Path(CHECKPOINTS_DIR) / folder.name / "final.keras"),
+        w: str(Path(CHECKPOINTS_DIR) / folder.name / names[w])
+        for w in ("best", "final")
     }
     _io.write_json_atomic(folder / "run.json", record)
     if store is not None:
@@ -165,14 +182,16 @@ def load_teacher(path, dataset, model=None):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Teacher checkpoint not found: teacher={str(path)!r}.")
-    check_keras_file(path, "teacher checkpoint")
+    _check_checkpoint(path, "teacher checkpoint")
+    custom = model is not None and is_custom_model(model)
+    if custom:  # its output was checked when it was built (`check_model`)
+        check_model(model, dataset)
     try:  # safe_mode=True (the default): no lambda/code from the file runs
-        if model is not None and is_custom_model(model):
+        if custom:
             built = build_model(model, dataset.num_classes, dataset.input_shape)
             built.load_weights(path)
-            model = built
-        else:
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            return built
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
         raise CorruptCheckpointError(
             f"Cannot load the teacher checkpoint {str(path)!r} "
