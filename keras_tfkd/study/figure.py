@@ -1,5 +1,6 @@
-"""results.png: `plot` draws the best accuracies, Δ vs baseline, the curves and
-each method's paired 95% interval against its baseline.
+"""results.png: `plot` draws the headline accuracies (val-selected, else the
+best), their Δ vs baseline, the curves and each method's paired 95% interval
+against its baseline.
 
 A module of its own named ``figure``, not ``plot``: a submodule named like
 the package's `plot` function would be shadowed by it.
@@ -7,6 +8,7 @@ the package's `plot` function would be shadowed by it.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,9 @@ def _plot_label(row):
 def plot(rows, path, title=""):
     """results.png: accuracies on their real scale, Δ vs baseline, curves, CIs.
 
-    Four panels: the best test accuracy of every (method, student) as bars
+    Four panels: the headline accuracy of every (method, student) as bars
+    (the test accuracy at the epoch of best validation accuracy when the
+    runs have a validation split, else the best test accuracy)
     on the full 0-100% axis, with chance (1/K) marked; its difference with
     the same student's baseline in accuracy points, around a zero line,
     with the per-seed (paired) differences as small marks and error bars of
@@ -68,12 +72,29 @@ def _figure(rows, title=""):
     classes = {r["num_classes"] for r in rows if r.get("num_classes")}
     chance = 100 / classes.pop() if len(classes) == 1 else None
     several = any(r["n"] > 1 for r in rows)
-    _accuracy_panel(absolute, rows, colors, chance, several)
-    _delta_panel(delta, rows, colors, several)
+    field = _headline(rows)
+    _accuracy_panel(absolute, rows, colors, chance, several, field)
+    _delta_panel(delta, rows, colors, several, field)
     _curves_panel(curves, rows, colors, chance)
     _interval_panel(intervals, rows, colors, several)
+    title = "\n".join(textwrap.wrap(title, 150)) if title else ""
     fig.suptitle("\n".join(t for t in (title, spread) if t), fontsize=10)
     return fig
+
+
+#: The accuracy the first two panels show: its row field and its words.
+_HEADLINES = {
+    "selected": "val-selected test accuracy",
+    "best": "best test accuracy",
+}
+
+
+def _headline(rows):
+    """``"selected"`` (the test accuracy at the epoch of best validation
+    accuracy, the headline) when the rows have it, else ``"best"``."""
+    if rows and all(r.get("selected") is not None for r in rows):
+        return "selected"
+    return "best"
 
 
 #: After matplotlib's ten default colours, the darkest shades of its
@@ -88,13 +109,14 @@ def _color(i):
     return f"C{i}" if i < 10 else _MORE_COLORS[i - 10]
 
 
-def _accuracy_panel(ax, rows, colors, chance, several):
-    """The best accuracy of every row as a bar, on the full 0-100 scale."""
+def _accuracy_panel(ax, rows, colors, chance, several, field="best"):
+    """The headline accuracy of every row as a bar, on the full 0-100 scale."""
     y = np.arange(len(rows))
+    words = _HEADLINES[field]
     ax.barh(
         y,
-        [r["best"] for r in rows],
-        xerr=[r["best_std"] or 0 for r in rows] if several else None,
+        [r[field] for r in rows],
+        xerr=[r[f"{field}_std"] or 0 for r in rows] if several else None,
         color=colors,
         height=0.65,
         capsize=3,
@@ -103,7 +125,7 @@ def _accuracy_panel(ax, rows, colors, chance, several):
         ax.text(
             1,
             yi,
-            _fmt(r["best"], r["best_std"]),
+            _fmt(r[field], r[f"{field}_std"]),
             va="center",
             ha="left",
             fontsize=8,
@@ -124,35 +146,36 @@ def _accuracy_panel(ax, rows, colors, chance, several):
     ax.set_xlim(0, 100)
     ax.set_yticks(y, [_plot_label(r) for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("best test accuracy (%)")
+    ax.set_xlabel(f"{words} (%)")
     ax.set_title(
-        "best test accuracy (%), on the full 0-100 scale\n"
+        f"{words} (%), on the full 0-100 scale\n"
         + ("mean ± sample std over seeds" if several else "n = 1 seed: no spread"),
         fontsize=10,
     )
     ax.grid(axis="x", alpha=0.3)
 
 
-def _delta_panel(ax, rows, colors, several):
+def _delta_panel(ax, rows, colors, several, field="best"):
     """The difference of every row with its baseline, in accuracy points, around
     a zero line: the mean, the std of the paired differences, each seed."""
     reach = [1.0]
+    delta = f"delta_{field}"
     for yi, r, color in zip(np.arange(len(rows)), rows, colors):
         if r["method"] == "baseline":
             ax.plot(0, yi, marker="D", mfc="none", color="grey", ms=7)
             ax.text(0, yi - 0.3, "baseline", fontsize=7, ha="center", color="grey")
             continue
-        if r["delta_best"] is None:
+        if r[delta] is None:
             ax.text(0, yi, "no baseline", fontsize=7, ha="center", va="center")
             continue
-        std = r["delta_best_std"]
-        seeds = r.get("delta_best_seeds") or []
+        std = r[f"{delta}_std"]
+        seeds = r.get(f"{delta}_seeds") or []
         if len(seeds) > 1:
             ax.plot(
                 seeds, [yi + 0.22] * len(seeds), "o", color=color, ms=3.5, alpha=0.7
             )
         ax.errorbar(
-            r["delta_best"],
+            r[delta],
             yi,
             xerr=std,
             fmt="o",
@@ -162,13 +185,13 @@ def _delta_panel(ax, rows, colors, several):
             elinewidth=1.5,
         )
         ax.text(
-            r["delta_best"],
+            r[delta],
             yi - 0.3,
-            _fmt_delta(r["delta_best"], std),
+            _fmt_delta(r[delta], std),
             fontsize=7,
             ha="center",
         )
-        reach += [abs(r["delta_best"]) + (std or 0), *map(abs, seeds)]
+        reach += [abs(r[delta]) + (std or 0), *map(abs, seeds)]
     span = 1.2 * max(reach)
     ax.set_xlim(-span, span)
     ax.axvline(0, color="black", lw=1)
@@ -176,7 +199,8 @@ def _delta_panel(ax, rows, colors, several):
     ax.grid(axis="x", alpha=0.3)
     tests = {r["test_examples"] for r in rows if r.get("test_examples")}
     image = f"; 1 test image = {100 / tests.pop():.2f}" if len(tests) == 1 else ""
-    ax.set_xlabel(f"Δ best vs the same student's baseline (accuracy points{image})")
+    name = "val-selected" if field == "selected" else "best"
+    ax.set_xlabel(f"Δ {name} vs the same student's baseline (accuracy points{image})")
     bars = (
         "bars: sample std of the per-seed differences; small dots: each seed"
         if several
