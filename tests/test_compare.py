@@ -148,6 +148,20 @@ def test_compare_without_a_teacher_runs_the_teacher_free_methods():
     assert set(study.TEACHER_FREE_METHODS).isdisjoint(study.TEACHER_METHODS)
 
 
+def _one_run(folder):
+    """compare's arguments for one one-epoch baseline on 60 + 20 examples."""
+    x, y = _toy(80)
+    return dict(
+        train=(x[:60], y[:60]),
+        test=(x[60:], y[60:]),
+        methods=["baseline"],
+        seeds=[0],
+        epochs=1,
+        output_dir=folder,
+        log=_quiet([]),
+    )
+
+
 def _softmax_model(num_classes, input_shape):
     return keras.Sequential(
         [keras.Input(input_shape), keras.layers.Dense(num_classes, "softmax")]
@@ -183,18 +197,8 @@ def _not_a_model():
 def test_a_model_that_cannot_serve_is_refused_before_training(
     builder, error, words, tmp_path
 ):
-    x, y = _toy(80)
     with pytest.raises(error) as info:
-        keras_tfkd.compare(
-            builder,
-            train=(x[:60], y[:60]),
-            test=(x[60:], y[60:]),
-            methods=["baseline"],
-            seeds=[0],
-            epochs=1,
-            output_dir=tmp_path,
-            log=_quiet([]),
-        )
+        keras_tfkd.compare(builder, **_one_run(tmp_path))
     assert words in str(info.value)
     assert not (tmp_path / "results.json").exists()  # nothing trained
 
@@ -210,18 +214,8 @@ def test_a_model_that_cannot_serve_is_refused_before_training(
     ],
 )
 def test_bad_compare_arguments_name_the_argument(kwargs, error, words, tmp_path):
-    x, y = _toy(80)
-    base = dict(
-        train=(x[:60], y[:60]),
-        test=(x[60:], y[60:]),
-        methods=["baseline"],
-        seeds=[0],
-        epochs=1,
-        output_dir=tmp_path,
-        log=_quiet([]),
-    )
     with pytest.raises(error) as info:
-        keras_tfkd.compare(build_mlp, **{**base, **kwargs})
+        keras_tfkd.compare(build_mlp, **{**_one_run(tmp_path), **kwargs})
     assert words in str(info.value)
 
 
