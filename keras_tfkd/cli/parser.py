@@ -218,7 +218,9 @@ def _add_study(sub):
         help="use the first N examples of each split, or TRAIN,TEST (e.g. 2000,0: "
         "the first 2000 training and all test examples; 0 is all)",
     )
-    study.add_argument("--epochs", type=_positive_int, help="(digits: 12)")
+    study.add_argument(
+        "--epochs", type=_positive_int, help="(default: the preset's; digits: 12)"
+    )
     _add_seeds(study)
     study.add_argument(
         "--methods",
@@ -235,11 +237,13 @@ def _add_study(sub):
         "--teacher",
         help="the strong model, named like --student (digits: cnn_small)",
     )
-    study.add_argument("--batch-size", type=_positive_int, help="(digits: 64)")
+    study.add_argument(
+        "--batch-size", type=_positive_int, help="(default: the preset's; digits: 64)"
+    )
     study.add_argument(
         "--learning-rate",
         type=float,
-        help="Adam, decayed to 0 along a cosine (digits: 0.01)",
+        help="Adam, decayed to 0 along a cosine (default: the preset's; digits: 0.01)",
     )
     study.add_argument(
         "--augment",
