@@ -87,6 +87,17 @@ def test_compare_end_to_end_writes_the_study_outputs_and_resumes(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "Does it help?" in md
     assert "Tf-KD_self improves over the baseline" in md
+    # How well the final baseline fits its own training split, recomputed.
+    from keras_tfkd.metrics import accuracy
+    from keras_tfkd.runs.teacher_cache import load_teacher
+
+    held = data.holdout(data.from_arrays((x[:180], y[:180]), (x[180:], y[180:])), 0.1)
+    base = [r for r in records if r["method"] == "baseline" and r["seed"] == 0][0]
+    final = load_teacher(tmp_path / base["checkpoints"]["final"], held, model=name)
+    train = data.pipeline(held, "train", 64, augment=False, shuffle=False)
+    expected = accuracy(np.asarray(final.predict(train, verbose=0)), held.y_train)
+    assert base["train_eval_accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert "Fit: Baseline" in md and "of its own training images" in md
     # Tf-KD_self's teacher is the student's own checkpoint: built again.
     self_runs = [r for r in records if r["method"] == "tfkd_self"]
     assert all(0 <= r["teacher_test_accuracy"] <= 1 for r in self_runs)

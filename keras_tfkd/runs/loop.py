@@ -403,8 +403,17 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
         if guard.tripped or len(tracker.accuracies) < epoch + 1:
             break
     seconds = time.perf_counter() - start
-    return (
-        student,
-        tracker,
-        _summary(plan, tracker, guard, seconds, steps, initial_epoch),
+    info = _summary(plan, tracker, guard, seconds, steps, initial_epoch)
+    info["train_eval_accuracy"] = _train_eval_accuracy(student, dataset, config)
+    return student, tracker, info
+
+
+def _train_eval_accuracy(student, dataset, config):
+    """The final model's accuracy on its own training split as a test set (no
+    augmentation, inference mode): with the validation accuracy, how much
+    better the model fits what it trained on than what it did not."""
+    batches = data_lib.pipeline(
+        dataset, "train", config.eval_batch_size, augment=False, shuffle=False
     )
+    logits = np.asarray(student.predict(batches, verbose=0))
+    return accuracy(logits, dataset.labels("train"))
