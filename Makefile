@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BACKENDS ?= tensorflow jax torch
+# JAX first: its session is the longest, and `make test` runs TEST_JOBS
+# backends at a time (each a process of its own, as the backend needs).
+BACKENDS ?= jax tensorflow torch
+TEST_JOBS ?= 2
 DEMO_BACKEND ?= jax
 PYTEST_ARGS ?=
 
@@ -31,10 +34,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint $(addprefix test-,$(BACKENDS))
+test: lint
+	$(MAKE) -j$(TEST_JOBS) --output-sync=target $(addprefix test-,$(BACKENDS))
 
 test-%: $(STAMP)
-	KERAS_BACKEND=$* $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=$* $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The built wheel in fresh venvs with only [jax] / [torch] (no TensorFlow):
 # the README's Ten-lines block, the study, a run and notebook 01 (smoke).
