@@ -146,6 +146,46 @@ def test_compare_takes_a_validation_split_and_a_subclassed_model(tmp_path):
     )
 
 
+def build_wide(num_classes, input_shape):
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Dense(48, activation="relu"),
+            keras.layers.Dense(num_classes),
+        ]
+    )
+
+
+def test_compare_with_a_teacher_function_runs_the_teacher_methods(tmp_path):
+    x, y = _toy(160)
+    summary = keras_tfkd.compare(
+        build_mlp,
+        train=(x[:120], y[:120]),
+        test=(x[120:], y[120:]),
+        teacher=build_wide,
+        methods=["baseline", "kd", "rekd", "dekd", "dkd"],
+        seeds=[0],
+        epochs=2,
+        batch_size=40,
+        output_dir=tmp_path,
+        plot=False,
+        log=_quiet([]),
+    )
+    student, teacher = model_name(build_mlp), model_name(build_wide)
+    by = {(r["method"], r["student"]): r for r in summary["records"]}
+    assert by[("kd", student)]["teacher"] == teacher
+    assert by[("rekd", teacher)]["teacher"] == student  # the weak one teaches
+    assert by[("dekd", student)]["teacher_checkpoint"].endswith("final.weights.h5")
+    for method in ("kd", "dkd"):
+        assert by[(method, student)]["teacher_test_accuracy"] == pytest.approx(
+            by[("baseline", teacher)]["best_test_accuracy"]
+        )
+    assert (
+        by[("baseline", teacher)]["hyperparameters"]["student_fingerprint"]
+        != (by[("baseline", student)]["hyperparameters"]["student_fingerprint"])
+    )
+
+
 def test_compare_without_a_teacher_runs_the_teacher_free_methods():
     assert study.TEACHER_FREE_METHODS == (
         "baseline",
