@@ -104,8 +104,8 @@ DEFAULT_PRESET = "digits"
 def preset(name):
     """The `Preset` called `name`; `UnknownNameError` lists the known ones.
 
-    >>> preset("digits").settings["dataset"]
-    'digits'
+    >>> preset("fashion_mnist_regime").settings["student"]
+    'cnn5'
     """
     if name not in PRESETS:
         names = list(PRESETS)

@@ -49,6 +49,7 @@ from keras_tfkd.runs.models import (
     build_model,
     check_model,
     check_model_name,
+    checkpoint_name,
     is_custom_model,
     model_fingerprint,
     model_names,
