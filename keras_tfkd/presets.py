@@ -71,7 +71,7 @@ PRESETS = {
             "digits",
             "every method on scikit-learn's digits (8x8, 1,347 train / 450 test), "
             "cnn_tiny <- cnn_small, 12 epochs, 5 seeds: the `StudyConfig` defaults",
-            "about 4 min on 2 CPU cores (JAX)",
+            "about 5 min on 2 CPU cores (JAX)",
         ),
         _preset(
             "fashion_mnist_regime",

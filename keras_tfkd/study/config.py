@@ -67,7 +67,7 @@ class StudyConfig:
             `dekd_teacher_epochs`).
         seeds: one run of every method per seed (default 0-4: with 3 seeds
             the 95% interval of a paired difference is wide enough on digits
-            that almost every claim is inconclusive; 5 cost about 4 minutes
+            that almost every claim is inconclusive; 5 cost about 5 minutes
             on 2 CPU cores).
         methods: a subset of `experiments.METHODS`.
         student / teacher: the weak and the strong model (Re-KD swaps them):

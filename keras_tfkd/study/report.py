@@ -375,7 +375,11 @@ def _fit_notes(rows):
     generalise, where a regulariser has something to correct."""
     notes = []
     for row in rows:
-        if row["method"] != "baseline" or None in (row["train_eval"], row["val_final"]):
+        if (
+            row["method"] != "baseline"
+            or row["role"] != "run"  # De-KD's early teacher
+            or None in (row["train_eval"], row["val_final"])
+        ):
             continue
         gap = row["train_eval"] - row["val_final"]
         notes.append(
