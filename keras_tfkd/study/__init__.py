@@ -1,10 +1,13 @@
 """The paper's whole comparison, small: every method on an offline data set.
 
-`run_study` trains baseline, LSR, KD, Re-KD, De-KD, Tf-KD_self and Tf-KD_reg
-over several seeds, then writes ``results.json`` (every run),
-``results.md`` (the paper-style table) and ``results.png`` (the best
-accuracy on its 0-100 scale, the difference with the baseline in accuracy
-points, and the test-accuracy curves) to the output folder. Accuracies are
+`run_study` trains baseline, LSR, KD, Re-KD, De-KD, Tf-KD_self and Tf-KD_reg,
+then PS-KD, CS-KD, OLS and DKD, over several seeds, then writes
+``results.json`` (every run), ``results.md`` (the paper-style table, the
+paired claims and calibration) and ``results.png`` (the headline accuracy on
+its 0-100 scale, the difference with the baseline in accuracy points, the
+paired intervals and the test-accuracy curves) to the output folder.
+`StudyConfig.from_preset` names a study (`PRESETS`); `compare` runs one on
+your own model and data. Accuracies are
 the mean over seeds, with the sample standard deviation (``ddof=1``) when
 there are several; with one seed no spread is shown (n = 1). With the
 defaults it runs on scikit-learn's ``digits`` (8x8 images, K = 10, no
