@@ -406,6 +406,7 @@ def test_study_command_on_your_module_and_npz(project, capsys):
         (["--student", "user_models_for_test:"], "write package.module:function"),
         (["--dataset", "broken.npz"], "missing x_test, y_test"),
         (["--dataset", "absent.npz"], "no such file"),
+        (["--data-dir", "."], "drop --data-dir"),
         (["--methods", "baseline", "kd"], "kd needs a teacher model"),
         (["--teacher", "cnn_small", "--methods", "kd"], "It is the teacher of kd"),
     ],

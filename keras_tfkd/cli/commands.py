@@ -65,6 +65,11 @@ def _study(args, log):
     settings = {**chosen.settings, **given}
     if "dataset" in given:
         settings["dataset"] = _check_dataset(args.dataset)
+        if args.data_dir and settings["dataset"].lower().endswith(".npz"):
+            raise _UsageError(
+                f"--data-dir is where a named data set is searched; the .npz file "
+                f"{args.dataset!r} is read from its own path: drop --data-dir."
+            )
     named = []
     for flag in ("student", "teacher"):
         value = settings.get(flag)
