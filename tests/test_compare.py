@@ -190,6 +190,38 @@ def test_compare_with_a_teacher_function_runs_the_teacher_methods(tmp_path):
     )
 
 
+def build_images(num_classes, input_shape):
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(num_classes),
+        ]
+    )
+
+
+def test_compare_takes_a_dataset_instead_of_arrays(tmp_path):
+    digits = data.load("digits", limit=(200, 100))
+    summary = keras_tfkd.compare(
+        build_images,
+        dataset=digits,
+        methods=["baseline", "tfkd_reg"],
+        seeds=[0],
+        epochs=1,
+        augment="shift",
+        output_dir=tmp_path,
+        plot=False,
+        log=_quiet([]),
+    )
+    for r in summary["records"]:
+        hp = r["hyperparameters"]
+        assert r["dataset"] == "digits" and hp["augment"] == "shift"
+        assert hp["train_examples"] + hp["validation_examples"] == 200
+        assert "data_fingerprint" not in hp  # a named set: its name and sizes
+    assert "augmentation shift" in (tmp_path / "results.md").read_text()
+
+
 def test_compare_without_a_teacher_runs_the_teacher_free_methods():
     assert study.TEACHER_FREE_METHODS == (
         "baseline",
