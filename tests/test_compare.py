@@ -119,6 +119,18 @@ def test_compare_end_to_end_writes_the_study_outputs_and_resumes(tmp_path):
     assert {r["key"] for r in changed["records"]}.isdisjoint(r["key"] for r in records)
 
 
+def _two_epochs(folder):
+    """compare's settings for one seed of two epochs of batches of 40, quiet."""
+    return dict(
+        seeds=[0],
+        epochs=2,
+        batch_size=40,
+        output_dir=folder,
+        plot=False,
+        log=_quiet([]),
+    )
+
+
 def test_compare_takes_a_validation_split_and_a_subclassed_model(tmp_path):
     x, y = _toy(200)
     summary = keras_tfkd.compare(
@@ -127,12 +139,7 @@ def test_compare_takes_a_validation_split_and_a_subclassed_model(tmp_path):
         validation=(x[120:160], y[120:160]),
         test=(x[160:], y[160:]),
         methods=["baseline", "tfkd_self"],
-        seeds=[0],
-        epochs=2,
-        batch_size=40,
-        output_dir=tmp_path,
-        plot=False,
-        log=_quiet([]),
+        **_two_epochs(tmp_path),
     )
     for r in summary["records"]:
         hp = r["hyperparameters"]
@@ -164,12 +171,7 @@ def test_compare_with_a_teacher_function_runs_the_teacher_methods(tmp_path):
         test=(x[120:], y[120:]),
         teacher=build_wide,
         methods=["baseline", "kd", "rekd", "dekd", "dkd"],
-        seeds=[0],
-        epochs=2,
-        batch_size=40,
-        output_dir=tmp_path,
-        plot=False,
-        log=_quiet([]),
+        **_two_epochs(tmp_path),
     )
     student, teacher = model_name(build_mlp), model_name(build_wide)
     by = {
