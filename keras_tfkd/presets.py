@@ -5,9 +5,9 @@ study can be named instead of spelled out (``keras-tfkd study --preset
 fashion_mnist_regime``). Any field given next to it wins over the preset's.
 
 * ``digits`` (the default): every method on scikit-learn's 8x8 digits with a
-  6k-parameter student, a few minutes on 2 CPU cores. Its students underfit
-  more than they overfit, so it tests the code and the protocol, not the
-  paper's claims.
+  6k-parameter student, a few minutes on 2 CPU cores. Its student barely
+  overfits (98.9% of its training images against 97.4% of the validation
+  split), so it tests the code and the protocol more than the paper's claims.
 * ``fashion_mnist_regime``: the regime of the paper's claims on 2 CPU cores,
   an over-parameterised student on a Fashion-MNIST training subset it can
   fit, with the paper's augmentation and a long schedule (see

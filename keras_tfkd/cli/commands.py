@@ -70,17 +70,18 @@ def _study(args, log):
                 f"--data-dir is where a named data set is searched; the .npz file "
                 f"{args.dataset!r} is read from its own path: drop --data-dir."
             )
-    named = []
+    named, imported = [], []
     for flag in ("student", "teacher"):
         value = settings.get(flag)
         if value is not None and ":" in value:
             _import_model(value, f"--{flag}")
+            imported.append(flag)
         elif value is not None:
             named.append((f"--{flag}", value))
     _check_models(*named)
-    own = ":" in str(settings.get("student")) or str(
-        settings.get("dataset", "")
-    ).lower().endswith(".npz")
+    own = "student" in imported or str(settings.get("dataset", "")).lower().endswith(
+        ".npz"
+    )
     if own and "teacher" not in given:
         # A model or data of the user's: the preset's zoo teacher need not fit
         # them, so without --teacher only the teacher-free methods run.

@@ -404,16 +404,19 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
             break
     seconds = time.perf_counter() - start
     info = _summary(plan, tracker, guard, seconds, steps, initial_epoch)
-    info["train_eval_accuracy"] = _train_eval_accuracy(student, dataset, config)
+    # How much better the final model fits what it trained on than what it did
+    # not (with the validation accuracy): the regime a study is in.
+    info["train_eval_accuracy"] = split_accuracy(
+        student, dataset, "train", config.eval_batch_size
+    )
     return student, tracker, info
 
 
-def _train_eval_accuracy(student, dataset, config):
-    """The final model's accuracy on its own training split as a test set (no
-    augmentation, inference mode): with the validation accuracy, how much
-    better the model fits what it trained on than what it did not."""
+def split_accuracy(model, dataset, split, batch_size):
+    """A model's accuracy on one split of the data set, read as a test set
+    (no augmentation, no shuffle, inference mode)."""
     batches = data_lib.pipeline(
-        dataset, "train", config.eval_batch_size, augment=False, shuffle=False
+        dataset, split, batch_size, augment=False, shuffle=False
     )
-    logits = np.asarray(student.predict(batches, verbose=0))
-    return accuracy(logits, dataset.labels("train"))
+    logits = np.asarray(model.predict(batches, verbose=0))
+    return accuracy(logits, dataset.labels(split))

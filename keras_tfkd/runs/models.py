@@ -126,11 +126,15 @@ def _build_custom(name, num_classes, input_shape):
             inputs = keras.Input(tuple(input_shape))
             model = keras.Model(inputs, model(inputs), name=model.name)
         except Exception as e:
-            raise ModelCheckError(
-                f"The model {name!r} cannot take the data's examples of shape "
-                f"{tuple(input_shape)} ({type(e).__name__}: {e})."
-            ) from None
+            raise _cannot_take(name, input_shape, e) from None
     return model
+
+
+def _cannot_take(name, input_shape, error):
+    return ModelCheckError(
+        f"The model {name!r} cannot take the data's examples of shape "
+        f"{tuple(input_shape)} ({type(error).__name__}: {error})."
+    )
 
 
 def model_fingerprint(name, dataset):
@@ -172,10 +176,7 @@ def _check(name, dataset):
     try:
         out = model(x, training=False)
     except Exception as e:
-        raise ModelCheckError(
-            f"The model {name!r} cannot take the data's examples of shape "
-            f"{tuple(dataset.input_shape)} ({type(e).__name__}: {e})."
-        ) from None
+        raise _cannot_take(name, dataset.input_shape, e) from None
     if isinstance(out, (list, tuple, dict)):
         raise ModelCheckError(
             f"The model {name!r} returns {len(out)} outputs; a study needs one "

@@ -17,8 +17,6 @@ from pathlib import Path
 import keras
 
 from keras_tfkd import _io
-from keras_tfkd import data as data_lib
-from keras_tfkd.metrics import accuracy
 from keras_tfkd.runs import loop
 from keras_tfkd.runs.config import TrainConfig
 from keras_tfkd.runs.models import (
@@ -213,5 +211,4 @@ def load_teacher(path, dataset, model=None):
 
 def test_accuracy(model, dataset, config):
     """A model's accuracy on the data set's test split."""
-    test = data_lib.pipeline(dataset, "test", config.eval_batch_size)
-    return accuracy(model.predict(test, verbose=0), dataset.labels("test"))
+    return loop.split_accuracy(model, dataset, "test", config.eval_batch_size)
