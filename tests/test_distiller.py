@@ -1,7 +1,5 @@
 """The Distiller in `fit`: numerics, frozen teachers, logging, saving, errors."""
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
@@ -528,34 +526,85 @@ def test_other_loss_strings_keep_their_keras_meaning():
         distiller.compile(optimizer="sgd", loss=lambda y_true, y_pred: y_pred)
 
 
-# ----------------------------------------------- teacher_temperature (0.x API)
+# ----------------------------------------------------------- teacher_temperature
 
 
-def test_teacher_temperature_and_its_deprecated_alias(tmp_path):
+def test_teacher_temperature_is_the_teacher_side_and_saves(tmp_path):
     reg = recipes.tfkd_reg(_linear("r"), K, alpha=0.1, temperature=20.0, kl="reference")
     kl = reg.soft_losses[0]
     # Tf-KD_reg: the teacher side is at T, the student side at 1.
     assert reg.teacher_temperature == 20.0
     assert reg.teacher_temperature_variable is kl.teacher_temperature
     assert float(ops.convert_to_numpy(kl.temperature)) == 1.0
-    reg.teacher_temperature = 5.0
-    assert float(ops.convert_to_numpy(kl.teacher_temperature)) == 5.0
-    with pytest.raises(ValueError, match="teacher_temperature"):
-        reg.teacher_temperature = -1.0
-    with pytest.warns(DeprecationWarning, match="teacher_temperature") as record:
-        assert reg.temperature == 5.0
-    assert record[0].filename == __file__
-    with pytest.warns(DeprecationWarning, match="teacher_temperature") as record:
-        reg.temperature = 7.0
-    assert record[0].filename == __file__
-    assert reg.teacher_temperature == 7.0
-    with pytest.warns(DeprecationWarning, match="teacher_temperature_variable"):
-        assert reg.temperature_variable is kl.teacher_temperature
+    reg.teacher_temperature = 7.0
+    assert float(ops.convert_to_numpy(kl.teacher_temperature)) == 7.0
+    for bad in (-1.0, 0, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="teacher_temperature"):
+            reg.teacher_temperature = bad
     assert recipes.baseline(_linear("b")).teacher_temperature is None
-
-    # Saving and loading read every attribute: no warning for the old names.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*Distiller.temperature")
-        reg.save(tmp_path / "reg.keras")
-        loaded = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
+    # The 0.1 names are gone (removed, not deprecated).
+    assert not hasattr(type(reg), "temperature")
+    assert not hasattr(type(reg), "temperature_variable")
+    reg.save(tmp_path / "reg.keras")
+    loaded = keras.saving.load_model(tmp_path / "reg.keras", safe_mode=True)
     assert loaded.teacher_temperature == 7.0
+
+
+# ------------------------------------------------ one weighting model underneath
+
+
+def test_every_form_is_the_same_weighted_sum_of_terms():
+    """alpha, free weights and terms= build the same terms and weights."""
+    from keras_tfkd import Term
+
+    x, y = _data()
+    teacher = _linear("teacher", 7)
+    kl = losses.SoftTargetKL(temperature=2.0)
+    forms = {
+        "alpha": Distiller(
+            student=_linear("s1"), teacher=teacher, soft_loss=kl, alpha=0.3
+        ),
+        "weights": Distiller(
+            student=_linear("s2"),
+            teacher=teacher,
+            soft_loss=kl,
+            hard_weight=0.7,
+            soft_weight=0.3,
+        ),
+        "terms": Distiller(
+            student=_linear("s3"),
+            terms=[Term(teacher, kl, weight=0.3, name="kd")],
+            hard_weight=0.7,
+        ),
+    }
+    z_s = forms["alpha"].student(x)
+    totals = {}
+    for form, distiller in forms.items():
+        assert distiller.weighting == form
+        hard, term_weights = distiller.loss_weighting.tensors()
+        np.testing.assert_allclose(
+            [float(hard), *map(float, term_weights)], [0.7, 0.3], rtol=1e-6
+        )
+        totals[form] = float(
+            distiller.compute_loss(x=x, y=y, y_pred=z_s, training=False)
+        )
+    assert totals["alpha"] == pytest.approx(totals["weights"], rel=1e-6)
+    assert totals["alpha"] == pytest.approx(totals["terms"], rel=1e-6)
+    assert forms["alpha"].weight_names == ("alpha",)
+    assert forms["weights"].weight_names == ("hard_weight", "soft_weight")
+    assert forms["terms"].weight_names == ("hard_weight", "kd_weight")
+    # alpha is one variable read as alpha and 1 - alpha: assigning it (as
+    # AlphaScheduler does, on the variable) moves both weights.
+    forms["alpha"].alpha_variable.assign(0.9)
+    hard, (soft,) = forms["alpha"].loss_weighting.tensors()
+    np.testing.assert_allclose([float(hard), float(soft)], [0.1, 0.9], rtol=1e-6)
+    assert forms["alpha"].hard_weight == pytest.approx(0.1)
+
+
+def test_a_baseline_logs_a_zero_soft_term():
+    x, y = _data()
+    baseline = Distiller(student=_linear("b"))
+    baseline.compile(optimizer="sgd")
+    logs = baseline.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["soft_loss"] == 0.0
+    assert logs["loss"] == pytest.approx(0.5 * logs["hard_loss"], rel=1e-5)

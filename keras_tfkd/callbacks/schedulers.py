@@ -236,7 +236,7 @@ class WeightScheduler(_VariableScheduler):
                 f"WeightScheduler: the Distiller has no weight {self.key!r}; its "
                 f"weights are {list(names)}."
             )
-        return self.model._weight_var(self.key)
+        return self.model.weight_variable(self.key)
 
     def _check(self, epoch, raw):
         value = as_float(raw)
