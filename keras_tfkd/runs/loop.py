@@ -107,6 +107,13 @@ class _TestAccuracy(keras.callbacks.Callback):
     accuracy is written to the epoch logs as ``test_accuracy``, and the
     calibration of the same predictions as ``test_nll``, ``test_ece`` (15
     equal-width bins) and ``test_brier``.
+
+    The best epoch (`best_epoch`, 1-based, and with `keep_best_weights` the
+    weights kept as the run's best checkpoint, a KD teacher's) is the *first*
+    epoch that reached the best test accuracy: a later epoch that only ties
+    it does not replace it, and a NaN accuracy is never best. (The
+    validation selection, `_selected`, takes the last of equally good
+    epochs.)
     """
 
     def __init__(

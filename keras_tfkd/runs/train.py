@@ -82,12 +82,12 @@ def train(
     Returns:
         The record: method, student, teacher, dataset, seed, epochs,
         test_accuracy (final), best_test_accuracy (best over epochs) and
-        best_epoch, train_seconds (wall time of `fit`, compilation and the
-        per-epoch evaluation included), backend, hyperparameters (the key's
-        hash covers them), experiment (the registry id it started from),
-        kl, kl_weight and kl_note (the KL term's form and weight),
-        teacher_test_accuracy, history (per-epoch test accuracy and losses),
-        diverged.
+        best_epoch (the first epoch that reached it), train_seconds (wall
+        time of `fit`, compilation and the per-epoch evaluation included),
+        backend, hyperparameters (the key's hash covers them), experiment
+        (the registry id it started from), kl, kl_weight and kl_note (the KL
+        term's form and weight), teacher_test_accuracy, history (per-epoch
+        test accuracy and losses), diverged.
     """
     check_model_name(experiment.student, "student")
     if experiment.teacher is not None:
