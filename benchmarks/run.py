@@ -604,7 +604,7 @@ def build_cases(kind, settings, num_classes, clock):
             teacher,
             alpha=KD_ALPHA,
             temperature=KD_T,
-            kl_reduction="batchmean",
+            kl="batchmean",
         )
 
     def tfkd_self(teacher):

@@ -55,11 +55,6 @@ _MODULES = {
     "terms",
 }
 
-# Old paths of modules that moved (into `keras_tfkd.data`, `keras_tfkd.runs`):
-# they still import,
-# with a DeprecationWarning, and are left out of __all__.
-_MOVED_MODULES = {"augment", "pydataset", "workflows"}
-
 __all__ = ["Distiller", "Term", "compare", *sorted(_MODULES)]
 
 
@@ -79,7 +74,7 @@ def __getattr__(name):
 
         globals()[name] = Term
         return Term
-    if name in _MODULES or name in _MOVED_MODULES:
+    if name in _MODULES:
         module = importlib.import_module(f"keras_tfkd.{name}")
         globals()[name] = module
         return module

@@ -20,7 +20,6 @@ The factor in front of either is `multiplier`.
 from __future__ import annotations
 
 import math
-import warnings
 
 import keras
 from keras import ops
@@ -303,7 +302,6 @@ class SoftTargetKL(keras.losses.Loss):
         reduction="sum_over_batch_size",
         name="soft_target_kl",
         dtype=None,
-        scale=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         tied = teacher_temperature is None
@@ -316,14 +314,6 @@ class SoftTargetKL(keras.losses.Loss):
                 f"{name}_teacher_temperature", teacher_temperature
             )
         )
-        if scale is not None:  # the 0.1.0 name of `multiplier`
-            warnings.warn(
-                "SoftTargetKL(scale=...) is deprecated and will be removed in the "
-                f"next release: use multiplier={scale!r}.",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            multiplier = scale
         self.multiplier = check_multiplier(multiplier)
         self.kl = check_kl(kl)
         self.temperature_squared = bool(temperature_squared)
@@ -334,11 +324,6 @@ class SoftTargetKL(keras.losses.Loss):
         if self._tied:
             return [self.temperature]
         return [self.temperature, self.teacher_temperature]
-
-    @property
-    def scale(self):
-        """Deprecated name of `multiplier` (0.1.0)."""
-        return self.multiplier
 
     def factor(self, num_classes=None):
         """The weight in front of the per-sample KL summed over classes.

@@ -52,27 +52,17 @@ would mean T = 50 and m = 6); the published tables name them; and the
 `Distiller` itself is keyword-only. The model arguments stay positional:
 there are two at most, in one order everywhere (the student first, as the
 `Distiller` names it; unlike ``keras.distillation.Distiller(teacher,
-student)``), and an int `num_classes` is checked against the student.
-
-Until 0.x's next release the previous positional style (``kd(s, t, 0.9, 4.0)``,
-``tfkd_self(s, t, alpha, T, m)``, ``tfkd_reg(s, K, alpha, T, m, a)``,
-``label_smoothing(s, K, eps)``) still works, in the old order, and emits a
-`DeprecationWarning` that spells out the keyword call, as does the 0.1.0
-name ``kl_reduction`` (``"elementwise_mean"`` is now ``kl="reference"``).
+student)``), and an int `num_classes` is checked against the student. A
+hyper-parameter passed positionally is Python's `TypeError`.
 """
 
 from __future__ import annotations
-
-import functools
-import inspect
-import warnings
 
 from keras_tfkd.distiller import Distiller
 from keras_tfkd.losses import (
     LabelSmoothingCrossEntropy,
     SoftTargetKL,
     check_kl,
-    check_multiplier,
 )
 from keras_tfkd.teachers import VirtualTeacher
 
@@ -86,11 +76,7 @@ __all__ = [
     "cs_kd",
     "online_label_smoothing",
     "dkd",
-    "translate_multiplier",
 ]
-
-#: The 0.1.0 values of `kl_reduction` -> the `kl` setting that replaced it.
-_KL_REDUCTION_NAMES = {"elementwise_mean": "reference", "batchmean": "batchmean"}
 
 
 def _num_classes(student, num_classes=None):
@@ -105,88 +91,6 @@ def _num_classes(student, num_classes=None):
     return k
 
 
-def _kl_form(kl, kl_reduction, recipe):
-    """`kl`, or the 0.1.0 `kl_reduction` it replaces (with a DeprecationWarning)."""
-    if kl_reduction is None:
-        return check_kl(kl)
-    if kl_reduction not in _KL_REDUCTION_NAMES:
-        raise ValueError(
-            f"`kl_reduction` must be one of {tuple(_KL_REDUCTION_NAMES)}, got "
-            f"kl_reduction={kl_reduction!r}."
-        )
-    new = _KL_REDUCTION_NAMES[kl_reduction]
-    warnings.warn(
-        f"recipes.{recipe}(kl_reduction={kl_reduction!r}) is deprecated and will be "
-        f"removed in the next release: use kl={new!r}.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return new
-
-
-def _positional_hyperparameters_deprecated(*old_order):
-    """Accept the hyper-parameters positionally, in `old_order`, for one release."""
-
-    def decorate(recipe):
-        params = inspect.signature(recipe).parameters.values()
-        models = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
-
-        @functools.wraps(recipe)
-        def wrapper(*args, **kwargs):
-            extra = args[len(models) :]
-            if not extra:
-                return recipe(*args, **kwargs)
-            if len(extra) > len(old_order):
-                raise TypeError(
-                    f"recipes.{recipe.__name__}() takes {len(models)} positional "
-                    f"argument(s) ({', '.join(models)}) and keyword-only "
-                    f"hyper-parameters, got {len(args)} positional arguments."
-                )
-            names = old_order[: len(extra)]
-            for name in names:
-                if name in kwargs:
-                    raise TypeError(
-                        f"recipes.{recipe.__name__}() got multiple values for "
-                        f"argument {name!r}."
-                    )
-            given = ", ".join(f"{n}={v!r}" for n, v in zip(names, extra))
-            warnings.warn(
-                f"recipes.{recipe.__name__}: passing {', '.join(names)} "
-                "positionally is deprecated and will be refused in the next "
-                "release; the hyper-parameters are keyword-only: "
-                f"{recipe.__name__}({', '.join(models)}, {given}, ...).",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            kwargs.update(zip(names, extra))
-            return recipe(*args[: len(models)], **kwargs)
-
-        return wrapper
-
-    return decorate
-
-
-def translate_multiplier(multiplier, reference_num_classes=100):
-    """Deprecated (0.1.0): a reference-form multiplier as a batch-mean one.
-
-    ``m * KL / K_ref`` equals ``(m / K_ref) * KL``: divide by 100 by hand, or
-    pass ``kl="reference"``.
-
-    >>> import warnings
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")
-    ...     translate_multiplier(100.0)
-    1.0
-    """
-    warnings.warn(
-        "recipes.translate_multiplier is deprecated and will be removed in the next "
-        f"release: the batch-mean multiplier is multiplier / {reference_num_classes}.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return check_multiplier(multiplier) / reference_num_classes
-
-
 def baseline(student):
     """Plain training: ``loss = CE``.
 
@@ -195,7 +99,6 @@ def baseline(student):
     return Distiller(student=student, teacher=None, alpha=0.0, name="baseline")
 
 
-@_positional_hyperparameters_deprecated("epsilon")
 def label_smoothing(student, num_classes=None, *, epsilon=0.1):
     """LSR: cross-entropy on ``q = 1-eps`` on ``y`` and ``eps/(K-1)`` elsewhere.
 
@@ -215,7 +118,6 @@ def label_smoothing(student, num_classes=None, *, epsilon=0.1):
     )
 
 
-@_positional_hyperparameters_deprecated("alpha", "temperature")
 def kd(
     student,
     teacher,
@@ -224,7 +126,6 @@ def kd(
     temperature,
     multiplier=1.0,
     kl="batchmean",
-    kl_reduction=None,
 ):
     """Normal KD (also Re-KD and De-KD: only the teacher differs).
 
@@ -235,7 +136,6 @@ def kd(
 
     >>> distiller = kd(student, teacher, alpha=0.95, temperature=20.0)  # doctest: +SKIP
     """
-    kl = _kl_form(kl, kl_reduction, "kd")
     return _kd_distiller("kd", student, teacher, alpha, temperature, multiplier, kl)
 
 
@@ -250,9 +150,6 @@ def _kd_distiller(name, student, teacher, alpha, temperature, multiplier, kl):
     )
 
 
-@_positional_hyperparameters_deprecated(
-    "alpha", "temperature", "multiplier", "kl_reduction"
-)
 def tfkd_self(
     student,
     teacher,
@@ -261,7 +158,6 @@ def tfkd_self(
     temperature,
     multiplier=1.0,
     kl="batchmean",
-    kl_reduction=None,
 ):
     """Tf-KD_self: KD from a trained, frozen copy of the same architecture.
 
@@ -271,15 +167,11 @@ def tfkd_self(
     >>> distiller = tfkd_self(student, trained_copy, alpha=0.95, temperature=6.0,
     ...                       multiplier=0.5)  # doctest: +SKIP
     """
-    kl = _kl_form(kl, kl_reduction, "tfkd_self")
     return _kd_distiller(
         "tfkd_self", student, teacher, alpha, temperature, multiplier, kl
     )
 
 
-@_positional_hyperparameters_deprecated(
-    "alpha", "temperature", "multiplier", "correct_prob", "kl_reduction"
-)
 def tfkd_reg(
     student,
     num_classes,
@@ -289,7 +181,6 @@ def tfkd_reg(
     multiplier=1.0,
     correct_prob=0.99,
     kl="batchmean",
-    kl_reduction=None,
 ):
     """Tf-KD_reg: a virtual teacher built from the labels, no teacher model.
 
@@ -313,8 +204,8 @@ def tfkd_reg(
     loss = SoftTargetKL(
         temperature=1.0,
         teacher_temperature=temperature,
-        multiplier=multiplier,  # SoftTargetKL checks it
-        kl=_kl_form(kl, kl_reduction, "tfkd_reg"),
+        multiplier=multiplier,  # SoftTargetKL checks it and `kl`
+        kl=kl,
         temperature_squared=False,
         name="tfkd_reg_kl",
     )

@@ -363,27 +363,6 @@ def test_born_again_chains_generations_through_frozen_copies():
         born_again_lib.born_again(lambda: _net(0), generations=-1)
 
 
-def test_born_again_in_callbacks_is_a_deprecated_alias(monkeypatch):
-    calls = []
-
-    def fake(*args, **kwargs):
-        calls.append((args, kwargs))
-        return "runs"
-
-    monkeypatch.setattr(born_again_lib, "born_again", fake)
-    message = "moved to keras_tfkd.born_again.born_again"
-    with pytest.warns(DeprecationWarning, match=message) as record:
-        assert cb.born_again("build", 2, monitor="val_accuracy") == "runs"
-    assert record[0].filename == __file__
-    assert calls == [(("build", 2), {"monitor": "val_accuracy"})]
-    assert "born_again" not in cb.__all__
-    # The real function's argument checks are reached through the alias.
-    monkeypatch.undo()
-    with pytest.warns(DeprecationWarning, match=message):
-        with pytest.raises(ValueError, match="generations"):
-            cb.born_again(lambda: _net(0), generations=-1)
-
-
 # ------------------------------------------------------------------ monitor
 
 

@@ -87,7 +87,7 @@ def _run(kind, dist, student_init, teacher_init, x, y, w):
         elif kind == "virtual":
             teacher = teachers.VirtualTeacher(NUM_CLASSES, correct_prob=0.9)
             soft = losses.SoftTargetKL(
-                temperature=1.0, teacher_temperature=TEMPERATURE, scale=0.5
+                temperature=1.0, teacher_temperature=TEMPERATURE, multiplier=0.5
             )
         elif kind == "features":
             teacher = teacher_model

@@ -239,21 +239,12 @@ def test_a_finite_run_is_not_diverged(tmp_path):
         ({"optimizer": "adam", "learning_rate": "1e-3"}, "learning_rate"),
         ({"optimizer": "adam", "lr_schedule": "linear"}, "lr_schedule"),
         ({"lr_schedule": "cosine"}, "lr_schedule"),  # reference optimiser
-        ({"translation": "always"}, "translation"),
     ],
 )
 def test_train_config_rejects_each_bad_field_by_name(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`") as info:
         runs_lib.TrainConfig(**kwargs)
     assert f"{field}=" in str(info.value)  # ... and shows the value given
-
-
-def test_train_config_translation_is_deprecated():
-    with pytest.warns(DeprecationWarning, match="translation"):
-        config = runs_lib.TrainConfig(translation="auto")
-    assert config.hyperparameters() == runs_lib.TrainConfig().hyperparameters()
-    with pytest.raises(ValueError, match="kl='reference'"):
-        runs_lib.TrainConfig(translation="none")
 
 
 def test_train_config_valid_values_and_their_hyperparameters():

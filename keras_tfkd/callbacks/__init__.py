@@ -23,9 +23,7 @@ What is where (every name is importable from `keras_tfkd.callbacks`):
   JSON state, so a killed run resumes where it stopped.
 
 `born_again`, the multi-generation training loop, is a workflow rather than a
-callback: it moved to `keras_tfkd.born_again.born_again`.
-``keras_tfkd.callbacks.born_again`` still calls it, with a
-`DeprecationWarning`, until the next release.
+callback: it is `keras_tfkd.born_again.born_again`.
 
 Put the schedulers and monitors *before* `keras.callbacks.CSVLogger` or
 `TensorBoard` in the ``callbacks`` list: callbacks run in list order, and the
@@ -34,8 +32,6 @@ loggers only see the keys written into the epoch logs before them (Keras's
 """
 
 from __future__ import annotations
-
-import warnings
 
 from keras_tfkd.callbacks.checkpoint import StudentCheckpoint
 from keras_tfkd.callbacks.monitors import SoftTargetMonitor
@@ -64,20 +60,3 @@ __all__ = [
     "NonFiniteLossError",
     "RunBackup",
 ]
-
-
-def born_again(*args, **kwargs):
-    """Deprecated: moved to `keras_tfkd.born_again.born_again` (same arguments).
-
-    Emits a `DeprecationWarning`, then calls it; removed in the next release.
-    """
-    warnings.warn(
-        "keras_tfkd.callbacks.born_again is deprecated and will be removed in "
-        "the next release: it moved to keras_tfkd.born_again.born_again (same "
-        "arguments).",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    from keras_tfkd import born_again as born_again_lib  # on call, not at import
-
-    return born_again_lib.born_again(*args, **kwargs)

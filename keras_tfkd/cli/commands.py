@@ -22,7 +22,6 @@ from keras_tfkd.cli.errors import (
     _check_models,
     _data_error,
     _from_unknown_name_error,
-    _translation_removed,
     _unknown,
     _UsageError,
 )
@@ -50,7 +49,6 @@ _PRESET_FLAGS = (
 def _study(args, log):
     from keras_tfkd import data, runs, study
 
-    _translation_removed(args.translation)
     try:
         chosen = study.preset(args.preset)
     except UnknownNameError as e:
@@ -221,7 +219,6 @@ def _run(args, log):
     from keras_tfkd import data, runs
     from keras_tfkd.distribution import get_distribution
 
-    _translation_removed(args.translation)
     experiment = _run_experiment(args)
     try:
         config = runs.TrainConfig(

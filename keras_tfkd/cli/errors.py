@@ -4,14 +4,13 @@
 value on the command line; 1: a problem of this machine); `main` prints it
 after ``keras-tfkd: error:``. The checks here run before anything is
 trained: names against the registries (with the closest valid names), the
-output folder, a removed flag; `_data_error` rewords a missing data set.
+output folder; `_data_error` rewords a missing data set.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import sys
 from pathlib import Path
 
 from keras_tfkd.experiments import UnknownNameError
@@ -48,23 +47,6 @@ class _UsageError(Exception):
     def __init__(self, message, status=2):
         super().__init__(message)
         self.status = status
-
-
-def _translation_removed(value):
-    """--translation (0.1.0): 'auto' is what always happens now; 'none' is --kl."""
-    if value is None:
-        return
-    if value == "auto":
-        print(
-            f"{PROG}: note: --translation is deprecated (the registry's "
-            "multipliers now mean the same at any K); drop it.",
-            file=sys.stderr,
-        )
-        return
-    raise _UsageError(
-        f"--translation {value} was removed in 0.2: for the authors' KL at any K "
-        "use --kl reference (with the published --multiplier for `run`)."
-    )
 
 
 # ------------------------------------------------------------------ checks

@@ -270,7 +270,6 @@ def _add_study(sub):
         "published meaning at any K) or reference (the authors' KL / K with the "
         "published multipliers) (default: batchmean)",
     )
-    study.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
     study.add_argument("--no-plot", action="store_true", help="skip results.png")
     study.add_argument("--quiet", action="store_true", help="print the table only")
     _add_backend(study)
@@ -342,7 +341,6 @@ def _add_run(sub):
         default="constant",
         help="Adam's schedule (default: %(default)s)",
     )
-    run.add_argument("--translation", help=argparse.SUPPRESS)  # removed in 0.2
     run.add_argument(
         "--output-dir",
         default="runs/experiments",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 __all__ = ["OPTIMIZERS", "TrainConfig"]
 
@@ -31,8 +30,6 @@ class TrainConfig:
             good). The reference keeps it; on JAX a second batch shape means a
             second compilation of the train step, which dominates short runs.
         progress_every: print a line every this many epochs (0: never).
-        translation: removed in 0.2 (the KL form is the experiment's ``kl``);
-            ``"auto"`` is accepted with a `DeprecationWarning` for one release.
 
     >>> TrainConfig(optimizer="adam", lr_schedule="cosine").hyperparameters()
     {'optimizer': 'adam', 'learning_rate': 0.001, 'lr_schedule': 'cosine'}
@@ -45,7 +42,6 @@ class TrainConfig:
     eval_batch_size: int = 512
     drop_remainder: bool = False
     progress_every: int = 0
-    translation: str | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -80,8 +76,6 @@ class TrainConfig:
                 "optimiser has its own schedule), got "
                 f"lr_schedule={self.lr_schedule!r}."
             )
-        if self.translation is not None:
-            _translation_removed(self.translation)
 
     def hyperparameters(self):
         """The settings that change a run's result (they enter its key)."""
@@ -95,21 +89,3 @@ class TrainConfig:
         if self.drop_remainder:
             hp["drop_remainder"] = True
         return hp
-
-
-def _translation_removed(translation):
-    if translation == "auto":
-        warnings.warn(
-            "TrainConfig(translation=...) is deprecated and will be removed in the "
-            "next release: the registry stores every row in batch-mean units, so "
-            "'auto' is what always happens now.",
-            DeprecationWarning,
-            stacklevel=4,
-        )
-        return
-    raise ValueError(
-        f"`translation` was removed in 0.2, got translation={translation!r}: to run "
-        "the reference code's KL verbatim use experiment.replace(kl='reference', "
-        "multiplier=experiment.published_multiplier) (keras-tfkd run --kl reference "
-        "--multiplier M)."
-    )
