@@ -19,7 +19,6 @@ from keras_tfkd.loss_weights import weight_property
 from keras_tfkd.term_plan import (
     TermPlan,
     hard_value,
-    output_keys,
     select_output,
     teacher_temperature_property,
 )
@@ -167,8 +166,7 @@ class Distiller(keras.Model):
         ]
         self.feature_adapters = self._plan.adapters()
         # Multi-output students: the losses of the other outputs (compile).
-        self._head_losses = {}
-        self._head_loss_weights = {}
+        self._heads = checks.OutputHeads()
         self.head_loss_trackers = []
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
         self.term_loss_trackers = [
@@ -265,13 +263,11 @@ class Distiller(keras.Model):
         """
         loss_weights = kwargs.pop("loss_weights", None)
         if isinstance(loss, (dict, list, tuple)):
-            hard, self._head_losses, self._head_loss_weights = checks.head_losses(
+            hard = self._heads.compile(
                 self.student, self.output_name, loss, loss_weights
             )
             self.hard_loss = hard if hard is not None else self.hard_loss
-            self.head_loss_trackers = [
-                keras.metrics.Mean(name=f"{key}_loss") for key in self._head_losses
-            ]
+            self.head_loss_trackers = self._heads.trackers()
         elif loss_weights is not None:
             raise ValueError(
                 "`loss_weights` weighs the other outputs of a multi-output student "
@@ -287,33 +283,13 @@ class Distiller(keras.Model):
         """Keras's compile config, plus the losses of a multi-output student's
         other outputs (`compile` hands Keras ``loss=None``)."""
         config = super().get_compile_config()
-        if config is not None and self._head_losses:
-            ser = keras.saving.serialize_keras_object
-            config = dict(config)
-            config["head_losses"] = {
-                str(k): ser(v) for k, v in self._head_losses.items()
-            }
-            config["head_loss_weights"] = {
-                str(k): w for k, w in self._head_loss_weights.items()
-            }
-        return config
+        return None if config is None else {**config, **self._heads.config()}
 
     def compile_from_config(self, config):
         """Re-compile after loading (optimizer, metrics, the other outputs'
         losses; the hard loss is in the Distiller's config)."""
         config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss", None)
-        heads = config.pop("head_losses", None)
-        weights = config.pop("head_loss_weights", None)
-        if heads:
-            # JSON keys are strings: a list output's index comes back an int.
-            keys = output_keys(self.student.output)
-            by_text = {str(k): k for k in keys}
-            config["loss"] = {by_text.get(k, k): v for k, v in heads.items()}
-            config["loss_weights"] = {
-                by_text.get(k, k): v for k, v in (weights or {}).items()
-            } or None
-        self.compile(**config)
+        self.compile(**checks.OutputHeads.compile_arguments(self.student, config))
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
@@ -349,16 +325,13 @@ class Distiller(keras.Model):
         values = self._plan.values(x, y, y_pred, sample_weight, training, capture)
         if training:
             teacher_hooks.update_after_step(self.stateful_teachers, x, labels, logits)
-        heads = [
-            ops.cast(loss(y[key], y_pred[key], sample_weight=sample_weight), "float32")
-            for key, loss in self._head_losses.items()
-        ]
+        heads = self._heads.values(y, y_pred, sample_weight)
         hard_weight, term_weights = self.loss_weighting.tensors()
         total = hard_weight * hard
         for weight, value in zip(term_weights, values):
             total = total + weight * value
-        for key, head in zip(self._head_losses, heads):
-            total = total + self._head_loss_weights.get(key, 1.0) * head
+        for weight, head in self._heads.weighted(heads):
+            total = total + weight * head
         for extra in self.losses:
             total = total + ops.cast(
                 _keras_compat.aggregate_additional_loss(self, extra), "float32"

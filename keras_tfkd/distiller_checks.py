@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 
 import keras
+from keras import ops
 
 from keras_tfkd import loss_weights as weights_lib
 from keras_tfkd import teachers as teachers_lib
@@ -25,7 +26,7 @@ __all__ = [
     "soft_terms",
     "check_teacher",
     "student_classes",
-    "head_losses",
+    "OutputHeads",
 ]
 
 #: keras.distillation.Distiller's own arguments, refused here with a pointer.
@@ -315,39 +316,90 @@ def teacher_is_multi_output(teacher, outputs):
 
 
 # ------------------------------------------------------------------ compile
-def head_losses(student, output_name, loss, loss_weights):
-    """``compile(loss={output: loss}, loss_weights=...)`` for a student with
-    several outputs: ``(hard loss or None, {key: loss}, {key: weight})``."""
-    outputs = getattr(student, "output", None)
-    keys = output_keys(outputs) if student.built else []
-    given = dict(loss) if isinstance(loss, dict) else dict(enumerate(loss))
-    if len(keys) < 2:
-        raise ValueError(
-            f"compile(loss={type(loss).__name__}) gives one loss per output, but "
-            "the student has one output: give one loss (or None)."
-        )
-    unknown = [k for k in given if k not in keys]
-    if unknown:
-        raise ValueError(
-            f"compile(loss=...) names outputs {unknown} the student does not "
-            f"have; its outputs are {keys}."
-        )
-    weights = dict(loss_weights or {})
-    if not isinstance(loss_weights, (dict, type(None))):
-        weights = dict(enumerate(loss_weights))
-    if output_name in weights:
-        raise ValueError(
-            f"loss_weights gives the distilled output {output_name!r} "
-            "a weight: it is weighted by the Distiller (alpha= or hard_weight=)."
-        )
-    hard = resolve_hard_loss(given.pop(output_name)) if output_name in given else None
-    losses = {
-        key: resolve_hard_loss(value)
-        for key, value in given.items()
-        if value is not None
-    }
-    weights = {
-        key: weight_schedules.check_weight(f"loss_weights[{key!r}]", w)
-        for key, w in weights.items()
-    }
-    return hard, losses, weights
+class OutputHeads:
+    """The other outputs of a multi-output student: their losses and weights.
+
+    ``compile(loss={output: loss}, loss_weights={output: weight})`` gives
+    them; each adds ``weight * loss(y[output], y_pred[output])`` to the
+    Distiller's loss and is logged as ``<output>_loss``.
+    """
+
+    def __init__(self):
+        self.losses = {}
+        self.weights = {}
+
+    def compile(self, student, output_name, loss, loss_weights):
+        """Resolve `loss`/`loss_weights`; the distilled output's loss, or None."""
+        outputs = getattr(student, "output", None)
+        keys = output_keys(outputs) if student.built else []
+        given = dict(loss) if isinstance(loss, dict) else dict(enumerate(loss))
+        if len(keys) < 2:
+            raise ValueError(
+                f"compile(loss={type(loss).__name__}) gives one loss per output, "
+                "but the student has one output: give one loss (or None)."
+            )
+        unknown = [k for k in given if k not in keys]
+        if unknown:
+            raise ValueError(
+                f"compile(loss=...) names outputs {unknown} the student does not "
+                f"have; its outputs are {keys}."
+            )
+        weights = dict(loss_weights or {})
+        if not isinstance(loss_weights, (dict, type(None))):
+            weights = dict(enumerate(loss_weights))
+        if output_name in weights:
+            raise ValueError(
+                f"loss_weights gives the distilled output {output_name!r} "
+                "a weight: it is weighted by the Distiller (alpha= or hard_weight=)."
+            )
+        hard = given.pop(output_name, None)
+        self.losses = {
+            key: resolve_hard_loss(value)
+            for key, value in given.items()
+            if value is not None
+        }
+        self.weights = {
+            key: weight_schedules.check_weight(f"loss_weights[{key!r}]", w)
+            for key, w in weights.items()
+        }
+        return resolve_hard_loss(hard)
+
+    def trackers(self):
+        """One ``<output>_loss`` mean per head."""
+        return [keras.metrics.Mean(name=f"{key}_loss") for key in self.losses]
+
+    def values(self, y, y_pred, sample_weight):
+        """Each head's loss (float32), unweighted."""
+        return [
+            ops.cast(loss(y[key], y_pred[key], sample_weight=sample_weight), "float32")
+            for key, loss in self.losses.items()
+        ]
+
+    def weighted(self, values):
+        """``(weight, value)`` of each head (weight 1 unless given)."""
+        return [(self.weights.get(k, 1.0), v) for k, v in zip(self.losses, values)]
+
+    def config(self):
+        """The heads' part of the compile config (JSON keys are strings)."""
+        if not self.losses:
+            return {}
+        ser = keras.saving.serialize_keras_object
+        return {
+            "head_losses": {str(k): ser(v) for k, v in self.losses.items()},
+            "head_loss_weights": {str(k): w for k, w in self.weights.items()},
+        }
+
+    @staticmethod
+    def compile_arguments(student, config):
+        """A loaded compile config's heads as ``compile``'s `loss`/`loss_weights`."""
+        config.pop("loss", None)
+        heads = config.pop("head_losses", None)
+        weights = config.pop("head_loss_weights", None)
+        if heads:
+            # JSON keys are strings: a list output's index comes back an int.
+            by_text = {str(k): k for k in output_keys(student.output)}
+            config["loss"] = {by_text.get(k, k): v for k, v in heads.items()}
+            config["loss_weights"] = {
+                by_text.get(k, k): v for k, v in (weights or {}).items()
+            } or None
+        return config

@@ -169,8 +169,8 @@ class LossWeights:
         """The current value of weight `name` (public or derived), a float."""
         if name in self._derived:
             source, scale, offset = self._derived[name]
-            return offset + scale * float(ops.convert_to_numpy(self._variables[source]))
-        return float(ops.convert_to_numpy(self.variable(name)))
+            return offset + scale * float(self._variables[source].numpy())
+        return float(self.variable(name).numpy())
 
     def set(self, name, value):
         """Assign a number to the public weight `name`; its schedule stops."""
