@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_tfkd.metrics import check_num_bins
+from keras_tfkd._input_checks import check_num_bins
 
 __all__ = ["ExpectedCalibrationError", "NegativeLogLikelihood", "BrierScore"]
 

@@ -13,10 +13,13 @@ The same calibration metrics as `keras.metrics.Metric` objects, for
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+# Shared with keras_tfkd.calibration, which imports it from the lower module
+# (so that module never imports this one back); still importable from here.
+from keras_tfkd._input_checks import check_num_bins
 
 if TYPE_CHECKING:  # imported on first use by __getattr__, below
     from keras_tfkd.calibration import (
@@ -66,19 +69,6 @@ def accuracy(logits, labels):
     if not np.all(np.isfinite(logits)):
         return float("nan")
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
-def check_num_bins(num_bins):
-    """`num_bins` as an int if it is an integer >= 1, else a ValueError naming it."""
-    if (
-        isinstance(num_bins, bool)
-        or not isinstance(num_bins, numbers.Integral)
-        or num_bins < 1
-    ):
-        raise ValueError(
-            f"`num_bins` must be an integer >= 1, got num_bins={num_bins!r}."
-        )
-    return int(num_bins)
 
 
 def _calibration_inputs(logits, labels, sample_weight):

@@ -22,6 +22,18 @@ import numpy as np
 from keras import ops
 
 from keras_tfkd import _backend
+
+# The packed-batch format lives below both the data pipelines and the
+# teachers (so `keras_tfkd.data` need not import this module); its names are
+# part of this module's API.
+from keras_tfkd._batches import (  # noqa: F401
+    EXAMPLE_INDEX_KEY,
+    INPUTS_KEY,
+    PACKED_KEYS,
+    PAIR_INPUTS_KEY,
+    TEACHER_LOGITS_KEY,
+    is_packed,
+)
 from keras_tfkd.data.dataset import Dataset
 from keras_tfkd.losses import integer_labels
 
@@ -41,18 +53,6 @@ __all__ = [
     "check_logits_values",
 ]
 
-TEACHER_LOGITS_KEY = "teacher_logits"
-INPUTS_KEY = "inputs"
-#: The key of each example's position in the training set, for teachers that
-#: keep per-example state (PS-KD): ``{"inputs": x, "example_index": i}``.
-EXAMPLE_INDEX_KEY = "example_index"
-#: The key of the class partners of a CS-KD batch: ``{"inputs": x, "pair_inputs": x'}``.
-PAIR_INPUTS_KEY = "pair_inputs"
-#: The keys a packed batch may hold besides the student's inputs.
-PACKED_KEYS = frozenset(
-    {INPUTS_KEY, TEACHER_LOGITS_KEY, EXAMPLE_INDEX_KEY, PAIR_INPUTS_KEY}
-)
-
 
 def _check_num_classes(num_classes):
     if (
@@ -64,16 +64,6 @@ def _check_num_classes(num_classes):
             f"`num_classes` must be an integer >= 2, got num_classes={num_classes!r}."
         )
     return int(num_classes)
-
-
-def is_packed(inputs):
-    """True for ``{"inputs": x, ...}`` batches that carry more than the student's x."""
-    return (
-        isinstance(inputs, dict)
-        and INPUTS_KEY in inputs
-        and len(inputs) > 1
-        and set(inputs) <= PACKED_KEYS
-    )
 
 
 class Teacher(keras.layers.Layer):

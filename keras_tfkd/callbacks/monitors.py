@@ -7,8 +7,8 @@ import numpy as np
 from keras import ops
 
 from keras_tfkd import teachers as teachers_lib
+from keras_tfkd._input_checks import leaves
 from keras_tfkd.metrics import accuracy
-from keras_tfkd.validation import leaves
 
 __all__ = ["SoftTargetMonitor"]
 

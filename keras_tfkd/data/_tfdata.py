@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
+from keras_tfkd._batches import EXAMPLE_INDEX_KEY, INPUTS_KEY, TEACHER_LOGITS_KEY
 from keras_tfkd.data import augment as augment_lib
-from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["build", "with_label_checks"]
 

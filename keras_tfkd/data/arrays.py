@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_tfkd.data.dataset import Dataset, DatasetFormatError, DatasetNotFoundError
+from keras_tfkd.data.dataset import (
+    Dataset,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    _first,
+    _limits,
+)
 
 __all__ = ["NPZ_KEYS", "from_arrays", "load_npz"]
 
@@ -176,8 +182,6 @@ def load_npz(path, limit=None):
     (int, or ``(n_train, n_test)``) keeps the first examples of the train and
     test splits.
     """
-    from keras_tfkd.data.loaders import _first, _limits
-
     path = Path(os.fspath(path)).expanduser()
     if not path.is_file():
         raise DatasetNotFoundError(

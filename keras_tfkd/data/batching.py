@@ -32,15 +32,15 @@ batches every time it is built, and fresh augmentation on each pass.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import numpy as np
 
+from keras_tfkd._batches import num_batches  # noqa: F401 (public here)
+from keras_tfkd._input_checks import check_sample_weight
 from keras_tfkd.data.dataset import Dataset, _split
 from keras_tfkd.data.loaders import load
-from keras_tfkd.validation import check_sample_weight
 
 __all__ = [
     "AUGMENTATIONS",
@@ -95,23 +95,6 @@ def augmentation_is_random(
         False
     """
     return _resolve_augmentation(dataset, _split(split), augment) != "none"
-
-
-def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int:
-    """Batches in one pass of `pipeline` (and so train steps per epoch).
-
-    ``drop_remainder`` drops a last, smaller batch, unless that would leave
-    none (a batch larger than the data still trains one partial batch).
-
-    Example:
-        >>> num_batches(1347, 64, True), num_batches(1347, 64, False)
-        (21, 22)
-        >>> num_batches(10, 64, True)
-        1
-    """
-    if drop_remainder and num_examples >= batch_size:
-        return num_examples // batch_size
-    return max(1, math.ceil(num_examples / batch_size))
 
 
 #: Values of `pipeline`'s ``engine``.

@@ -114,6 +114,24 @@ def _split(split: str) -> str:
         ) from None
 
 
+def _limits(limit) -> tuple[int | None, int | None]:
+    """``(n_train, n_test)`` of the `limit` argument of a loader (None: all)."""
+    if limit is None:
+        return None, None
+    if isinstance(limit, (int, np.integer)):
+        return int(limit), int(limit)
+    n_train, n_test = limit
+    return (
+        None if n_train is None else int(n_train),
+        None if n_test is None else int(n_test),
+    )
+
+
+def _first(x: np.ndarray, y: np.ndarray, n: int | None):
+    """The first `n` examples of ``(x, y)`` (all of them when `n` is None)."""
+    return (x, y) if n is None else (x[:n], y[:n])
+
+
 def holdout(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
     """`dataset` with a stratified, seeded `fraction` of its training split held out.
 

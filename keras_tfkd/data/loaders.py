@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_tfkd.data.dataset import Dataset, DatasetFormatError
+from keras_tfkd.data.dataset import Dataset, DatasetFormatError, _first, _limits
 from keras_tfkd.data.formats import (
     _class_folders,
     _list_images,
@@ -156,22 +156,6 @@ def load(name: str, data_dir: str | os.PathLike | None = None, **kw: Any) -> Dat
             f"accepted: data_dir, {', '.join(sorted(allowed))}"
         )
     return loader(data_dir, **kw)
-
-
-def _limits(limit) -> tuple[int | None, int | None]:
-    if limit is None:
-        return None, None
-    if isinstance(limit, (int, np.integer)):
-        return int(limit), int(limit)
-    n_train, n_test = limit
-    return (
-        None if n_train is None else int(n_train),
-        None if n_test is None else int(n_test),
-    )
-
-
-def _first(x: np.ndarray, y: np.ndarray, n: int | None):
-    return (x, y) if n is None else (x[:n], y[:n])
 
 
 def _spread(files: np.ndarray, y: np.ndarray, n: int | None):

@@ -17,9 +17,13 @@ import os
 import keras
 import numpy as np
 
+from keras_tfkd._batches import (
+    EXAMPLE_INDEX_KEY,
+    INPUTS_KEY,
+    TEACHER_LOGITS_KEY,
+    num_batches,
+)
 from keras_tfkd.data import augment as augment_lib
-from keras_tfkd.data.batching import num_batches
-from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, INPUTS_KEY, TEACHER_LOGITS_KEY
 
 __all__ = ["BatchPipeline"]
 

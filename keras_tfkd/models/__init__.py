@@ -17,9 +17,26 @@ the signature ``builder(num_classes, input_shape, **kwargs) -> keras.Model``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
+
+# Family modules register themselves on import (with `register`, from
+# keras_tfkd.models._registry: no family imports this package back).
+from keras_tfkd.models import (  # noqa: F401
+    cnn,
+    densenet,
+    googlenet,
+    mobilenet_v2,
+    resnet,
+    resnext,
+    shufflenet_v2,
+)
+from keras_tfkd.models._layers import (  # noqa: F401 (batch_norm: public here)
+    BN_EPSILON,
+    BN_MOMENTUM,
+    batch_norm,
+    conv_initializer,
+)
+from keras_tfkd.models._registry import REGISTRY, available, get_model, register
 
 __all__ = [
     "BN_EPSILON",
@@ -33,11 +50,6 @@ __all__ = [
     "register",
 ]
 
-#: Keras ``BatchNormalization`` settings equivalent to PyTorch's defaults
-#: (PyTorch ``momentum=0.1`` weights the *new* batch; Keras weights the running value).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
 #: Trainable parameter counts of the reference PyTorch models at 100 classes and a
 #: 32x32x3 input (weights + BatchNorm scale/shift, no moving statistics).
 PAPER_PARAMETER_COUNTS: dict[str, int] = {
@@ -50,69 +62,6 @@ PAPER_PARAMETER_COUNTS: dict[str, int] = {
     "resnext29_8x64d": 34_520_000,
 }
 
-Builder = Callable[..., keras.Model]
-
-#: name -> builder function ``builder(num_classes, input_shape, **kwargs)``.
-REGISTRY: dict[str, Builder] = {}
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that adds a model builder to the registry under ``name``.
-
-    Example:
-        >>> @register("my_net")
-        ... def my_net(num_classes, input_shape=(32, 32, 3), **kwargs): ...
-        >>> "my_net" in REGISTRY
-        True
-        >>> del REGISTRY["my_net"]  # (this example leaves the registry as it was)
-    """
-
-    def decorator(builder: Builder) -> Builder:
-        if name in REGISTRY and REGISTRY[name] is not builder:
-            raise ValueError(f"A model named {name!r} is already registered.")
-        REGISTRY[name] = builder
-        return builder
-
-    return decorator
-
-
-def available() -> list[str]:
-    """Sorted names of all registered models."""
-    return sorted(REGISTRY)
-
-
-def get_model(
-    name: str,
-    num_classes: int,
-    input_shape: tuple[int, ...] = (32, 32, 3),
-    **kwargs,
-) -> keras.Model:
-    """Build the registered model ``name`` as a functional Keras model emitting logits.
-
-    Args:
-        name: a registry name, see :func:`available`.
-        num_classes: number of output logits.
-        input_shape: channels-last input shape without the batch axis.
-        **kwargs: model-specific options (e.g. ``width`` for the small models).
-
-    Raises:
-        ValueError: if ``name`` is not registered; the message lists the valid names.
-
-    Example:
-        >>> from keras_tfkd.models import get_model
-        >>> get_model("mobilenet_v2", num_classes=100).output_shape  # doctest: +SKIP
-        (None, 100)
-    """
-    try:
-        builder = REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown model {name!r}. Valid names: {', '.join(available())}."
-        ) from None
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes}.")
-    return builder(int(num_classes), tuple(int(d) for d in input_shape), **kwargs)
-
 
 def count_parameters(model: keras.Model) -> int:
     """Number of trainable scalars (the convention of ``PAPER_PARAMETER_COUNTS``)."""
@@ -123,32 +72,3 @@ def count_parameters(model: keras.Model) -> int:
             size *= int(dim)
         total += size
     return total
-
-
-def batch_norm(name: str) -> keras.layers.BatchNormalization:
-    """BatchNorm with PyTorch's defaults (`BN_MOMENTUM`, `BN_EPSILON`).
-
-    Every model of the zoo builds its BatchNorm layers with it.
-    """
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )
-
-
-def conv_initializer() -> keras.initializers.Initializer:
-    """Kaiming-normal (fan-out, ReLU gain) initializer used for convolution kernels."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
-
-
-# Family modules register themselves on import; they need ``register`` defined above.
-from keras_tfkd.models import (  # noqa: E402, F401
-    cnn,
-    densenet,
-    googlenet,
-    mobilenet_v2,
-    resnet,
-    resnext,
-    shufflenet_v2,
-)

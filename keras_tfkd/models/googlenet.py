@@ -12,7 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import batch_norm, conv_initializer, register
+from keras_tfkd.models._layers import batch_norm, conv_initializer
+from keras_tfkd.models._registry import register
 
 # (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection) per inception block.
 _BLOCKS = {

@@ -10,8 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_tfkd.models import batch_norm as _bn
-from keras_tfkd.models import conv_initializer, register
+from keras_tfkd.models._layers import batch_norm as _bn
+from keras_tfkd.models._layers import conv_initializer
+from keras_tfkd.models._registry import register
 
 
 def _conv(filters, kernel_size, strides, name):
