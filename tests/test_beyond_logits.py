@@ -460,16 +460,19 @@ def test_multi_output_student_distils_one_head(tmp_path):
         np.testing.assert_allclose(theirs[key], ours[key], rtol=1e-5, err_msg=key)
 
 
-# ---------------------------------------------------------------- README
-def test_readme_beyond_logits_block_runs(tmp_path, monkeypatch, capsys):
-    readme = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-    with open(readme, encoding="utf-8") as handle:
+# ------------------------------------------------------------------- docs
+def test_docs_beyond_logits_block_runs(tmp_path, monkeypatch, capsys):
+    # The example of docs/building-blocks.md, "Beyond logits", as written.
+    page = os.path.join(
+        os.path.dirname(__file__), os.pardir, "docs", "building-blocks.md"
+    )
+    with open(page, encoding="utf-8") as handle:
         text = handle.read()
     section = text.split("## Beyond logits", 1)[1]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(block, "README.md (Beyond logits)", "exec"), namespace)
+    exec(compile(block, "building-blocks.md (Beyond logits)", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "fitnet_loss" in printed and "fitnet_weight" in printed
     np.testing.assert_allclose(

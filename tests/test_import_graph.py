@@ -1,4 +1,4 @@
-"""No import circles inside ``keras_tfkd``: data flows one way.
+"""No import circles inside ``keras_tfkd`` (data flows one way), no module too long.
 
 The check reads the source with :mod:`ast` and imports nothing of the package,
 so it is fast and the same on every backend. Its rules:
@@ -228,3 +228,33 @@ def test_the_checker_passes_a_package_that_flows_one_way(tmp_path):
     )
     assert import_cycles(package, "pkg") == []
     assert import_edges(package, "pkg")["pkg.high"] == {"pkg.low": [1, 4]}
+
+
+# ------------------------------------------------------------ the house's size
+#: A module past this is doing several things: split it by what it holds.
+MAX_MODULE_LINES = 800
+#: The Distiller keeps __init__, compile, call, compute_loss, fit/evaluate and
+#: its config; its parts live in distiller_checks, term_plan, loss_weights
+#: and teacher_hooks.
+MAX_DISTILLER_CLASS_LINES = 420
+
+
+def test_no_module_is_over_800_lines():
+    sizes = {
+        str(path.relative_to(PACKAGE_DIR)): len(path.read_text().splitlines())
+        for path in PACKAGE_DIR.rglob("*.py")
+    }
+    assert len(sizes) > 50
+    too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not too_long, f"split these modules by what they hold: {too_long}"
+
+
+def test_the_distiller_class_fits_in_ones_head():
+    source = (PACKAGE_DIR / "distiller.py").read_text()
+    (cls,) = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "Distiller"
+    ]
+    lines = cls.end_lineno - cls.lineno + 1
+    assert 100 < lines <= MAX_DISTILLER_CLASS_LINES, lines
