@@ -25,6 +25,8 @@ Public API:
 * `keras_tfkd.experiments` - the paper's experiments as data; `keras_tfkd.runs` -
   a run planned once (`plan_run`) and executed (`execute`, `train`);
   `keras_tfkd.study` - the whole comparison, its table and plot.
+* `keras_tfkd.tokens` - sequence outputs ``(N, L, V)``: every term a mean over
+  the unmasked tokens (language models, KerasHub CausalLMs).
 * `keras_tfkd.models`, `keras_tfkd.schedules`, `keras_tfkd.metrics`.
 
 Every name is imported on first use, so `import keras_tfkd` does not import
@@ -53,6 +55,7 @@ _MODULES = {
     "distribution",
     "features",
     "terms",
+    "tokens",
 }
 
 __all__ = ["Distiller", "Term", "compare", *sorted(_MODULES)]

@@ -40,34 +40,57 @@ def is_dataset(value):
     )
 
 
-def check_labels(y, num_classes, argument="y"):
-    """Raise if `y` is not valid integer labels or one-hot rows for `num_classes`."""
+def _label_shapes(token_axes, num_classes):
+    k = "K" if num_classes is None else num_classes
+    if token_axes == 1:
+        return f"integer labels of shape (N,) or one-hot labels of shape (N, {k})"
+    lead = ", ".join(["N", "L", "M", "P"][:token_axes])
+    return (
+        f"integer token ids of shape ({lead}) or one-hot rows of shape "
+        f"({lead}, {k}) for a model whose logits are ({lead}, {k})"
+    )
+
+
+def check_labels(y, num_classes, argument="y", token_axes=1):
+    """Raise if `y` is not valid integer labels or one-hot rows for `num_classes`.
+
+    `token_axes` is the number of leading axes of the model's logits: 1 for
+    a classifier's ``(N, K)`` (labels ``(N,)``, ``(N, 1)`` or ``(N, K)``), 2
+    for a language model's ``(N, L, V)`` (token ids ``(N, L)`` or one-hot
+    ``(N, L, V)``).
+    """
     y = np.asarray(y)
+    token_axes = token_axes or 1
     if y.size == 0 or len(y) == 0:
         raise ValueError(f"`{argument}` is empty: there is nothing to train on.")
-    if y.ndim == 2 and y.shape[1] != 1:
-        if num_classes is not None and y.shape[1] != num_classes:
+    if y.ndim == token_axes + 1 and y.shape[-1] != 1:
+        if num_classes is not None and y.shape[-1] != num_classes:
             raise ValueError(
-                f"`{argument}` has one-hot rows of width {y.shape[1]} but the model "
-                f"predicts {num_classes} classes: pass integer labels of shape "
-                f"(N,) or one-hot labels of shape (N, {num_classes})."
+                f"`{argument}` has one-hot rows of width {y.shape[-1]} but the model "
+                f"predicts {num_classes} classes: pass "
+                f"{_label_shapes(token_axes, num_classes)}."
             )
         if not np.all(np.isfinite(y)) or np.any(y < 0):
             raise ValueError(
                 f"`{argument}` one-hot/soft labels must be finite and >= 0; found "
                 f"min={np.nanmin(y)!r}, non-finite={int(np.sum(~np.isfinite(y)))}."
             )
-        sums = y.sum(axis=1)
-        bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
+        sums = y.sum(axis=-1)
+        bad = np.argwhere(np.abs(sums - 1.0) > 1e-3)
         if bad.size:
+            where = tuple(int(i) for i in bad[0])
+            row = where[0] if token_axes == 1 else where
             raise ValueError(
                 f"`{argument}` rows must sum to 1 (one-hot or soft labels); row "
-                f"{int(bad[0])} sums to {float(sums[bad[0]])!r}."
+                f"{row} sums to {float(sums[where])!r}."
             )
         return
-    if y.ndim > 2:
+    if y.ndim not in (token_axes, token_axes + 1):
         raise ValueError(
-            f"`{argument}` must have shape (N,), (N, 1) or (N, K); got {y.shape}."
+            f"`{argument}` has shape {y.shape}: pass "
+            f"{_label_shapes(token_axes, num_classes)}."
+            if token_axes > 1
+            else f"`{argument}` must have shape (N,), (N, 1) or (N, K); got {y.shape}."
         )
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(

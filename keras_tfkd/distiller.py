@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_tfkd import _keras_compat, teacher_hooks, terms, validation
+from keras_tfkd import _keras_compat, teacher_hooks, terms, tokens, validation
 from keras_tfkd import distiller_checks as checks
 from keras_tfkd import features as features_lib
 from keras_tfkd import teachers as teachers_lib
@@ -135,10 +135,14 @@ class Distiller(keras.Model):
         )
         teachers_lib.check_logits_teacher(student, argument="student")
         self.output_name = output_name
-        self.num_classes = checks.student_classes(student, output_name)
+        shape = checks.student_logits_shape(student, output_name)
+        #: K (V for a language model), and the logits' leading axes: 1 for
+        #: (N, K), 2 for (N, L, V); None while the student is unbuilt.
+        self.num_classes = None if shape is None else shape[-1]
+        self.token_axes = tokens.token_axes(shape)
         for term in bound:
             where = "teacher" if weighting != "terms" else f"{term.name}: teacher"
-            checks.check_teacher(term, self.num_classes, where)
+            checks.check_teacher(term, student, shape, where)
         self._plan = TermPlan(bound, student, output_name)
         self._weighting = weighting
         self.student = student
@@ -153,7 +157,9 @@ class Distiller(keras.Model):
         # The loss weights live in non-trainable variables: a schedule (or
         # AlphaScheduler) changes them at the next step without retracing.
         self.loss_weighting = make_weights(self.add_weight)
-        for hooked in self.stateful_teachers:
+        for hooked in self.hooked_teachers:
+            hooked.check_logits_shape(shape)
+            hooked.token_axes = self.token_axes
             hooked.bind_student(student)
         #: The ``E`` of the weight schedules and the teacher's epoch hooks;
         #: None: `fit`'s ``epochs``. Set it when one run is trained by
@@ -185,9 +191,9 @@ class Distiller(keras.Model):
         return self._plan.teachers()
 
     @property
-    def stateful_teachers(self):
+    def hooked_teachers(self):
         """The `Teacher` objects whose step and epoch hooks the Distiller runs."""
-        return self._plan.stateful_teachers()
+        return self._plan.hooked_teachers()
 
     # ------------------------------------------------------------ weights
     @property
@@ -294,7 +300,7 @@ class Distiller(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
-        inputs = teacher_hooks.student_inputs(self.stateful_teachers, inputs)
+        inputs = teacher_hooks.student_inputs(self.hooked_teachers, inputs)
         layers = self._plan.student_layers()
         if not layers:
             return self.student(inputs, training=training)
@@ -313,18 +319,23 @@ class Distiller(keras.Model):
         """``hard_weight * hard + sum_i weight_i * term_i + heads + regularisation``.
 
         With `alpha` that is ``(1 - alpha) * hard + alpha * soft``; ``heads``
-        are the other outputs' compiled losses of a multi-output student.
+        are the other outputs' compiled losses of a multi-output student. For
+        sequence logits ``(N, L, V)`` each term is the mean over the tokens
+        weighted by `sample_weight` (a padding mask), `keras_tfkd.tokens`.
         """
         if y is None:
             raise ValueError("The Distiller needs labels `y` to compute its loss.")
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
         logits = select_output(y_pred, self.output_name, "student")
         labels = select_output(y, self.output_name, "labels")
-        hard = hard_value(self.hard_loss, labels, logits, sample_weight)
+        # Sequence logits (N, L, V): every term is a mean over the weighted
+        # (unmasked) tokens; classifier logits keep Keras's reduction.
+        weights = tokens.token_weights(sample_weight, logits)
+        hard = hard_value(self.hard_loss, labels, logits, weights)
         capture = self._plan.student_capture(self, x, y_pred, training)
-        values = self._plan.values(x, y, y_pred, sample_weight, training, capture)
+        values = self._plan.values(x, y, y_pred, weights, training, capture)
         if training:
-            teacher_hooks.update_after_step(self.stateful_teachers, x, labels, logits)
+            teacher_hooks.update_after_step(self.hooked_teachers, x, labels, logits)
         heads = self._heads.values(y, y_pred, sample_weight)
         hard_weight, term_weights = self.loss_weighting.tensors()
         total = hard_weight * hard
@@ -356,7 +367,7 @@ class Distiller(keras.Model):
     # ---------------------------------------------- validation before training
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the data (clear errors, no step taken)."""
-        for teacher in self.stateful_teachers:
+        for teacher in self.hooked_teachers:
             x, y, kwargs = teacher.prepare_fit_data(x, y, kwargs)
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
         self._plan.build_adapters_from(self, x)

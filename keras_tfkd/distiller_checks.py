@@ -25,7 +25,7 @@ __all__ = [
     "resolve_hard_loss",
     "soft_terms",
     "check_teacher",
-    "student_classes",
+    "student_logits_shape",
     "OutputHeads",
 ]
 
@@ -257,8 +257,9 @@ def check_target_kinds(teacher, soft_losses):
             )
 
 
-def student_classes(student, output_name):
-    """The number of classes of the student's distilled output (None if unbuilt)."""
+def student_logits_shape(student, output_name):
+    """The shape of the student's distilled logits, ``(None, K)`` or
+    ``(None, L, V)`` (None while the student is unbuilt)."""
     if not student.built:
         return None
     outputs = getattr(student, "output", None)
@@ -271,13 +272,14 @@ def student_classes(student, output_name):
         )
     if outputs is None:
         shape = getattr(student, "output_shape", None)
-        return shape[-1] if isinstance(shape, tuple) else None
-    return select_output(outputs, output_name, "student").shape[-1]
+        return tuple(shape) if isinstance(shape, tuple) else None
+    return tuple(select_output(outputs, output_name, "student").shape)
 
 
-def check_teacher(term, num_classes, argument):
+def check_teacher(term, student, shape, argument):
     """A bound term's teacher: a logits model (frozen here) or a `Teacher`,
-    predicting the student's classes, handing its losses what they take."""
+    predicting the student's classes (its vocabulary, for sequence logits
+    `shape`), with the student's tokenizer, handing its losses what they take."""
     teacher = term.teacher
     if teacher is None:
         return
@@ -285,6 +287,7 @@ def check_teacher(term, num_classes, argument):
         pass
     elif isinstance(teacher, keras.Model):
         teachers_lib.check_logits_teacher(teacher)
+        check_same_tokenizer(student, teacher, argument)
         teacher.trainable = False
     else:
         raise TypeError(
@@ -298,13 +301,68 @@ def check_teacher(term, num_classes, argument):
         teacher_classes = select_output(outputs, term.output_name, "teacher").shape[-1]
     else:
         teacher_classes = teachers_lib.teacher_num_classes(teacher)
-    if None not in (num_classes, teacher_classes) and num_classes != teacher_classes:
+    num_classes = None if shape is None else shape[-1]
+    if None in (num_classes, teacher_classes) or num_classes == teacher_classes:
+        check_target_kinds(teacher, term.losses)
+        return
+    if len(shape) < 3:
         raise ValueError(
             f"The teacher predicts {teacher_classes} classes but the student "
             f"predicts {num_classes}: `{argument}` (num_classes="
             f"{teacher_classes}) and `student` must agree."
         )
-    check_target_kinds(teacher, term.losses)
+    fix = (
+        "If the teacher's vocabulary is the student's padded to a larger size "
+        "(the same tokenizer, unused rows at the end, as Qwen2.5's 152,064 "
+        "logits for 151,936 tokens), distil from its first "
+        f"{num_classes:,} logits: teachers.TruncatedVocabulary({argument}, "
+        f"vocabulary_size={num_classes}). "
+        if teacher_classes > num_classes
+        else ""
+    )
+    raise ValueError(
+        f"The teacher's logits cover a vocabulary of {teacher_classes:,} tokens "
+        f"but the student's {num_classes:,}: token-level distillation compares "
+        f"the two distributions token id by token id. {fix}A teacher with another "
+        "tokenizer cannot teach this student token by token."
+    )
+
+
+def _tokenizer(model):
+    return getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+
+
+def _token_ids(tokenizer):
+    """The token -> id mapping (BPE tokenizers) or the tokens in id order."""
+    vocabulary = getattr(tokenizer, "vocabulary", None)
+    if isinstance(vocabulary, dict):
+        return dict(vocabulary)
+    return list(tokenizer.get_vocabulary())
+
+
+def check_same_tokenizer(student, teacher, argument="teacher"):
+    """Refuse a KerasHub teacher whose tokenizer is not the student's.
+
+    Token-level losses compare token id ``i`` of both models, which means the
+    same text only with one tokenizer. Checked when both models carry a
+    preprocessor with a tokenizer (a CausalLM built with ``preprocessor=None``
+    is trusted).
+    """
+    mine, theirs = _tokenizer(student), _tokenizer(teacher)
+    if mine is None or theirs is None:
+        return
+    same_kind = type(mine) is type(theirs)
+    if same_kind and _token_ids(mine) == _token_ids(theirs):
+        return
+    raise ValueError(
+        f"`{argument}` uses another tokenizer than the student "
+        f"({type(theirs).__name__}, {theirs.vocabulary_size():,} tokens, against "
+        f"{type(mine).__name__}, {mine.vocabulary_size():,} tokens): token-level "
+        "distillation compares the probability of each token id, and the same "
+        "id names different text in the two vocabularies. Distil from a teacher "
+        "with the student's tokenizer (or train on the teacher's generated text "
+        "with plain cross-entropy)."
+    )
 
 
 def teacher_is_multi_output(teacher, outputs):

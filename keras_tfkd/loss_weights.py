@@ -74,13 +74,13 @@ class LossWeights:
 
     def __init__(self, add_weight, values, hard, terms):
         self.schedules = {}
-        self._variables = {}
+        self._by_name = {}
         for name, value in values.items():
             value = check_weight(name, value)
             if isinstance(value, weight_schedules.WeightSchedule):
                 self.schedules[name] = value
                 value = value.initial_value()
-            self._variables[name] = add_weight(
+            self._by_name[name] = add_weight(
                 shape=(),
                 initializer=keras.initializers.Constant(float(value)),
                 trainable=False,
@@ -95,7 +95,7 @@ class LossWeights:
         self._derived = {
             derived: (name, scale, offset)
             for derived, (name, scale, offset) in self._readings()
-            if derived not in self._variables
+            if derived not in self._by_name
         }
 
     @classmethod
@@ -132,20 +132,20 @@ class LossWeights:
     @property
     def names(self):
         """The public names: the variables', in order."""
-        return tuple(self._variables)
+        return tuple(self._by_name)
 
     @property
     def is_convex(self):
         """Whether the weights are ``1 - alpha`` and ``alpha`` of one variable."""
-        return ALPHA in self._variables
+        return ALPHA in self._by_name
 
     def variable(self, name):
         """The variable of the public weight `name`."""
         self._check_name(name)
-        return self._variables[name]
+        return self._by_name[name]
 
     def _check_name(self, name):
-        if name in self._variables:
+        if name in self._by_name:
             return
         if name == ALPHA:
             raise AttributeError(
@@ -169,7 +169,7 @@ class LossWeights:
         """The current value of weight `name` (public or derived), a float."""
         if name in self._derived:
             source, scale, offset = self._derived[name]
-            return offset + scale * float(self._variables[source].numpy())
+            return offset + scale * float(self._by_name[source].numpy())
         return float(self.variable(name).numpy())
 
     def set(self, name, value):
@@ -182,13 +182,13 @@ class LossWeights:
                 f"Term(weight=...)); assign a number to `{name}`."
             )
         self.schedules.pop(name, None)
-        self._variables[name].assign(value)
+        self._by_name[name].assign(value)
 
     def tensors(self):
         """The hard weight and each term's weight, as tensors of this step."""
 
         def read(name, scale, offset):
-            return offset + scale * ops.convert_to_tensor(self._variables[name])
+            return offset + scale * ops.convert_to_tensor(self._by_name[name])
 
         hard = read(*self._hard)
         return hard, [
@@ -199,7 +199,7 @@ class LossWeights:
     def apply_schedules(self, epoch, epochs):
         """Set every scheduled weight to its value at `epoch` of `epochs`."""
         for name, schedule in self.schedules.items():
-            self._variables[name].assign(
+            self._by_name[name].assign(
                 check_weight(name, schedule.value(epoch, epochs))
             )
 

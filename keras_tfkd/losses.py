@@ -15,6 +15,11 @@ Two forms of the KL term exist (see docs/paper.md), chosen with one setting,
   multipliers were tuned with it at K = 100.
 
 The factor in front of either is `multiplier`.
+
+The token-level divergences used to distil language models (`ReverseKL`,
+`GeneralizedJSD`, `SkewKL`, `TotalVariation`, from `keras_tfkd.divergences`)
+are importable from here as well; they take logits of any rank with the
+classes on the last axis, ``(N, K)`` or ``(N, L, V)``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ import math
 import keras
 from keras import ops
 
+from keras_tfkd._soft_targets import (
+    _check_temperature,
+    _float32,
+    _kl_value,
+    _temperature_variable,
+    kl_divergence_with_logits,
+)
+from keras_tfkd.divergences import GeneralizedJSD, ReverseKL, SkewKL, TotalVariation
 from keras_tfkd.features import FeatureDistillation
 
 __all__ = [
@@ -38,6 +51,10 @@ __all__ = [
     "targets_with_labels",
     "DecoupledKD",
     "FeatureDistillation",
+    "ReverseKL",
+    "GeneralizedJSD",
+    "SkewKL",
+    "TotalVariation",
 ]
 
 #: What a teacher hands the soft losses: logits (softened by the loss with
@@ -79,104 +96,12 @@ def check_multiplier(multiplier):
     return check_nonnegative("multiplier", multiplier)
 
 
-def _float32(x):
-    x = ops.convert_to_tensor(x)
-    if x.dtype != "float32":
-        x = ops.cast(x, "float32")
-    return x
-
-
-def _check_temperature(name, value):
-    if isinstance(value, keras.Variable):
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a number, got {name}={value!r}.")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {name}={value!r}.")
-
-
-def _temperature_variable(name, value):
-    _check_temperature(name, value)
-    if isinstance(value, keras.Variable):
-        return value
-    return keras.Variable(
-        float(value), dtype="float32", trainable=False, name=name, aggregation="none"
-    )
-
-
-#: Below this |x| the terms ``exp(x) - 1 - x`` come from their series (to x^5,
-#: truncation 3e-7 relative at the bound); above it the direct difference
-#: loses at most 3e-5 relative (at the bound, less beyond).
-_SERIES_BOUND = 0.1
-
-
-def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t):
-    """The value of the per-sample KL, free of cancellation (no gradient).
-
-    With ``d = z_s/T_s - z_t/T_t`` and ``x = d - E_pt[d]`` (so ``E_pt[x] = 0``),
-    ``KL = log E_pt[exp(x)] = log1p(S)``, ``S = sum_k p_t[k] (exp(x_k) - 1 - x_k)``:
-    a sum of non-negative terms, accurate when the two distributions are
-    close, where the textbook form subtracts two log-partition functions of
-    size ``log K`` and loses every digit (it even goes negative). Each term is
-    ``p_t * series(x)`` for small ``|x|`` and ``exp(log p_t + x) - p_t (1 + x)``
-    otherwise, both scaled by ``exp(-s)`` with ``s`` the row's largest
-    ``log p_t + x`` (at least 0), so that nothing overflows and a class whose
-    ``p_t`` underflows still counts through ``exp(log p_t + x)``. One
-    exponential per element besides the softmaxes (`p_t` is shared with the
-    gradient's textbook form).
-    """
-    # (z_s - z_t) is exact for close logits; with T_s == T_t the ratio is 1.
-    d = (z_s - z_t * (t_s / t_t)) / t_s
-    x = d - ops.sum(p_t * d, axis=-1, keepdims=True)
-    # Centre again: a mean left at 1e-4 (logits of 1e4) costs 1% of a KL of 1e-5.
-    x = x - ops.sum(p_t * x, axis=-1, keepdims=True)
-    a = log_p_t + x
-    shift = ops.maximum(ops.max(a, axis=-1, keepdims=True), 0.0)
-    small = ops.abs(x) < _SERIES_BOUND
-    xs = ops.where(small, x, 0.0)
-    # exp(x) - 1 - x = x^2 (1/2 + x/6 + x^2/24 + x^3/120 + ...): no cancellation.
-    series = ops.square(xs) * (
-        0.5 + xs * (1.0 / 6.0 + xs * (1.0 / 24.0 + xs * (1.0 / 120.0)))
-    )
-    scale = ops.exp(-shift)
-    direct = ops.exp(a - shift) - p_t * (1.0 + x) * scale
-    terms = ops.where(small, p_t * series * scale, ops.maximum(direct, 0.0))
-    total = ops.sum(terms, axis=-1)
-    # log S = shift + log(total); log1p(S) = softplus(log S); 0 for identical rows.
-    positive = total > 0
-    log_s = ops.squeeze(shift, -1) + ops.log(ops.where(positive, total, 1.0))
-    return ops.where(positive, ops.softplus(log_s), 0.0)
-
-
-def kl_divergence_with_logits(
-    teacher_logits, student_logits, teacher_temperature=1.0, student_temperature=1.0
-):
-    """Per-sample ``KL(softmax(z_t / T_t) || softmax(z_s / T_s))``, summed over classes.
-
-    ``sum_k p_t[k] * (log p_t[k] - log p_s[k])`` in float32. The gradient is
-    that of this formula (``(p_s - p_t) / T_s`` with respect to ``z_s``); the
-    value is computed in a cancellation-free form (see `_kl_value`), so it is
-    never negative and stays within 1e-3 relative of float64 even when the
-    two distributions nearly match at T = 100 and K = 10000. Returns a tensor
-    of shape ``(N,)``.
-    """
-    z_t, t_t = _float32(teacher_logits), _float32(teacher_temperature)
-    z_s, t_s = _float32(student_logits), _float32(student_temperature)
-    log_p_t = ops.log_softmax(z_t / t_t, axis=-1)
-    log_p_s = ops.log_softmax(z_s / t_s, axis=-1)
-    p_t = ops.exp(log_p_t)
-    kl = ops.sum(p_t * (log_p_t - log_p_s), axis=-1)
-    sg = ops.stop_gradient
-    value = sg(_kl_value(sg(z_t), sg(z_s), sg(t_t), sg(t_s), sg(log_p_t), sg(p_t)))
-    # Forward: exactly `value`; backward: the gradient of `kl`.
-    return value + (kl - sg(kl))
-
-
 def label_smoothing_targets(labels, num_classes, epsilon):
     """Smoothed targets ``q``: ``1 - eps`` on the label, ``eps / (K - 1)`` elsewhere.
 
-    `labels` are integer class ids of shape ``(N,)``. This is the paper's LSR
-    (and the reference code's), not Keras's ``eps / K`` smoothing.
+    `labels` are integer class ids (``(N,)``, or ``(N, L)`` tokens). This is
+    the paper's LSR (and the reference code's), not Keras's ``eps / K``
+    smoothing.
     """
     one_hot = ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
     off = epsilon / (num_classes - 1)
@@ -221,7 +146,9 @@ class LabelAwareLoss(keras.losses.Loss):
                 "student_logits), not loss(teacher_logits, student_logits)."
             )
         y_pred = _float32(y_pred)
-        labels = integer_labels(y_true[LABELS_KEY], y_pred.shape[-1])
+        labels = integer_labels(
+            y_true[LABELS_KEY], y_pred.shape[-1], len(y_pred.shape) - 1
+        )
         return self.compute(_float32(y_true[TARGETS_KEY]), labels, y_pred)
 
     def compute(self, targets, labels, y_pred):  # pragma: no cover - abstract
@@ -468,7 +395,7 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         num_classes = y_pred.shape[-1]
         if num_classes < 2:
             raise ValueError(f"Label smoothing needs >= 2 classes, got {num_classes}.")
-        labels = integer_labels(y_true, num_classes)
+        labels = integer_labels(y_true, num_classes, len(y_pred.shape) - 1)
         q = label_smoothing_targets(labels, num_classes, self.epsilon)
         return -ops.sum(q * ops.log_softmax(y_pred, axis=-1), axis=-1)
 
@@ -476,16 +403,24 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
         return {"epsilon": self.epsilon, "reduction": self.reduction, "name": self.name}
 
 
-def integer_labels(y_true, num_classes):
-    """Integer labels ``(N,)`` from ``(N,)``, ``(N, 1)`` or one-hot ``(N, K)``.
+def integer_labels(y_true, num_classes, token_axes=None):
+    """Integer labels from integer labels, labels with a trailing 1, or one-hot.
 
     The one label normaliser of the losses and the virtual teachers.
+    `token_axes` is the number of leading axes of the logits: 1 for
+    ``(N, K)`` (labels ``(N,)``, ``(N, 1)`` or one-hot ``(N, K)``), 2 for a
+    language model's ``(N, L, V)`` (``(N, L)``, ``(N, L, 1)`` or one-hot
+    ``(N, L, V)``). None reads labels of rank 1 or 2 as a classifier's and of
+    rank 3 or more as one-hot tokens.
     """
     y_true = ops.convert_to_tensor(y_true)
-    if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
-        return ops.argmax(y_true, axis=-1)
-    if len(y_true.shape) == 2 and y_true.shape[-1] == 1:
+    rank = len(y_true.shape)
+    if token_axes is None:
+        token_axes = 1 if rank <= 2 else rank - 1
+    if rank == token_axes + 1 and y_true.shape[-1] == 1:
         y_true = ops.squeeze(y_true, axis=-1)
+    elif rank == token_axes + 1 and y_true.shape[-1] == num_classes > 1:
+        return ops.argmax(y_true, axis=-1)
     return ops.cast(y_true, "int32")
 
 

@@ -37,12 +37,12 @@ class EpochHooks(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         distiller = self._distiller
         distiller.loss_weighting.apply_schedules(epoch, self._epochs())
-        for teacher in distiller.stateful_teachers:
+        for teacher in distiller.hooked_teachers:
             teacher.on_epoch_begin(epoch, self._epochs())
 
     def on_epoch_end(self, epoch, logs=None):
         distiller = self._distiller
-        for teacher in distiller.stateful_teachers:
+        for teacher in distiller.hooked_teachers:
             teacher.on_epoch_end(epoch)
         if logs is not None:
             distiller.loss_weighting.log(logs)
@@ -55,7 +55,7 @@ def add_epoch_hooks(distiller, kwargs):
     epoch hooks.
     """
     if not distiller.loss_weighting.schedules and not any(
-        t.has_epoch_hooks for t in distiller.stateful_teachers
+        t.has_epoch_hooks for t in distiller.hooked_teachers
     ):
         return kwargs
     callbacks = kwargs.get("callbacks")

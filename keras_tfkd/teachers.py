@@ -43,6 +43,7 @@ __all__ = [
     "UniformTeacher",
     "CachedTeacher",
     "EnsembleTeacher",
+    "TruncatedVocabulary",
     "ENSEMBLE_COMBINES",
     "TEACHER_LOGITS_KEY",
     "EXAMPLE_INDEX_KEY",
@@ -98,6 +99,10 @@ class Teacher(keras.layers.Layer):
     requires_example_index = False
     has_epoch_hooks = False
     targets = "logits"
+    #: The leading axes of the student's logits, set by the `Distiller`: 1
+    #: for ``(N, K)``, 2 for a language model's ``(N, L, V)`` (the teacher
+    #: then returns one row per token). None: labels read as a classifier's.
+    token_axes = None
     #: True for the online teachers (`keras_tfkd.online`), whose targets are
     #: made from the student as it trains.
     learns_from_student = False
@@ -129,6 +134,10 @@ class Teacher(keras.layers.Layer):
 
     def bind_student(self, student):
         """Called by the `Distiller` with its student (no-op)."""
+
+    def check_logits_shape(self, shape):
+        """Raise if this teacher cannot serve logits of `shape` (``(None, K)``,
+        ``(None, L, V)``); called by the `Distiller` at construction."""
 
     def update(self, inputs, labels, student_logits):
         """Called after every training step's loss (no-op)."""
@@ -250,7 +259,7 @@ class VirtualTeacher(Teacher):
         on, off = self.distribution()
         if self.logits_form == "log_probabilities":
             on, off = math.log(on), math.log(off) if off > 0 else -1e4
-        labels = integer_labels(labels, self.num_classes)
+        labels = integer_labels(labels, self.num_classes, self.token_axes)
         one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
         return one_hot * (on - off) + off
 
@@ -279,8 +288,8 @@ class UniformTeacher(Teacher):
     def call(self, inputs, labels=None):
         if labels is None:
             raise ValueError("UniformTeacher needs the labels of the batch.")
-        labels = integer_labels(labels, self.num_classes)
-        return ops.zeros((ops.shape(labels)[0], self.num_classes), dtype="float32")
+        labels = integer_labels(labels, self.num_classes, self.token_axes)
+        return ops.zeros((*ops.shape(labels), self.num_classes), dtype="float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_tfkd")
@@ -470,6 +479,60 @@ class EnsembleTeacher(Teacher):
             keras.saving.serialize_keras_object(model) for model in self.teachers
         ]
         config["combine"] = self.combine
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class TruncatedVocabulary(Teacher):
+    """A frozen model teacher whose logits are cut to the first `vocabulary_size`.
+
+    ``z_t[..., :V]``: for a language-model teacher whose output layer is
+    padded beyond its tokenizer's vocabulary (Qwen2.5 outputs 152,064 logits
+    for 151,936 tokens), distilling into a student of the same tokenizer with
+    ``V = vocabulary_size`` logits. The softmax is then taken over the first
+    ``V`` logits only (the padding rows, never the answer, are dropped). It is
+    right only when the first ``V`` token ids mean the same tokens for both
+    models; a teacher with another tokenizer cannot be cut into the student's.
+
+    The model runs frozen, in inference mode, once per step.
+
+    Example:
+
+    ```python
+    teacher = teachers.TruncatedVocabulary(big_lm, vocabulary_size=151_936)
+    distiller = recipes.kd(student_lm, teacher, alpha=0.5, temperature=1.0)
+    ```
+    """
+
+    def __init__(self, teacher, vocabulary_size, **kwargs):
+        if isinstance(teacher, dict):
+            teacher = keras.saving.deserialize_keras_object(teacher)
+        if not isinstance(teacher, keras.Model):
+            raise TypeError(
+                "TruncatedVocabulary wraps a keras.Model that outputs logits, got "
+                f"teacher={teacher!r}."
+            )
+        check_logits_teacher(teacher)
+        full = teacher_num_classes(teacher)
+        super().__init__(num_classes=vocabulary_size, **kwargs)
+        if full is not None and full < self.num_classes:
+            raise ValueError(
+                f"TruncatedVocabulary: the teacher has {full:,} logits, fewer than "
+                f"vocabulary_size={self.num_classes:,}; it can only be cut down."
+            )
+        teacher.trainable = False
+        self.teacher = teacher
+
+    def call(self, inputs, labels=None):
+        if is_packed(inputs):
+            inputs = inputs[INPUTS_KEY]
+        logits = _backend.frozen_forward(self.teacher, inputs)
+        return ops.cast(logits[..., : self.num_classes], "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config["teacher"] = keras.saving.serialize_keras_object(self.teacher)
+        config["vocabulary_size"] = config.pop("num_classes")
         return config
 
 

@@ -230,7 +230,7 @@ class TermPlan:
                 distinct.append(term.teacher)
         return distinct
 
-    def stateful_teachers(self):
+    def hooked_teachers(self):
         """The `Teacher` objects whose hooks the Distiller runs."""
         return [t for t in self.teachers() if isinstance(t, teachers_lib.Teacher)]
 
@@ -264,7 +264,7 @@ class TermPlan:
             return None
         capture = self.take(y_pred)
         if capture is None:
-            inputs = teacher_hooks.student_inputs(self.stateful_teachers(), x)
+            inputs = teacher_hooks.student_inputs(self.hooked_teachers(), x)
             with features_lib.FeatureCapture(self.student_layers()) as capture:
                 distiller.student(inputs, training=training)
         return capture

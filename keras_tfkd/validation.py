@@ -56,9 +56,22 @@ def _check_model_teacher(teacher, x):
         teachers_lib.check_logits_values(sample, argument="teacher")
 
 
+def _check_token_weights(weights, label_shape, axes):
+    """Sequence labels (N, L): `sample_weight` is (N,) or (N, L) (a mask)."""
+    tokens = tuple(label_shape[:axes])
+    if axes == 1 or weights.shape in (tokens, tokens[:1]):
+        return
+    raise ValueError(
+        f"`sample_weight` has shape {weights.shape}, but the labels are tokens of "
+        f"shape {tokens}: pass one weight per token {tokens} (e.g. the padding "
+        f"mask) or one per sequence {tokens[:1]}."
+    )
+
+
 def check_fit_data(distiller, x, y, kwargs, training=True):
     """Validate `fit`/`evaluate` data; return possibly wrapped ``(x, y, kwargs)``."""
     num_classes = distiller.num_classes
+    axes = distiller.token_axes or 1
     if is_dataset(x):
         spec = x.element_spec
         if isinstance(spec, tuple) and len(spec) >= 2:
@@ -67,17 +80,18 @@ def check_fit_data(distiller, x, y, kwargs, training=True):
             x = _tfdata.with_label_checks(x, num_classes)
         return x, y, kwargs
     if getattr(x, "shuffles_itself", False):  # keras_tfkd.data.pipeline (NumPy)
-        check_labels(x.labels, num_classes, "the pipeline's labels")
+        check_labels(x.labels, num_classes, "the pipeline's labels", axes)
         return x, y, kwargs
     if y is not None and _is_array_like(y):
-        check_labels(y, num_classes, "y")
+        check_labels(y, num_classes, "y", axes)
         _check_finite_inputs(x, "x")
         if training:
             _check_teacher_against_inputs(distiller, x)
         if kwargs.get("sample_weight") is not None:
-            check_sample_weight(kwargs["sample_weight"])
+            weights = check_sample_weight(kwargs["sample_weight"])
+            _check_token_weights(weights, np.shape(y), axes)
     val = kwargs.get("validation_data")
     if isinstance(val, (tuple, list)) and len(val) >= 2 and _is_array_like(val[1]):
-        check_labels(val[1], num_classes, "validation_data[1]")
+        check_labels(val[1], num_classes, "validation_data[1]", axes)
         _check_finite_inputs(val[0], "validation_data[0]")
     return x, y, kwargs

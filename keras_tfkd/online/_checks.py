@@ -29,3 +29,20 @@ def check_choice(name, value, choices):
             f"got {name}={value!r}."
         )
     return value
+
+
+def refuse_sequences(method, shape, need):
+    """Raise for sequence logits ``(None, L, V)``: `method` keeps state that does
+    not scale to a vocabulary; `need` says what it would hold."""
+    if shape is None or len(shape) < 3:
+        return
+    raise ValueError(
+        f"{method} cannot distil sequence outputs {tuple(shape)}: {need} Use a "
+        "per-token method instead (recipes.kd, recipes.tfkd_reg, "
+        "recipes.label_smoothing, recipes.tfkd_self, recipes.dkd)."
+    )
+
+
+def gigabytes(num_bytes):
+    """A byte count as text, e.g. ``'10.1 GB'``."""
+    return f"{num_bytes / 1e9:,.1f} GB" if num_bytes >= 1e8 else f"{num_bytes:,} bytes"

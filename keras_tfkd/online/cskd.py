@@ -28,7 +28,7 @@ import weakref
 import keras
 import numpy as np
 
-from keras_tfkd.online._checks import check_integer
+from keras_tfkd.online._checks import check_integer, refuse_sequences
 from keras_tfkd.teachers import INPUTS_KEY, PAIR_INPUTS_KEY, Teacher, is_packed
 from keras_tfkd.validation import check_sample_weight, is_dataset
 
@@ -534,6 +534,15 @@ class ClassPairTeacher(Teacher):
         self._first_epoch_pending = False
 
     # ------------------------------------------------------------- student
+    def check_logits_shape(self, shape):
+        """Refused for sequence logits: a sequence has no one class to pair by."""
+        refuse_sequences(
+            "CS-KD (ClassPairTeacher)",
+            shape,
+            "it pairs each example with another of its class, but a sequence "
+            "has a label per token, not one class.",
+        )
+
     def bind_student(self, student):
         """Keep `student` in a closure, untracked by Keras (the Distiller tracks it)."""
         self._student_fn = lambda: student

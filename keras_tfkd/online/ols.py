@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_tfkd import _backend
 from keras_tfkd.losses import integer_labels
-from keras_tfkd.online._checks import check_choice
+from keras_tfkd.online._checks import check_choice, gigabytes, refuse_sequences
 from keras_tfkd.teachers import Teacher
 
 __all__ = ["OnlineSoftLabels", "OLS_VARIANTS"]
@@ -142,6 +142,17 @@ class OnlineSoftLabels(Teacher):
         self.matrix = self._state("soft_label_matrix", (k, k), self._initial_matrix)
         self.class_sums = self._state("class_sums", (k, k), "zeros")
         self.class_counts = self._state("class_counts", (k,), "zeros")
+
+    def check_logits_shape(self, shape):
+        """Refused for sequence logits: its state is two ``V x V`` matrices."""
+        k = self.num_classes
+        refuse_sequences(
+            "Online Label Smoothing (OnlineSoftLabels)",
+            shape,
+            f"its soft labels are one row per class, two {k:,} x {k:,} float32 "
+            f"matrices over the vocabulary ({gigabytes(2 * 4 * k * k)}), learnt "
+            "from the tokens predicted correctly.",
+        )
 
     def _state(self, name, shape, initializer):
         return self.add_weight(

@@ -7,7 +7,12 @@ from keras import ops
 
 from keras_tfkd import _backend
 from keras_tfkd.losses import integer_labels
-from keras_tfkd.online._checks import check_choice, check_integer
+from keras_tfkd.online._checks import (
+    check_choice,
+    check_integer,
+    gigabytes,
+    refuse_sequences,
+)
 from keras_tfkd.teachers import EXAMPLE_INDEX_KEY, Teacher, array_rows, is_packed
 
 __all__ = ["PastPredictions", "STORE_DTYPES", "store_bytes"]
@@ -173,6 +178,25 @@ class PastPredictions(Teacher):
         probabilities = ops.softmax(ops.cast(student_logits, "float32"), axis=-1)
         indices, probabilities = _backend.all_replicas(indices, probabilities)
         _backend.assign_rows(self.predictions, indices, probabilities)
+
+    def check_logits_shape(self, shape):
+        """Refused for sequence logits: the store would hold ``N x L x V`` values."""
+        if shape is None or len(shape) < 3:
+            return
+        length, vocabulary = shape[1], shape[-1]
+        rows = "N" if self.num_examples is None else f"{self.num_examples:,}"
+        per_token = store_bytes(1, vocabulary, self.store_dtype)
+        need = (
+            f"PS-KD stores the last prediction of every token of every example, "
+            f"{rows} x {length or 'L'} x {vocabulary:,} values ({per_token:,} "
+            "bytes per token"
+        )
+        if self.num_examples is not None and length is not None:
+            total = store_bytes(
+                self.num_examples * length, vocabulary, self.store_dtype
+            )
+            need += f", {gigabytes(total)} in all"
+        refuse_sequences("PS-KD (PastPredictions)", shape, need + ").")
 
     def get_config(self):
         config = super().get_config()
