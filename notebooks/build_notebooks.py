@@ -975,6 +975,445 @@ LSR_CELLS = (
 )
 
 
+# --------------------------------------------------------------------------
+# 04: distilling a KerasHub causal language model
+# --------------------------------------------------------------------------
+
+CAUSAL_LM = "04_distil_causal_lm.ipynb"
+CAUSAL_LM_TITLE = "Distil a KerasHub causal language model"
+CAUSAL_LM_SUMMARY = (
+    "Token-level distillation of a small GPT-2 (KerasHub `GPT2CausalLM`, built "
+    "from a config) into a smaller one on byte-level Shakespeare: baseline, "
+    "KD, Tf-KD_reg (a virtual teacher per token) and the generalized JSD, "
+    "every term a mean over the real tokens (padding masked); held-out "
+    "perplexity and next-token accuracy, text generation, and the student "
+    "saved as a `.keras` file."
+)
+CAUSAL_LM_RUN = "about 8 minutes on a T4 (estimate, not measured)"
+CAUSAL_LM_DETAIL = (
+    "a 4-layer teacher and four 2-layer students, 8 epochs each on 1.1 MB of "
+    "text, plus about a minute to install"
+)
+
+CAUSAL_LM_CELLS = (
+    header(
+        CAUSAL_LM_TITLE,
+        CAUSAL_LM,
+        CAUSAL_LM_SUMMARY,
+        CAUSAL_LM_RUN,
+        CAUSAL_LM_DETAIL,
+        """
+        Needs KerasHub (`keras-hub`, preinstalled on Colab; the second code
+        cell installs it otherwise). The models are built from a config, so
+        nothing but the text is downloaded; a GPU runtime helps.
+        """,
+    ),
+    SETUP,
+    md(
+        """
+        ## 1. Token-level distillation, and why padding must not count
+
+        A causal language model predicts, at every position `l` of a
+        sequence, a distribution over the next token: its logits are
+        `(N, L, V)` (batch, tokens, vocabulary). Distilling it token by token
+        means doing at every position what KD does for one image:
+
+        * **KD**: `(1 - alpha) CE(y_l, p_S) + alpha T^2 KL(p_T || p_S)`, the
+          student's next-token distribution `p_S` pulled toward the
+          teacher's `p_T` (both softened by `T`), `y_l` the true next token.
+        * **Tf-KD_reg**: no teacher network. The *virtual teacher* of a token
+          puts `a = 0.99` on its true next token and spreads the rest evenly
+          over the vocabulary, softened by `T`; `recipes.tfkd_reg(student,
+          V, ...)` builds it from the labels at every step.
+        * Other token-level divergences replace the KL: `losses.ReverseKL`
+          (MiniLLM), `losses.GeneralizedJSD` (GKD), `losses.SkewKL`
+          (DistiLLM), `losses.TotalVariation`.
+
+        Sequences of different lengths are padded to one length `L` in a
+        batch. A padded position has no next token: if it counts, the model
+        learns to predict padding, and a loss divided by every position
+        `N * L` (Keras's default reduction) gets smaller the more padding a
+        batch holds. The `Distiller` takes the padding mask as the
+        `sample_weight` `(N, L)` and makes **every term a mean over the real
+        tokens**, `sum(w * loss) / sum(w)`, for the hard and the soft losses
+        alike.
+        """
+    ),
+    md(
+        """
+        ## 2. A byte-level tokenizer and the data
+
+        One token per UTF-8 byte (`V = 256`; byte 0 never occurs in text, so
+        id 0 pads). The text is cut into paragraphs, each paragraph into
+        pieces of `L + 1` tokens, the last piece of a paragraph padded; as
+        KerasHub's `CausalLMPreprocessor` does, the model reads
+        `tokens[:-1]`, the labels are `tokens[1:]` (the next token) and the
+        `sample_weight` is the padding mask of the labels. Every fifth
+        paragraph is held out.
+
+        The full run downloads Shakespeare (1.1 MB, the text of TensorFlow's
+        text-generation tutorial); smoke mode uses the few lines written
+        below instead and runs offline.
+        """
+    ),
+    code(
+        r"""
+        import math
+        from pathlib import Path
+
+        import numpy as np
+
+        try:
+            import keras_hub
+        except ImportError:  # not a dependency of keras-tfkd
+            pip = [sys.executable, "-m", "pip", "install", "-q", "keras-hub"]
+            subprocess.check_call(pip)
+            importlib.invalidate_caches()
+            import keras_hub
+
+        from keras_tfkd import Distiller, losses, recipes, teachers
+
+        SEED = 230
+        VOCAB = 256  # one token per byte
+        PAD = 0  # the id of padding (byte 0, never in text)
+        SEQ_LEN = 32 if SMOKE else 128  # tokens the model reads per sequence
+        BATCH_SIZE = 8 if SMOKE else 64
+        TEACHER_EPOCHS, STUDENT_EPOCHS = (2, 1) if SMOKE else (8, 8)
+        LEARNING_RATE = 3e-3 if SMOKE else 1e-3
+        # Dropout roughly doubles the time JAX takes to compile a training step:
+        # none in smoke mode, where compiling takes longer than training.
+        DROPOUT = 0.0 if SMOKE else 0.1
+
+        if SMOKE:  # a few lines written for this notebook: offline, seconds
+            TEXT = "\n\n".join(
+                [
+                    "Knowledge distillation trains a small model, the student, "
+                    "to imitate a larger one, the teacher.",
+                    "A language model predicts the next token of a text from the "
+                    "tokens before it. Here a token is one byte, so the model "
+                    "spells words letter by letter.",
+                    "At every position the teacher gives a whole distribution "
+                    "over the next byte, and the student learns from it as well "
+                    "as from the byte that really comes next.",
+                    "Short pieces are padded to a common length.",
+                    "Padding is not text: it must count neither in the loss nor "
+                    "in the perplexity.",
+                    "A virtual teacher needs no network: it puts most of its "
+                    "weight on the true next byte and spreads the rest evenly.",
+                    "This text is tiny, and so are the models.",
+                    "A run this short shows how the pieces fit together; it says "
+                    "nothing about which method is better.",
+                    "For that, train longer on more text and compare seeds.",
+                    "Every term of the loss is a mean over the real tokens.",
+                ]
+            )
+        else:
+            TEXT = Path(
+                keras.utils.get_file(
+                    "shakespeare.txt",
+                    origin="https://storage.googleapis.com/download.tensorflow.org/"
+                    "data/shakespeare.txt",
+                )
+            ).read_text(encoding="utf-8")
+
+
+        def encode(text):
+            # The byte-level tokenizer: text -> token ids.
+            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype("int32")
+
+
+        def decode(ids):
+            # Token ids -> text (padding dropped).
+            return bytes(int(i) for i in ids if i != PAD).decode("utf-8", "replace")
+
+
+        def sequences(paragraphs):
+            # (x, y, sample_weight) of CausalLM training, as KerasHub builds them.
+            rows, lengths = [], []
+            for paragraph in paragraphs:
+                ids = encode(paragraph + "\n")
+                for start in range(0, len(ids) - 1, SEQ_LEN):
+                    piece = ids[start : start + SEQ_LEN + 1]
+                    padding = SEQ_LEN + 1 - len(piece)
+                    rows.append(np.pad(piece, (0, padding), constant_values=PAD))
+                    lengths.append(len(piece))
+            tokens = np.stack(rows).astype("int32")
+            real = np.arange(SEQ_LEN + 1)[None] < np.array(lengths)[:, None]
+            x = {"token_ids": tokens[:, :-1], "padding_mask": real[:, :-1]}
+            return x, tokens[:, 1:], real[:, 1:].astype("float32")
+
+
+        paragraphs = [p.strip() for p in TEXT.split("\n\n") if p.strip()]
+        x_train, y_train, w_train = sequences(
+            [p for i, p in enumerate(paragraphs) if i % 5 != 4]
+        )
+        x_test, y_test, w_test = sequences(paragraphs[4::5])
+        # Whole batches only: on JAX another batch shape compiles the step again.
+        keep = len(y_train) // BATCH_SIZE * BATCH_SIZE
+        x_train = {key: value[:keep] for key, value in x_train.items()}
+        y_train, w_train = y_train[:keep], w_train[:keep]
+
+        for name, w in (("train", w_train), ("held-out", w_test)):
+            print(
+                f"{name:<8} {len(w):6d} sequences of {SEQ_LEN} tokens, "
+                f"{int(w.sum()):8d} real tokens, padding {100 * (1 - w.mean()):.1f}%"
+            )
+        print("first training sequence:", repr(decode(x_train["token_ids"][0])))
+        """
+    ),
+    md(
+        """
+        ## 3. The teacher: a GPT-2 from a config
+
+        `keras_hub.models.GPT2Backbone(...)` builds a GPT-2 of any size with
+        fresh weights (no download), and `GPT2CausalLM(backbone,
+        preprocessor=None)` adds the language-model head: it reads
+        `{"token_ids", "padding_mask"}` and returns logits `(N, L, V)`.
+        `recipes.baseline` trains it with the cross-entropy alone, a mean
+        over the real tokens.
+
+        The cell then compares three reductions of the teacher's held-out
+        cross-entropy: the mean over the real tokens (computed here in NumPy
+        and by the `Distiller`), Keras's default `"sum_over_batch_size"`
+        (the same sum divided by every position, padding included), and the
+        mean over every position with padding taken as targets (what training
+        without the mask would optimise).
+        """
+    ),
+    code(
+        """
+        # (layers, width). Smoke mode keeps one width, so both models' weights
+        # share their shapes (fewer initialisers to compile).
+        TEACHER, STUDENT = ((2, 32), (1, 32)) if SMOKE else ((4, 256), (2, 128))
+
+
+        def gpt2(size, seed):
+            num_layers, hidden_dim = size
+            keras.utils.set_random_seed(seed)
+            backbone = keras_hub.models.GPT2Backbone(
+                vocabulary_size=VOCAB,
+                num_layers=num_layers,
+                num_heads=max(2, hidden_dim // 64),
+                hidden_dim=hidden_dim,
+                intermediate_dim=4 * hidden_dim,
+                dropout=DROPOUT,
+                max_sequence_length=SEQ_LEN,
+            )
+            return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+        def train(distiller, epochs):
+            distiller.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+            history = distiller.fit(
+                x_train,
+                y_train,
+                sample_weight=w_train,  # the padding mask of the labels
+                batch_size=BATCH_SIZE,
+                epochs=epochs,
+                verbose=0 if SMOKE else 2,
+            )
+            return history.history
+
+
+        def token_losses(model):
+            # Held-out logits (N, L, V) and cross-entropy per position (N, L).
+            logits = keras.ops.convert_to_numpy(model.predict(x_test, verbose=0))
+            z = logits - logits.max(axis=-1, keepdims=True)
+            log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+            nll = -np.take_along_axis(log_p, y_test[..., None], axis=-1)[..., 0]
+            return logits, nll, log_p.argmax(axis=-1) == y_test
+
+
+        teacher = gpt2(TEACHER, seed=SEED)
+        teacher_run = recipes.baseline(teacher)
+        history = train(teacher_run, TEACHER_EPOCHS)
+        print(
+            f"teacher: {teacher.count_params()} parameters, "
+            f"train loss {history['loss'][-1]:.4f}"
+        )
+
+        logits, nll, _ = token_losses(teacher)
+        token_mean = (nll * w_test).sum() / w_test.sum()
+        distiller_loss = teacher_run.compute_loss(
+            x=x_test,
+            y=y_test,
+            y_pred=keras.ops.convert_to_tensor(logits),
+            sample_weight=w_test,
+        )
+        keras_default = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            y_test, logits, sample_weight=w_test
+        )
+        print(f"held-out padding: {100 * (1 - w_test.mean()):.2f}% of the positions")
+        print(f"mean over the real tokens (NumPy)     {token_mean:.5f}")
+        print(f"the Distiller's loss (token mean)     {float(distiller_loss):.5f}")
+        print(f"Keras's default (sum_over_batch_size) {float(keras_default):.5f}")
+        print(f"every position, padding as targets    {nll.mean():.5f}")
+        """
+    ),
+    md(
+        """
+        ## 4. Four students
+
+        The same smaller GPT-2, from the same initial weights, trained four
+        ways (each a `Distiller`, compiled and fitted like any Keras model,
+        with the padding mask as `sample_weight`):
+
+        * **baseline**: `recipes.baseline`, the cross-entropy alone;
+        * **KD**: `recipes.kd(student, teacher, alpha=0.5, temperature=2.0)`,
+          the forward KL to the teacher at every token;
+        * **Tf-KD_reg**: `recipes.tfkd_reg(student, V, alpha=0.1,
+          temperature=20.0)`, `alpha` and `T` of the paper's ResNet18
+          setting, no teacher network;
+        * **GJSD**: `Distiller(student=..., teacher=...,
+          soft_loss=losses.GeneralizedJSD(beta=0.5), alpha=0.5)`, GKD's
+          generalized Jensen-Shannon divergence between the two
+          distributions at every token.
+
+        As in the reference code, Tf-KD_reg softens the virtual teacher's
+        probabilities as logits, `softmax(p_d / T)`: over 256 tokens it puts
+        little more than `1/V` on the true token (printed below), so at the
+        token level it acts much like label smoothing of weight `alpha`.
+        """
+    ),
+    code(
+        """
+        def softmax(z, temperature=1.0):
+            z = np.asarray(z, dtype="float64") / temperature
+            e = np.exp(z - z.max(axis=-1, keepdims=True))
+            return e / e.sum(axis=-1, keepdims=True)
+
+
+        virtual = teachers.VirtualTeacher(VOCAB, correct_prob=0.99)
+        p_d = keras.ops.convert_to_numpy(virtual(None, labels=np.array([0])))
+        p_true = softmax(p_d, 20.0)[0, 0]
+        print(
+            f"virtual teacher at T=20: p(true token)={p_true:.6f} "
+            f"(uniform {1 / VOCAB:.6f})"
+        )
+
+
+        def student():
+            return gpt2(STUDENT, seed=SEED + 1)  # the same weights in every run
+
+
+        distillers = {
+            "baseline": recipes.baseline(student()),
+            "KD": recipes.kd(student(), teacher, alpha=0.5, temperature=2.0),
+            "Tf-KD_reg": recipes.tfkd_reg(
+                student(), VOCAB, alpha=0.1, temperature=20.0
+            ),
+            "GJSD": Distiller(
+                student=student(),
+                teacher=teacher,
+                soft_loss=losses.GeneralizedJSD(beta=0.5),
+                alpha=0.5,
+            ),
+        }
+        for name, distiller in distillers.items():
+            keras.utils.set_random_seed(SEED)
+            history = train(distiller, STUDENT_EPOCHS)
+            print(
+                f"{name:<10} train loss {history['loss'][-1]:.4f} "
+                f"(hard {history['hard_loss'][-1]:.4f}, "
+                f"soft {history['soft_loss'][-1]:.4f})"
+            )
+        """
+    ),
+    md(
+        """
+        ## 5. Held-out perplexity and next-token accuracy
+
+        Both over the real tokens of the held-out paragraphs only: perplexity
+        `exp(mean cross-entropy)` (a uniform guess scores `V = 256`), and the
+        share of tokens whose most likely next token is the true one.
+        """
+    ),
+    code(
+        """
+        if SMOKE:
+            print("SMOKE run: a few lines of text, tiny models, 1-2 epochs.")
+            print("It shows the API at work; its numbers compare nothing.")
+        print(f"{'model':<10} {'params':>8} {'perplexity':>10} {'accuracy':>9}")
+        models = {"teacher": teacher, **{k: d.student for k, d in distillers.items()}}
+        for name, model in models.items():
+            _, nll, correct = token_losses(model)
+            perplexity = math.exp((nll * w_test).sum() / w_test.sum())
+            accuracy = 100 * (correct * w_test).sum() / w_test.sum()
+            params = model.count_params()
+            print(f"{name:<10} {params:8d} {perplexity:10.3f} {accuracy:8.2f}%")
+        print(f"{'uniform':<10} {'':>8} {VOCAB:10.3f}")
+        """
+    ),
+    md(
+        """
+        ## 6. Generate text, save the student and load it back
+
+        `student.generate` continues a prompt (`stop_token_ids=None`: with
+        no preprocessor there is no end token, so it fills the `L`
+        positions); the greedy sampler makes the result reproducible. The
+        Tf-KD_reg student is saved as a `.keras` file in the working
+        directory (`/content` on Colab); loading it needs KerasHub, but
+        neither keras-tfkd nor the teacher.
+        """
+    ),
+    code(
+        """
+        PROMPT = "The student"
+
+
+        def complete(model, prompt=PROMPT):
+            ids = encode(prompt)
+            token_ids = np.full((1, SEQ_LEN), PAD, dtype="int32")
+            token_ids[0, : len(ids)] = ids
+            model.compile(sampler="greedy")
+            out = model.generate(
+                {"token_ids": token_ids, "padding_mask": token_ids != PAD},
+                stop_token_ids=None,
+            )
+            return decode(keras.ops.convert_to_numpy(out["token_ids"])[0])
+
+
+        student = distillers["Tf-KD_reg"].student
+        print(f"generated: {complete(student)!r}")
+
+        path = Path("tfkd_reg_gpt2_student.keras")
+        student.save(path)
+        print(f"saved the student to {path.resolve()}")
+        reloaded = keras.saving.load_model(path, compile=False)
+        before = keras.ops.convert_to_numpy(student.predict(x_test, verbose=0))
+        after = keras.ops.convert_to_numpy(reloaded.predict(x_test, verbose=0))
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+        print(
+            f"reloaded {path}: {reloaded.count_params()} parameters, "
+            "same next-token logits as before saving"
+        )
+        """
+    ),
+    md(
+        """
+        ## Next
+
+        * **A real teacher.** A KerasHub preset, e.g.
+          `keras_hub.models.GPT2CausalLM.from_preset("gpt2_base_en")`, can
+          teach a smaller GPT-2 that shares its tokenizer (its preprocessor,
+          `vocabulary_size=50257`); `preprocessor(texts)` yields the
+          `(x, y, sample_weight)` used here. Token-level losses compare token
+          id `i` of both models, so they must share the tokenizer: a teacher
+          with another vocabulary size than the student's is refused (and,
+          when both carry a preprocessor, one with another tokenizer); a
+          teacher whose output layer is only padded with unused ids is cut
+          to the student's size by `teachers.TruncatedVocabulary(teacher,
+          vocabulary_size=V)`.
+        * **Other divergences.** Swap `losses.GeneralizedJSD` for
+          `losses.ReverseKL`, `losses.SkewKL` or `losses.TotalVariation`.
+        * docs/building-blocks.md, "Language models: sequence outputs",
+          describes the token mean and which teachers and methods work per
+          token.
+        """
+    ),
+)
+
+
 NOTEBOOKS = (
     Spec(
         QUICKSTART,
@@ -986,6 +1425,14 @@ NOTEBOOKS = (
     ),
     Spec(CIFAR, CIFAR_TITLE, CIFAR_SUMMARY, CIFAR_RUN, CIFAR_DETAIL, CIFAR_CELLS, True),
     Spec(LSR, LSR_TITLE, LSR_SUMMARY, LSR_RUN, LSR_DETAIL, LSR_CELLS),
+    Spec(
+        CAUSAL_LM,
+        CAUSAL_LM_TITLE,
+        CAUSAL_LM_SUMMARY,
+        CAUSAL_LM_RUN,
+        CAUSAL_LM_DETAIL,
+        CAUSAL_LM_CELLS,
+    ),
 )
 
 
@@ -1042,9 +1489,10 @@ def docs_markdown():
         )
     lines += [
         "",
-        "With `KERAS_TFKD_SMOKE=1` every notebook shrinks its data and epochs "
-        "(and runs offline on scikit-learn's `digits`); the test suite executes "
-        "all three that way (`tests/test_notebooks.py`). The notebooks are "
+        "With `KERAS_TFKD_SMOKE=1` every notebook shrinks its data, models and "
+        "epochs and runs offline (on scikit-learn's `digits`, or a few lines of "
+        "text for the language model); the test suite executes every notebook "
+        "that way (`tests/test_notebooks.py`). The notebooks are "
         "generated by `notebooks/build_notebooks.py`; edit that script, not the "
         "`.ipynb` files.",
         "",
