@@ -28,6 +28,14 @@ to float64 for float16/bfloat16 logits of magnitude 1e4. The values are sums
 of non-negative terms (never negative, exactly 0 for identical logits); the
 gradients are those of the textbook formulas.
 
+Every loss takes ``chunk_size`` (None, ``"auto"``, the default, or rows per
+chunk): with a chunk size the value and its gradient with respect to the
+student's logits are computed that many rows (tokens) at a time, so the
+loss's peak extra memory is one chunk's intermediates plus the gradient, not
+several tensors of the logits' size; ``"auto"`` chunks only at 8192 classes
+or more (see `keras_tfkd.losses.SoftTargetKL`'s "Chunked soft losses"; the
+teacher's logits get no gradient on the chunked path).
+
 The temperature is one non-trainable float32 variable shared by both sides,
 so `keras_tfkd.callbacks.TemperatureScheduler` can change it during `fit`
 (it is also the loss's ``teacher_temperature``). TRL and DistiLLM multiply
@@ -44,6 +52,7 @@ import math
 import keras
 from keras import ops
 
+from keras_tfkd._chunked import check_chunk_size, chunked_rows, resolve_chunk_size
 from keras_tfkd._soft_targets import (
     _float32,
     _kl_value,
@@ -161,7 +170,8 @@ class _Divergence(keras.losses.Loss):
     """Shared machinery: logits checks, the temperature variable, the config.
 
     Subclasses implement ``divergence(z_t, z_s, temperature)`` on float32
-    logits and return the per-row value (shape ``z.shape[:-1]``).
+    logits and return the per-row value (shape ``z.shape[:-1]``); every row
+    is independent, so `call` may compute it `chunk_size` rows at a time.
     """
 
     #: What `y_true` holds: teacher logits (see `keras_tfkd.losses.TARGET_KINDS`).
@@ -169,8 +179,11 @@ class _Divergence(keras.losses.Loss):
     #: Whether ``temperature_squared`` is an option of the loss.
     _has_t2 = True
 
-    def __init__(self, temperature, temperature_squared, reduction, name, dtype):
+    def __init__(
+        self, temperature, temperature_squared, reduction, name, dtype, chunk_size
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.temperature = _temperature_variable(f"{name}_temperature", temperature)
         self.temperature_squared = bool(temperature_squared)
 
@@ -197,7 +210,11 @@ class _Divergence(keras.losses.Loss):
                 f"shape {s_shape}."
             )
         temperature = _float32(self.temperature)
-        value = self.divergence(z_t, z_s, temperature)
+        chunk = resolve_chunk_size(self.chunk_size, s_shape)
+        if chunk is None:
+            value = self.divergence(z_t, z_s, temperature)
+        else:
+            value = chunked_rows(self._rows, z_t, z_s, chunk, constants=(temperature,))
         if self.temperature_squared:
             value = ops.square(temperature) * value
         return value
@@ -205,11 +222,16 @@ class _Divergence(keras.losses.Loss):
     def divergence(self, z_t, z_s, temperature):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _rows(self, z_t, z_s, temperature):
+        return self.divergence(_float32(z_t), _float32(z_s), temperature)
+
     def get_config(self):
         config = {"temperature": float(self.temperature.numpy())}
         if self._has_t2:
             config["temperature_squared"] = self.temperature_squared
-        config.update(reduction=self.reduction, name=self.name)
+        config.update(
+            reduction=self.reduction, name=self.name, chunk_size=self.chunk_size
+        )
         return config
 
 
@@ -236,6 +258,8 @@ class ReverseKL(_Divergence):
         temperature: ``T`` (> 0) of both sides, held in a float32 variable.
         temperature_squared: multiply by ``T**2`` (default False).
         reduction, name, dtype: as for any `keras.losses.Loss`.
+        chunk_size: rows per chunk (None: unchunked; ``"auto"``: chunked at
+            8192 classes or more), see the module's docstring.
 
     Example:
 
@@ -257,8 +281,11 @@ class ReverseKL(_Divergence):
         reduction="sum_over_batch_size",
         name="reverse_kl",
         dtype=None,
+        chunk_size="auto",
     ):
-        super().__init__(temperature, temperature_squared, reduction, name, dtype)
+        super().__init__(
+            temperature, temperature_squared, reduction, name, dtype, chunk_size
+        )
 
     def divergence(self, z_t, z_s, temperature):
         """``KL(p_S || p_T)`` per row of the last axis."""
@@ -293,6 +320,8 @@ class GeneralizedJSD(_Divergence):
         temperature: ``T`` (> 0) of both sides, held in a float32 variable.
         temperature_squared: multiply by ``T**2`` (default False).
         reduction, name, dtype: as for any `keras.losses.Loss`.
+        chunk_size: rows per chunk (None: unchunked; ``"auto"``: chunked at
+            8192 classes or more), see the module's docstring.
 
     Example:
 
@@ -315,8 +344,11 @@ class GeneralizedJSD(_Divergence):
         reduction="sum_over_batch_size",
         name="generalized_jsd",
         dtype=None,
+        chunk_size="auto",
     ):
-        super().__init__(temperature, temperature_squared, reduction, name, dtype)
+        super().__init__(
+            temperature, temperature_squared, reduction, name, dtype, chunk_size
+        )
         self.beta = _check_fraction("beta", beta)
 
     def divergence(self, z_t, z_s, temperature):
@@ -369,6 +401,8 @@ class SkewKL(_Divergence):
         temperature: ``T`` (> 0) of both sides, held in a float32 variable.
         temperature_squared: multiply by ``T**2`` (default False).
         reduction, name, dtype: as for any `keras.losses.Loss`.
+        chunk_size: rows per chunk (None: unchunked; ``"auto"``: chunked at
+            8192 classes or more), see the module's docstring.
 
     Example:
 
@@ -390,8 +424,11 @@ class SkewKL(_Divergence):
         reduction="sum_over_batch_size",
         name="skew_kl",
         dtype=None,
+        chunk_size="auto",
     ):
-        super().__init__(temperature, temperature_squared, reduction, name, dtype)
+        super().__init__(
+            temperature, temperature_squared, reduction, name, dtype, chunk_size
+        )
         self.skew = _check_fraction("skew", skew, upper_open=True)
         if not isinstance(reverse, bool):
             raise TypeError(
@@ -438,6 +475,8 @@ class TotalVariation(_Divergence):
     Args:
         temperature: ``T`` (> 0) of both sides, held in a float32 variable.
         reduction, name, dtype: as for any `keras.losses.Loss`.
+        chunk_size: rows per chunk (None: unchunked; ``"auto"``: chunked at
+            8192 classes or more), see the module's docstring.
 
     Example:
 
@@ -456,8 +495,9 @@ class TotalVariation(_Divergence):
         reduction="sum_over_batch_size",
         name="total_variation",
         dtype=None,
+        chunk_size="auto",
     ):
-        super().__init__(temperature, False, reduction, name, dtype)
+        super().__init__(temperature, False, reduction, name, dtype, chunk_size)
 
     def divergence(self, z_t, z_s, temperature):
         """Half the L1 distance between the two distributions, per row."""

@@ -29,6 +29,11 @@ import math
 import keras
 from keras import ops
 
+from keras_tfkd._chunked import (
+    check_chunk_size,
+    chunked_rows,
+    resolve_chunk_size,
+)
 from keras_tfkd._soft_targets import (
     _check_temperature,
     _float32,
@@ -201,6 +206,23 @@ class SoftTargetKL(keras.losses.Loss):
         kl: ``"batchmean"`` (default) or ``"reference"`` (divided by K).
         temperature_squared: also multiply by ``T_s ** 2`` (default True).
         reduction, name: as for any `keras.losses.Loss`.
+        chunk_size: rows per chunk (over all leading axes, ``(N, K)`` and
+            ``(N, L, V)`` alike) of a chunked value and gradient, ``None``
+            for the unchunked form, ``"auto"`` (default) to chunk only at
+            ``V >= 8192`` classes, ``2**21 // V`` rows per chunk. See
+            "Chunked soft losses" below.
+
+    Chunked soft losses: with a chunk size the value and its gradient with
+    respect to the student's logits are computed ``chunk_size`` rows at a
+    time in the forward pass (`keras_tfkd._chunked`), so the loss needs the
+    gradient (the size of the student's logits) plus one chunk's
+    intermediates, instead of several tensors of the logits' size. Value and
+    gradient equal the unchunked ones to float32 rounding, `sample_weight`
+    (token masks) included. The teacher's logits get no gradient on that
+    path (teachers are frozen; every `Distiller` teacher hands over
+    gradient-stopped logits): differentiate with respect to them only with
+    ``chunk_size=None``. Below 8192 classes ``"auto"`` is exactly the
+    unchunked form.
 
     Example:
 
@@ -229,8 +251,10 @@ class SoftTargetKL(keras.losses.Loss):
         reduction="sum_over_batch_size",
         name="soft_target_kl",
         dtype=None,
+        chunk_size="auto",
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.chunk_size = check_chunk_size(chunk_size)
         tied = teacher_temperature is None
         self._tied = tied
         self.temperature = _temperature_variable(f"{name}_temperature", temperature)
@@ -268,8 +292,15 @@ class SoftTargetKL(keras.losses.Loss):
         return weight
 
     def call(self, y_true, y_pred):
-        kl = kl_divergence_with_logits(
-            y_true, y_pred, self.teacher_temperature, self.temperature
+        kl = _rows_of(
+            kl_divergence_with_logits,
+            self.chunk_size,
+            y_true,
+            y_pred,
+            constants=(
+                _float32(self.teacher_temperature),
+                _float32(self.temperature),
+            ),
         )
         return self.factor(y_pred.shape[-1]) * kl
 
@@ -284,6 +315,7 @@ class SoftTargetKL(keras.losses.Loss):
             "temperature_squared": self.temperature_squared,
             "reduction": self.reduction,
             "name": self.name,
+            "chunk_size": self.chunk_size,
         }
 
 
@@ -332,17 +364,24 @@ class SoftTargetCrossEntropy(SoftTargetKL):
         self.targets = targets
 
     def call(self, y_true, y_pred):
-        if self.targets == "probabilities":
-            p_t = _float32(y_true)
-        else:
-            p_t = ops.softmax(
-                _float32(y_true) / _float32(self.teacher_temperature), axis=-1
-            )
-        log_p_s = ops.log_softmax(
-            _float32(y_pred) / _float32(self.temperature), axis=-1
+        probabilities = self.targets == "probabilities"
+
+        def cross_entropy(y_true, y_pred, teacher_temperature, temperature):
+            if probabilities:
+                p_t = _float32(y_true)
+            else:
+                p_t = ops.softmax(_float32(y_true) / teacher_temperature, axis=-1)
+            log_p_s = ops.log_softmax(_float32(y_pred) / temperature, axis=-1)
+            return -ops.sum(p_t * log_p_s, axis=-1)
+
+        temperatures = (
+            _float32(self.teacher_temperature),
+            _float32(self.temperature),
         )
-        factor = self.factor(y_pred.shape[-1])
-        return -factor * ops.sum(p_t * log_p_s, axis=-1)
+        rows = _rows_of(
+            cross_entropy, self.chunk_size, y_true, y_pred, constants=temperatures
+        )
+        return self.factor(y_pred.shape[-1]) * rows
 
     def get_config(self):
         config = super().get_config()
@@ -401,6 +440,20 @@ class LabelSmoothingCrossEntropy(keras.losses.Loss):
 
     def get_config(self):
         return {"epsilon": self.epsilon, "reduction": self.reduction, "name": self.name}
+
+
+def _rows_of(fn, chunk_size, y_true, y_pred, row_args=(), constants=()):
+    """``fn(y_true, y_pred, *row_args, *constants)``, chunked as `chunk_size` says.
+
+    The one switch of the losses between the unchunked form and
+    `keras_tfkd._chunked.chunked_rows` (see `SoftTargetKL`'s "Chunked soft
+    losses").
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    chunk = resolve_chunk_size(chunk_size, y_pred.shape)
+    if chunk is None:
+        return fn(y_true, y_pred, *row_args, *constants)
+    return chunked_rows(fn, y_true, y_pred, chunk, row_args, constants)
 
 
 def integer_labels(y_true, num_classes, token_axes=None):
@@ -471,6 +524,9 @@ class DecoupledKD(LabelAwareLoss):
         temperature: ``T`` of both sides (> 0, a number or a float32
             `keras.Variable`), 4 on CIFAR-100, 1 on ImageNet.
         reduction, name, dtype: as for any `keras.losses.Loss`.
+        chunk_size: rows (examples or tokens) per chunk of a chunked value
+            and gradient, None for the unchunked form, ``"auto"`` (default)
+            to chunk at 8192 classes or more (see `SoftTargetKL`).
 
     Example:
 
@@ -499,8 +555,10 @@ class DecoupledKD(LabelAwareLoss):
         reduction="sum_over_batch_size",
         name="decoupled_kd",
         dtype=None,
+        chunk_size="auto",
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.chunk_size = check_chunk_size(chunk_size)
         self.tckd_weight = check_nonnegative("tckd_weight", tckd_weight)
         self.nckd_weight = check_nonnegative("nckd_weight", nckd_weight)
         _check_temperature("temperature", temperature)
@@ -515,6 +573,17 @@ class DecoupledKD(LabelAwareLoss):
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"DKD needs >= 2 classes, got {num_classes}.")
         temperature = _float32(self.temperature)
+        return _rows_of(
+            self._rows,
+            self.chunk_size,
+            targets,
+            y_pred,
+            row_args=(labels,),
+            constants=(temperature,),
+        )
+
+    def _rows(self, targets, y_pred, labels, temperature):
+        """The per-row DKD of `compute` (rows independent: chunkable)."""
         x_t = _float32(targets) / temperature
         x_s = _float32(y_pred) / temperature
         classes = ops.arange(ops.shape(y_pred)[-1], dtype="int32")
@@ -568,4 +637,5 @@ class DecoupledKD(LabelAwareLoss):
             "temperature": temperature,
             "reduction": self.reduction,
             "name": self.name,
+            "chunk_size": self.chunk_size,
         }

@@ -219,6 +219,7 @@ def test_dkd_config_round_trip(rng):
         "temperature": 3.0,
         "reduction": "sum",
         "name": "dkd",
+        "chunk_size": "auto",
     }
     # By its registered name, as a saved model finds it (serialize_keras_object
     # would import TensorFlow on the other backends: seconds, for nothing).

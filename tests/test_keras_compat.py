@@ -331,6 +331,7 @@ BACKEND_FENCES = {
     "data/_tfdata.py",  # the tf.data pipeline, label checks of a user's tf.data
     "data/batching.py",  # pipeline_engine: tf.data on the TensorFlow backend
     "cli/backend.py",  # picks KERAS_BACKEND before running a command
+    "_chunked.py",  # each backend's loop and custom gradient of a chunked loss
 }
 FRAMEWORKS = ("tensorflow", "jax", "torch")
 
