@@ -27,6 +27,8 @@ Public API:
   `keras_tfkd.study` - the whole comparison, its table and plot.
 * `keras_tfkd.tokens` - sequence outputs ``(N, L, V)``: every term a mean over
   the unmasked tokens (language models, KerasHub CausalLMs).
+* `keras_tfkd.topk` - offline top-k (or sampled) teacher logits of a language
+  model: `write_topk_cache`, `TopKTeacher`, `TopKLoss`.
 * `keras_tfkd.models`, `keras_tfkd.schedules`, `keras_tfkd.metrics`.
 
 Every name is imported on first use, so `import keras_tfkd` does not import
@@ -56,6 +58,7 @@ _MODULES = {
     "features",
     "terms",
     "tokens",
+    "topk",
 }
 
 __all__ = ["Distiller", "Term", "compare", *sorted(_MODULES)]

@@ -242,6 +242,10 @@ def _given_terms(terms, hard_weight, output_name):
 def check_target_kinds(teacher, soft_losses):
     """A teacher that hands over probabilities needs losses that take them."""
     kind = teacher.targets if isinstance(teacher, teachers_lib.Teacher) else "logits"
+    check_losses = getattr(teacher, "check_losses", None)
+    if check_losses is not None:  # a teacher with its own kind of targets (top-k)
+        check_losses(soft_losses)
+        return
     for loss in soft_losses:
         wanted = getattr(loss, "targets", "logits")
         if wanted != kind:
