@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,8 +26,24 @@ import numpy as np
 _KEPT_ENDINGS = (".weights.h5", ".keras", ".npz")
 
 
+def is_writer():
+    """False in processes 1, 2, ... of a job of several processes.
+
+    A job on several hosts (`keras_tfkd.distribution.initialize`) holds the
+    same replicated weights and results in every process: process 0 alone
+    writes them (backups, result records, checkpoints, cached teachers), and
+    every process reads them, e.g. to resume. (`keras_tfkd.distribution` is
+    looked up, not imported: without it loaded there is one process.)
+    """
+    distribution = sys.modules.get("keras_tfkd.distribution")
+    return distribution is None or distribution.process_index() == 0
+
+
 def write_atomic(path, write):
     """Call ``write(tmp_path)``, then move the file onto `path` atomically.
+
+    In a job of several processes only process 0 keeps its file
+    (`is_writer`); every process calls `write`.
 
     The temporary file is a hidden file in `path`'s folder (created if
     missing); it ends like `path` where the writer needs that ending
@@ -43,6 +60,13 @@ def write_atomic(path, write):
     hi ['note.txt']
     """
     path = os.fspath(path)
+    if not is_writer():
+        # The other processes run `write` too (saving a model's weights may
+        # hold a collective every process must join), into a private folder
+        # that is then deleted: only process 0's file is kept.
+        with tempfile.TemporaryDirectory() as private:
+            write(os.path.join(private, os.path.basename(path)))
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
@@ -61,6 +85,20 @@ def write_atomic(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_file(path):
+    """Delete a file if it exists; only process 0 of several does (`is_writer`)."""
+    if is_writer():
+        Path(path).unlink(missing_ok=True)
+
+
+def remove_tree(path):
+    """Delete a folder and its files; only process 0 of several does (`is_writer`)."""
+    if is_writer():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_json_atomic(path, payload):

@@ -15,6 +15,7 @@ from keras_tfkd import _keras_compat, teacher_hooks, terms, tokens, validation
 from keras_tfkd import distiller_checks as checks
 from keras_tfkd import features as features_lib
 from keras_tfkd import teachers as teachers_lib
+from keras_tfkd.data import shards
 from keras_tfkd.loss_weights import weight_property
 from keras_tfkd.term_plan import (
     TermPlan,
@@ -338,6 +339,8 @@ class Distiller(keras.Model):
             teacher_hooks.update_after_step(self.hooked_teachers, x, labels, logits)
         heads = self._heads.values(y, y_pred, sample_weight)
         hard_weight, term_weights = self.loss_weighting.tensors()
+        if training:  # the per-step warm-ups count the steps taken
+            self.loss_weighting.advance()
         total = hard_weight * hard
         for weight, value in zip(term_weights, values):
             total = total + weight * value
@@ -367,23 +370,22 @@ class Distiller(keras.Model):
     # ---------------------------------------------- validation before training
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the data (clear errors, no step taken)."""
+        arrays_global = None if args else shards.prepare(self, x, y, kwargs)
         for teacher in self.hooked_teachers:
             x, y, kwargs = teacher.prepare_fit_data(x, y, kwargs)
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs)
         self._plan.build_adapters_from(self, x)
-        kwargs = teacher_hooks.add_epoch_hooks(self, kwargs)
-        if (validation.is_dataset(x) or getattr(x, "shuffles_itself", False)) and (
-            not args
-        ):
-            # A tf.data pipeline or a keras_tfkd.data.pipeline shuffles itself
-            # (seeded); Keras would reorder the batches again, or warn.
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, *args, **kwargs)
+        x, y, kwargs = shards.shard_fit_data(x, y, kwargs, arrays_global=arrays_global)
+        kwargs = teacher_hooks.fit_callbacks(self, kwargs)
+        _keep_pipeline_order(x, args, kwargs)
+        with shards.own_sharding(x, kwargs.get("validation_data")):
+            return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x, y, kwargs = validation.check_fit_data(self, x, y, kwargs, training=False)
         self._plan.build_adapters_from(self, x)
-        return super().evaluate(x, y, *args, **kwargs)
+        with shards.evaluate_data(x, y, kwargs, args) as (x, y, kwargs):
+            return super().evaluate(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------ serialising
     def get_config(self):
@@ -443,3 +445,13 @@ class Distiller(keras.Model):
         teacher = None if teacher is None else de(teacher)
         soft = [de(c) for c in config.pop("soft_loss", [])]
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)
+
+
+def _keep_pipeline_order(x, args, kwargs):
+    """``shuffle=False`` unless given, for input that shuffles itself.
+
+    A tf.data pipeline or a keras_tfkd.data.pipeline shuffles itself (seeded);
+    Keras would reorder the batches again, or warn.
+    """
+    if not args and (validation.is_dataset(x) or getattr(x, "shuffles_itself", False)):
+        kwargs.setdefault("shuffle", False)

@@ -55,6 +55,7 @@ engines only through `get_distribution` and `Distribution.scope`.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import keras
 
@@ -64,6 +65,18 @@ __all__ = [
     "list_devices",
     "simulate_cpu_devices",
     "DISTRIBUTIONS",
+    "initialize",
+    "process_count",
+    "process_index",
+    "process_shard",
+    "gather_from_processes",
+    "agreed_seed",
+    "barrier",
+    "check_fit_backend",
+    "own_sharding",
+    "mark_sharded",
+    "predict",
+    "whole_batches",
 ]
 
 DISTRIBUTIONS = ("auto", "data_parallel", "single")
@@ -224,3 +237,361 @@ def get_distribution(name="auto", devices=None):
 
         engine = tf.distribute.MirroredStrategy([_tf_device(d) for d in devices])
     return Distribution("data_parallel", devices, engine)
+
+
+# --------------------------------------------------------------------------
+# Several processes (several hosts): JAX only
+# --------------------------------------------------------------------------
+
+MULTI_WORKER_UNSUPPORTED = (
+    "keras-tfkd does not train under tf.distribute.{strategy} on TensorFlow: "
+    "Keras {version}'s fit under a multi-worker strategy is broken "
+    "(keras-team/keras#20585: the metrics' reduction of scalars fails). Train "
+    "on several hosts with the jax backend (keras.distribution.initialize, "
+    "see docs/several-machines.md), or on one host with MirroredStrategy "
+    "(keras_tfkd.distribution.get_distribution)."
+)
+TORCH_MULTI_PROCESS_UNSUPPORTED = (
+    "keras-tfkd cannot train in several torch processes (torch.distributed is "
+    "initialised with world size {world}): Keras {version}'s fit on the torch "
+    "backend has no multi-process engine (it never wraps the model in "
+    "DistributedDataParallel), so every process would train its own copy. "
+    "Use the jax backend for several hosts (docs/several-machines.md)."
+)
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None):
+    """Join a job of several processes (hosts) on the JAX backend.
+
+    ``keras.distribution.initialize(coordinator_address, num_processes,
+    process_id)``, which calls ``jax.distributed.initialize``; a None
+    argument is read from Keras's ``KERAS_DISTRIBUTION_JOB_ADDRESSES``,
+    ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID``
+    (or found by JAX itself on a TPU slice or a cluster it knows). Call it
+    first, before any array exists; then `get_distribution` spans the
+    devices of every process. Returns `process_count`. Called again in the
+    same job (the same or no arguments) it does nothing.
+
+    Raises:
+        NotImplementedError: on TensorFlow and PyTorch (see
+            docs/several-machines.md for why).
+
+    Example:
+
+    >>> initialize("10.0.0.1:1234", num_processes=2, process_id=0)  # doctest: +SKIP
+    2
+    """
+    backend = _backend()
+    if backend == "tensorflow":
+        raise NotImplementedError(
+            MULTI_WORKER_UNSUPPORTED.format(
+                strategy="MultiWorkerMirroredStrategy", version=keras.version()
+            )
+        )
+    if backend == "torch":
+        raise NotImplementedError(
+            TORCH_MULTI_PROCESS_UNSUPPORTED.format(world="N", version=keras.version())
+        )
+    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ValueError(f"`{name}` must be an integer >= 0, got {name}={value!r}.")
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"`num_processes` must be >= 1, got {num_processes}.")
+    if None not in (num_processes, process_id) and process_id >= num_processes:
+        raise ValueError(
+            f"`process_id` must be in [0, num_processes) = [0, {num_processes}), "
+            f"got process_id={process_id}."
+        )
+    import jax
+
+    if jax.distributed.is_initialized():  # joined already: the same job
+        if num_processes not in (None, process_count()) or process_id not in (
+            None,
+            process_index(),
+        ):
+            raise ValueError(
+                f"This process is process {process_index()} of a job of "
+                f"{process_count()} already; it cannot join another "
+                f"(num_processes={num_processes}, process_id={process_id})."
+            )
+        return process_count()
+    keras.distribution.initialize(
+        job_addresses=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    return process_count()
+
+
+def process_count():
+    """The number of processes of this job: 1 unless JAX's distributed runtime
+    is initialised (`initialize`) with several.
+
+    Never starts a runtime: safe to call before `simulate_cpu_devices`.
+
+    >>> process_count()
+    1
+    """
+    if _backend() != "jax":
+        return 1
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return 1
+    return int(jax.process_count())
+
+
+def process_index():
+    """This process's id in ``[0, process_count())`` (0 for one process).
+
+    >>> process_index()
+    0
+    """
+    if process_count() == 1:
+        return 0
+    import jax
+
+    return int(jax.process_index())
+
+
+def process_shard():
+    """``(index, count)``: this process's share of every global batch.
+
+    The input pipelines (`keras_tfkd.data.pipeline`, the class-pair
+    batches of CS-KD, `Distiller.fit` on arrays) cut each global batch of
+    ``B`` rows into ``count`` contiguous slices of ``B / count`` and feed
+    slice ``index``; JAX assembles the global batch from them in process
+    order (``jax.make_array_from_process_local_data``), so the step sees
+    the batch one process would.
+
+    Inside `whole_batches` it is ``(0, 1)``: the pipelines built there
+    yield whole batches on every process (for `predict`).
+
+    >>> process_shard()
+    (0, 1)
+    """
+    if _WHOLE_BATCHES:
+        return 0, 1
+    return process_index(), process_count()
+
+
+#: How deep inside `whole_batches` the code is (a list: one mutable cell).
+_WHOLE_BATCHES = []
+
+
+@contextlib.contextmanager
+def whole_batches():
+    """Inside, `process_shard` is ``(0, 1)`` in every process.
+
+    The input pipelines built inside yield the whole of every batch on every
+    process, as `predict` needs in a job of several processes (each process
+    predicts everything). Without several processes it changes nothing.
+
+    >>> with whole_batches():
+    ...     process_shard()
+    (0, 1)
+    """
+    _WHOLE_BATCHES.append(True)
+    try:
+        yield
+    finally:
+        _WHOLE_BATCHES.pop()
+
+
+def gather_from_processes(values):
+    """Every process's `values` (a small 1-D int64 array), stacked: ``(P, n)``.
+
+    A collective: every process must call it, in the same order. With one
+    process it is ``values[None]``.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    if process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+
+    # 64-bit integers travel as two 32-bit halves (JAX's default is 32 bits).
+    halves = np.stack([values >> 32, values & 0xFFFFFFFF]).astype(np.int64)
+    gathered = np.asarray(
+        multihost_utils.process_allgather(halves.astype(np.uint32), tiled=False)
+    ).astype(np.int64)
+    return (gathered[:, 0] << 32) | gathered[:, 1]
+
+
+def agreed_seed(seed=None):
+    """`seed`, or (None) one drawn by process 0 and used by every process.
+
+    The input pipelines of several processes must shuffle and augment alike:
+    each cuts its share from the same global batch. A collective when
+    ``process_count() > 1``; else `seed` as it is.
+    """
+    if seed is not None or process_count() == 1:
+        return seed
+    import numpy as np
+
+    drawn = int(np.random.default_rng().integers(0, 2**62))
+    return int(gather_from_processes([drawn])[0, 0])
+
+
+def barrier(name):
+    """Wait until every process of the job gets here (no-op for one process).
+
+    Used where the other processes read a file process 0 has just written
+    (a cached teacher). A collective: every process must call it.
+    """
+    if process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def check_fit_backend():
+    """Refuse the multi-process setups where Keras's `fit` cannot train.
+
+    Raises a NotImplementedError under TensorFlow's multi-worker strategies
+    (keras-team/keras#20585) and in a torch process group of several
+    processes; nothing otherwise.
+    """
+    backend = _backend()
+    if backend == "tensorflow":
+        import sys
+
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not tf.distribute.has_strategy():
+            return
+        strategy = tf.distribute.get_strategy()
+        name = type(strategy).__name__
+        several = (
+            tf.distribute.MultiWorkerMirroredStrategy,
+            tf.distribute.experimental.ParameterServerStrategy,
+        )
+        if isinstance(strategy, several) or "MultiWorker" in name:
+            name = "MultiWorkerMirroredStrategy" if "Collective" in name else name
+            raise NotImplementedError(
+                MULTI_WORKER_UNSUPPORTED.format(strategy=name, version=keras.version())
+            )
+    elif backend == "torch":
+        import sys
+
+        torch = sys.modules.get("torch")
+        dist = getattr(torch, "distributed", None)
+        if (
+            dist is not None
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
+            raise NotImplementedError(
+                TORCH_MULTI_PROCESS_UNSUPPORTED.format(
+                    world=dist.get_world_size(), version=keras.version()
+                )
+            )
+
+
+#: ``id`` of every ``tf.data.Dataset`` that keras-tfkd built already cut to
+#: this process's share (see `mark_sharded`).
+_SHARDED = {}
+
+
+def mark_sharded(dataset):
+    """Record that `dataset` yields this process's share already (returns it).
+
+    Keras's `DataParallel` cuts a ``tf.data.Dataset`` into per-process
+    shares itself when ``auto_shard_dataset`` is True (its default); a
+    dataset keras-tfkd has cut already must not be cut again (`own_sharding`).
+    """
+    import weakref
+
+    key = id(dataset)
+    try:
+        _SHARDED[key] = weakref.ref(dataset, lambda _: _SHARDED.pop(key, None))
+    except TypeError:  # pragma: no cover - not weakly referable
+        _SHARDED[key] = lambda: dataset
+    return dataset
+
+
+def _is_marked(dataset):
+    ref = _SHARDED.get(id(dataset))
+    return ref is not None and ref() is dataset
+
+
+@contextlib.contextmanager
+def own_sharding(*datasets):
+    """While Keras builds its input from `datasets`, keep it from re-sharding them.
+
+    With several processes, a `keras.distribution.DataParallel` whose
+    ``auto_shard_dataset`` is True (its default) cuts every
+    ``tf.data.Dataset`` it is given into per-process shares and refuses any
+    other input. The inputs keras-tfkd feeds are cut already (its pipelines,
+    `mark_sharded`; the `keras.utils.PyDataset` batches of arrays; each
+    process's own arrays), so for them the flag is turned off for the
+    duration. A plain ``tf.data.Dataset`` of whole global batches is left to
+    Keras; one beside an input cut already raises a ValueError instead of
+    being fed whole by every process.
+    """
+    given = [d for d in datasets if d is not None]
+    distribution = keras.distribution.distribution() if _backend() == "jax" else None
+    auto = getattr(distribution, "auto_shard_dataset", False)
+    if process_count() == 1 or not given or not auto:
+        yield
+        return
+    keras_cuts = [d for d in given if hasattr(d, "element_spec") and not _is_marked(d)]
+    if len(keras_cuts) == len(given):
+        yield
+        return
+    if keras_cuts:
+        raise ValueError(
+            "fit got a tf.data.Dataset of whole global batches (which the "
+            "distribution cuts into per-process shares itself) beside input "
+            "that is already this process's share (a keras_tfkd.data.pipeline "
+            "or arrays): build both with keras_tfkd.data.pipeline, or pass "
+            "keras.distribution.DataParallel(auto_shard_dataset=False) and cut "
+            "the dataset yourself."
+        )
+    distribution.auto_shard_dataset = False
+    try:
+        yield
+    finally:
+        distribution.auto_shard_dataset = True
+
+
+#: model -> its local copy, for `predict` in a job of several processes.
+_LOCAL_COPIES = weakref.WeakKeyDictionary()
+
+
+def predict(model, x, **kwargs):
+    """``model.predict(x, verbose=0, **kwargs)`` as a NumPy array, in any job.
+
+    With one process it is exactly that. In a job of several processes
+    Keras's `predict` cannot hand back its outputs (they span the devices of
+    every process, which no process can fetch), so each process predicts
+    the whole of `x` on its own with a copy of the model outside the
+    distribution, holding the replicated weights (`get_weights` fetches
+    them; the copy is made once per model and refreshed at every call).
+    Every process then holds the same predictions, as one process would.
+    `x` must then be the whole input: arrays, or a `keras_tfkd.data.pipeline`
+    built inside `whole_batches`.
+
+    >>> predict(model, x_test, batch_size=256).shape  # doctest: +SKIP
+    (1000, 10)
+    """
+    import numpy as np
+
+    kwargs.setdefault("verbose", 0)
+    if process_count() == 1:
+        return np.asarray(model.predict(x, **kwargs))
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        local = _LOCAL_COPIES.get(model)
+        if local is None:
+            local = keras.models.clone_model(model)
+            _LOCAL_COPIES[model] = local
+        local.set_weights(model.get_weights())
+        return np.asarray(local.predict(x, **kwargs))
+    finally:
+        keras.distribution.set_distribution(current)

@@ -201,6 +201,7 @@ _FIELD_TYPES = {
     "tckd_weight": (_FLOAT, False),
     "nckd_weight": (_FLOAT, False),
     "warmup_epochs": (_INT, False),
+    "warmup_fraction": (_FLOAT, True),
     "protocol": (_STR, False),
     "published_accuracy": (_FLOAT, True),
     "teacher_accuracy": (_FLOAT, True),
@@ -229,6 +230,8 @@ FIELD_HELP = types.MappingProxyType(
         "tckd_weight": "DKD's alpha: the weight of its target-class term",
         "nckd_weight": "DKD's beta: the weight of its non-target term",
         "warmup_epochs": "DKD: epochs over which its term ramps up (0: none)",
+        "warmup_fraction": "DKD: share of the run's steps over which its term "
+        "ramps up, every step (replaces warmup_epochs)",
     }
 )
 #: The fields a run may override from the command line, in this order; the
@@ -298,7 +301,9 @@ class Experiment:
     * ``correct_prob`` (Tf-KD_reg's ``a``), ``epsilon`` (LSR).
     * ``tckd_weight``, ``nckd_weight``, ``warmup_epochs``: DKD's alpha, beta
       and warm-up (its loss is ``CE + min((e+1)/warmup, 1) * DKD``; the
-      weights are not a convex mix, so they are not ``alpha``). For CS-KD,
+      weights are not a convex mix, so they are not ``alpha``);
+      ``warmup_fraction`` (None, or in [0, 1) with ``warmup_epochs=0``): the
+      warm-up as a share of the run's steps, rising every step instead. For CS-KD,
       ``multiplier`` is its lambda; for PS-KD ``alpha`` is its ``alpha_T``
       (the soft weight it ramps up to); for OLS ``alpha`` is the soft
       term's weight.
@@ -333,6 +338,7 @@ class Experiment:
     tckd_weight: float = 1.0
     nckd_weight: float = 8.0
     warmup_epochs: int = 20
+    warmup_fraction: float | None = None
     protocol: str = "cifar"
     published_accuracy: float | None = None
     teacher_accuracy: float | None = None
@@ -384,6 +390,11 @@ class Experiment:
                 fail(name, "must be >= 0")
         if self.warmup_epochs < 0:
             fail("warmup_epochs", "must be >= 0")
+        if self.warmup_fraction is not None:
+            if not 0.0 <= self.warmup_fraction < 1.0:
+                fail("warmup_fraction", "must be in [0, 1)")
+            if self.warmup_epochs != 0:
+                fail("warmup_fraction", "replaces warmup_epochs, which must be 0")
         if self.multiplier < 0:
             fail("multiplier", "must be >= 0")
         for name in ("batch_size", "epochs", "teacher_epochs", "teacher_batch_size"):
@@ -443,6 +454,8 @@ class Experiment:
             overrides.setdefault("alpha", 0.0)
         if method not in TEMPERATURE_METHODS:
             overrides.setdefault("temperature", None)
+        if overrides.get("warmup_fraction") is not None:  # one warm-up at a time
+            overrides.setdefault("warmup_epochs", 0)
         overrides.setdefault("based_on", self.based_on or self.id)
         # The published numbers belong to the registry row, not to a variant.
         overrides.setdefault("published_accuracy", None)
@@ -568,7 +581,11 @@ class Experiment:
                 tckd_weight=self.tckd_weight,
                 nckd_weight=self.nckd_weight,
                 temperature=self.temperature,
-                warmup_epochs=self.warmup_epochs,
+                **(
+                    {"warmup_epochs": self.warmup_epochs}
+                    if self.warmup_fraction is None
+                    else {"warmup_fraction": self.warmup_fraction}
+                ),
             )
         kl = {"alpha": self.alpha, "temperature": self.temperature}
         kl.update(multiplier=self.multiplier, kl=self.kl)
@@ -604,6 +621,8 @@ class Experiment:
                 nckd_weight=self.nckd_weight,
                 warmup_epochs=self.warmup_epochs,
             )
+            if self.warmup_fraction is not None:  # keys of the others unchanged
+                hp["warmup_fraction"] = self.warmup_fraction
         if self.teacher_source is not None:
             hp["teacher_batch_size"] = self.teacher_batch_size or self.batch_size
         if self.method == "dekd":
@@ -629,7 +648,12 @@ class Experiment:
         elif self.method == "dkd":
             parts.append(
                 f"T={self.temperature:g} tckd={self.tckd_weight:g} "
-                f"nckd={self.nckd_weight:g} warmup={self.warmup_epochs}"
+                f"nckd={self.nckd_weight:g} "
+                + (
+                    f"warmup={self.warmup_epochs}"
+                    if self.warmup_fraction is None
+                    else f"warmup_fraction={self.warmup_fraction:g}"
+                )
             )
         if self.method == "dekd":
             parts.append(f"teacher_epochs={self.teacher_epochs}")

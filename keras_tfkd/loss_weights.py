@@ -18,7 +18,11 @@ retracing) as ``offset + scale * variable``:
 The public names (`names`) are the variables' names: what
 ``Distiller.get_weight``/``set_weight``, `WeightScheduler` and the epoch logs
 use. A weight may be a `keras_tfkd.weight_schedules.WeightSchedule`, set at
-every epoch begin from ``value(epoch, epochs)``.
+every epoch begin from ``value(epoch, epochs)``; a per-step one
+(`keras_tfkd.weight_schedules.StepWarmup`) is also multiplied, inside the
+step, by its ramp at the step count kept in a variable (``warmup_step``,
+advanced by every training step; ``run_steps``, the run's length, is set at
+every epoch begin from `fit`'s steps).
 """
 
 from __future__ import annotations
@@ -90,6 +94,24 @@ class LossWeights:
             )
         self._hard = hard
         self._terms = list(terms)
+        #: The per-step schedules (`StepWarmup`) and the two variables they
+        #: read in the step: the steps taken and the run's length in steps.
+        self.step_schedules = {
+            n: s for n, s in self.schedules.items() if getattr(s, "per_step", False)
+        }
+        self._step = self._run_steps = None
+        if self.step_schedules:
+            self._step, self._run_steps = (
+                add_weight(
+                    shape=(),
+                    initializer="zeros",
+                    trainable=False,
+                    dtype="float32",
+                    name=name,
+                    autocast=False,
+                )
+                for name in ("warmup_step", "run_steps")
+            )
         # The weights read through a variable that is not their own (the
         # convex form's 1 - alpha and alpha): readable, not assignable.
         self._derived = {
@@ -188,7 +210,14 @@ class LossWeights:
         """The hard weight and each term's weight, as tensors of this step."""
 
         def read(name, scale, offset):
-            return offset + scale * ops.convert_to_tensor(self._by_name[name])
+            value = ops.convert_to_tensor(self._by_name[name])
+            schedule = self.step_schedules.get(name)
+            if schedule is not None and schedule.warmup_fraction > 0:
+                run = ops.convert_to_tensor(self._run_steps)
+                width = ops.maximum(ops.round(schedule.warmup_fraction * run), 1.0)
+                step = ops.convert_to_tensor(self._step)
+                value = value * ops.minimum((step + 1.0) / width, 1.0)
+            return offset + scale * value
 
         hard = read(*self._hard)
         return hard, [
@@ -203,10 +232,34 @@ class LossWeights:
                 check_weight(name, schedule.value(epoch, epochs))
             )
 
+    def set_run_steps(self, run_steps):
+        """The run's length in optimizer steps, for the per-step schedules."""
+        if self._run_steps is not None:
+            self._run_steps.assign(float(run_steps))
+
+    def advance(self):
+        """Count one training step (called in the step, after the weights are read)."""
+        if self._step is not None:
+            self._step.assign_add(1.0)
+
+    @property
+    def steps_taken(self):
+        """The training steps counted so far (0 without a per-step schedule)."""
+        return 0 if self._step is None else int(float(self._step.numpy()))
+
+    def effective(self, name):
+        """The weight `name` at the last step, its per-step ramp included."""
+        value = self.get(name)
+        schedule = self.step_schedules.get(name)
+        if schedule is None:
+            return value
+        run = int(float(self._run_steps.numpy()))
+        return value * schedule.factor(max(self.steps_taken - 1, 0), run)
+
     def log(self, logs):
         """Write the scheduled weights' values into an epoch's `logs`."""
         for name in self.schedules:
-            logs[name] = self.get(name)
+            logs[name] = self.effective(name)
 
     def config(self):
         """``{name: value or serialised schedule}`` of the public weights."""

@@ -22,7 +22,8 @@ cs_kd           ``CE + m T^2 KL(S(z_s(x')/T) || S(z_s/T))``, ``x'`` another
                 example of the same class, its logits gradient-stopped
 online_label_   ``(1-alpha) CE + alpha CE(S_y, S(z_s))``, ``S_y`` the mean
 smoothing       softmax of the correct predictions of class ``y`` last epoch
-dkd             ``CE + w_e T^2 (a TCKD + b NCKD)``, ``w_e = min((e+1)/W, 1)``
+dkd             ``CE + w T^2 (a TCKD + b NCKD)``, ``w`` a warm-up per step
+                (``warmup_fraction``) or per epoch (``warmup_epochs``)
 ==============  ==============================================================
 
 ``m`` is `multiplier` (default 1).
@@ -326,23 +327,46 @@ def dkd(
     tckd_weight=1.0,
     nckd_weight=8.0,
     temperature=4.0,
-    warmup_epochs=20,
+    warmup_epochs=None,
+    warmup_fraction=None,
 ):
     """DKD (Zhao et al., CVPR 2022): KD split into target and non-target parts.
 
-    ``loss = CE + w_e T^2 (a TCKD + b NCKD)`` with ``a`` = `tckd_weight` and
+    ``loss = CE + w T^2 (a TCKD + b NCKD)`` with ``a`` = `tckd_weight` and
     ``b`` = `nckd_weight` (DKD's alpha and beta: 1 and 8 on most CIFAR-100
-    pairs) and the warm-up ``w_e = min((e + 1) / warmup_epochs, 1)`` at
-    0-based epoch ``e`` (mdistiller counts epochs from 1; ``warmup_epochs=0``
-    gives the full weight from the first step). The weights need not sum to
-    1: the Distiller is built with ``hard_weight=1`` and a `LinearWarmup`
-    ``soft_weight`` (see `keras_tfkd.losses.DecoupledKD`).
+    pairs) and a warm-up ``w`` of the DKD term, one of:
 
-    >>> distiller = dkd(student, teacher, nckd_weight=8.0)  # doctest: +SKIP
+    * `warmup_fraction` ``f`` in [0, 1): ``w_s = min((s + 1) / W, 1)`` at
+      optimizer step ``s``, ``W = max(1, round(f * S))`` for a run of ``S``
+      steps (`keras_tfkd.weight_schedules.StepWarmup`): the weight rises every
+      step and the warm-up shrinks with the run. mdistiller's 20 of 240
+      epochs is ``f = 1/12``.
+    * `warmup_epochs` ``W`` (the default, 20, when neither is given):
+      ``w_e = min((e + 1) / W, 1)`` at 0-based epoch ``e``, constant within
+      an epoch (mdistiller counts epochs from 1). In a short run it is coarse:
+      ``warmup_epochs=1`` is the full weight, ``T^2 * b = 128`` times NCKD
+      at the defaults, from the first step.
+
+    0 (either) gives the full weight from the first step. The weights need
+    not sum to 1: the Distiller is built with ``hard_weight=1`` and the
+    warm-up as ``soft_weight`` (see `keras_tfkd.losses.DecoupledKD`).
+
+    >>> distiller = dkd(student, teacher, nckd_weight=8.0,
+    ...                 warmup_fraction=0.1)  # doctest: +SKIP
     """
     from keras_tfkd.losses import DecoupledKD
-    from keras_tfkd.weight_schedules import LinearWarmup
+    from keras_tfkd.weight_schedules import LinearWarmup, StepWarmup
 
+    if warmup_epochs is not None and warmup_fraction is not None:
+        raise ValueError(
+            "Give one warm-up: warmup_epochs (whole epochs) or warmup_fraction "
+            f"(a share of the run's steps), got warmup_epochs={warmup_epochs!r} "
+            f"and warmup_fraction={warmup_fraction!r}."
+        )
+    if warmup_fraction is not None:
+        warmup = StepWarmup(warmup_fraction)
+    else:
+        warmup = LinearWarmup(20 if warmup_epochs is None else warmup_epochs)
     _num_classes(student)
     loss = DecoupledKD(
         tckd_weight=tckd_weight, nckd_weight=nckd_weight, temperature=temperature
@@ -352,6 +376,6 @@ def dkd(
         teacher=teacher,
         soft_loss=loss,
         hard_weight=1.0,
-        soft_weight=LinearWarmup(warmup_epochs),
+        soft_weight=warmup,
         name="dkd",
     )

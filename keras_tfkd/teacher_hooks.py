@@ -14,7 +14,16 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["EpochHooks", "add_epoch_hooks", "update_after_step", "student_inputs"]
+from keras_tfkd._batches import INPUTS_KEY, is_packed
+
+__all__ = [
+    "EpochHooks",
+    "add_epoch_hooks",
+    "add_nan_guard",
+    "fit_callbacks",
+    "update_after_step",
+    "student_inputs",
+]
 
 
 class EpochHooks(keras.callbacks.Callback):
@@ -36,7 +45,19 @@ class EpochHooks(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         distiller = self._distiller
-        distiller.loss_weighting.apply_schedules(epoch, self._epochs())
+        weighting = distiller.loss_weighting
+        weighting.apply_schedules(epoch, self._epochs())
+        if weighting.step_schedules:
+            steps = (self.params or {}).get("steps")
+            if not steps:
+                names = ", ".join(weighting.step_schedules)
+                raise ValueError(
+                    f"The warm-up of {names} (warmup_fraction) is a share of the "
+                    "run's steps, but fit does not know the steps per epoch (a "
+                    "dataset of unknown length): give fit steps_per_epoch=, or "
+                    "use warmup_epochs."
+                )
+            weighting.set_run_steps(int(steps) * self._epochs())
         for teacher in distiller.hooked_teachers:
             teacher.on_epoch_begin(epoch, self._epochs())
 
@@ -68,6 +89,34 @@ def add_epoch_hooks(distiller, kwargs):
     return kwargs
 
 
+def fit_callbacks(distiller, kwargs):
+    """`fit`'s keyword arguments with the epoch hooks and a NaN guard added."""
+    return add_nan_guard(add_epoch_hooks(distiller, kwargs))
+
+
+def add_nan_guard(kwargs):
+    """`fit`'s keyword arguments with a `NaNGuard` last, unless one is there.
+
+    A plain `fit` then stops at the first NaN/Inf loss with
+    `keras_tfkd.callbacks.NonFiniteLossError`, whose message names the term
+    that turned non-finite and its weights (`keras_tfkd.loss_report.explain`),
+    instead of training on. Pass your own ``NaNGuard(raise_error=False)`` to
+    stop without raising (as `keras_tfkd.runs` does); with Keras's
+    `keras.callbacks.TerminateOnNaN` in the list no guard is added (it stops
+    on its own terms).
+    """
+    from keras_tfkd.callbacks.safety import NaNGuard
+
+    callbacks = kwargs.get("callbacks")
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return kwargs
+    callbacks = [] if callbacks is None else list(callbacks)
+    own = (NaNGuard, keras.callbacks.TerminateOnNaN)
+    if not any(isinstance(c, own) for c in callbacks):
+        kwargs["callbacks"] = [*callbacks, NaNGuard(raise_error=True)]
+    return kwargs
+
+
 def update_after_step(teachers, x, labels, logits):
     """Per-step state (PS-KD's predictions, OLS's class sums) from the student's
     gradient-stopped logits of this forward pass, before the weight update.
@@ -83,5 +132,12 @@ def update_after_step(teachers, x, labels, logits):
 
 
 def student_inputs(teachers, inputs):
-    """The part of a batch the student sees (a stateful teacher may pack more)."""
-    return teachers[0].student_inputs(inputs) if teachers else inputs
+    """The part of a batch the student sees (a stateful teacher may pack more).
+
+    A packed batch, ``{"inputs": x, "example_index": i, ...}``, gives the
+    student ``x`` even when no teacher reads the rest (KD fed by
+    ``data.pipeline(..., example_index=True)``: the indices are dropped).
+    """
+    if teachers:
+        return teachers[0].student_inputs(inputs)
+    return inputs[INPUTS_KEY] if is_packed(inputs) else inputs

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tfkd import _backend
+from keras_tfkd import _backend, distribution
 
 # The packed-batch format lives below both the data pipelines and the
 # teachers (so `keras_tfkd.data` need not import this module); its names are
@@ -349,7 +349,8 @@ class CachedTeacher(Teacher):
                     "the ones the teacher saw once. Pass augment=False, or "
                     "distil from the live teacher model instead."
                 )
-            x = data.pipeline(x, split, batch_size, augment=augment, shuffle=False)
+            with distribution.whole_batches():  # each process predicts all
+                x = data.pipeline(x, split, batch_size, augment=augment, shuffle=False)
         elif not _is_array_input(x):
             raise TypeError(
                 "CachedTeacher.from_model needs the training inputs as arrays "
@@ -358,7 +359,7 @@ class CachedTeacher(Teacher):
                 "checked, and logits cached from a shuffled or randomly augmented "
                 "stream would not describe the batches the student sees."
             )
-        logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=verbose))
+        logits = distribution.predict(model, x, batch_size=batch_size, verbose=verbose)
         teacher = cls(num_classes=logits.shape[-1])
         teacher._logits = logits.astype("float32")
         return teacher

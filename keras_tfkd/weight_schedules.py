@@ -9,7 +9,12 @@ model and survive saving and `BackupAndRestore` resume (`fit`'s
 ``initial_epoch`` is the epoch resumed at, ``epochs`` the same total):
 
 * `LinearRamp` -- PS-KD's ``a_e = alpha_T * (e + 1) / E``;
-* `LinearWarmup` -- DKD's ``min(e / warmup, 1)`` ramp of the KD term.
+* `LinearWarmup` -- DKD's ``min(e / warmup, 1)`` ramp of the KD term, in
+  whole epochs;
+* `StepWarmup` -- the same ramp over a fraction of the run's optimizer steps,
+  rising every step (``warmup_fraction``): it shrinks with the run, where a
+  warm-up of one whole epoch is the full weight from the first step of a
+  one-epoch run.
 
 The value in use is written to the epoch logs (``history.history["alpha"]``,
 ``["soft_weight"]``, ...).
@@ -21,7 +26,13 @@ import math
 
 import keras
 
-__all__ = ["WeightSchedule", "LinearRamp", "LinearWarmup", "check_weight"]
+__all__ = [
+    "WeightSchedule",
+    "LinearRamp",
+    "LinearWarmup",
+    "StepWarmup",
+    "check_weight",
+]
 
 
 def _check_number(name, value, *, upper=None):
@@ -53,6 +64,10 @@ class WeightSchedule:
     ``keras.saving.register_keras_serializable`` so a saved `Distiller` keeps
     its schedule.
     """
+
+    #: True for a schedule that also changes within an epoch (`StepWarmup`):
+    #: the Distiller then counts its optimizer steps in a variable.
+    per_step = False
 
     def value(self, epoch, epochs):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -148,3 +163,62 @@ class LinearWarmup(WeightSchedule):
             "value": self.weight,
             "first_epoch": self.first_epoch,
         }
+
+
+def check_warmup_fraction(value):
+    """`value` as a float in [0, 1), else a ValueError naming `warmup_fraction`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value < 1
+    ):
+        raise ValueError(
+            "`warmup_fraction` must be a number in [0, 1) (the share of the run's "
+            "optimizer steps the warm-up lasts; 0: none), got "
+            f"warmup_fraction={value!r}."
+        )
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_tfkd")
+class StepWarmup(WeightSchedule):
+    """``value * min((s + 1) / W, 1)`` at optimizer step ``s`` (0-based) of the run.
+
+    ``W = max(1, round(warmup_fraction * S))`` steps, ``S`` the run's steps
+    (epochs x steps per epoch, read from `fit`; the epochs are the
+    Distiller's `schedule_epochs` when set). The weight rises every step, so
+    the warm-up is the same share of a one-epoch run as of a 240-epoch one
+    (mdistiller's DKD: 20 of 240 epochs, ``warmup_fraction = 1/12``).
+    ``warmup_fraction=0`` is the full weight from the first step. The step
+    count lives in a variable of the Distiller, saved and restored with it.
+
+    Example:
+
+    >>> warm = StepWarmup(0.25)
+    >>> [warm.factor(s, run_steps=8) for s in range(4)]
+    [0.5, 1.0, 1.0, 1.0]
+    """
+
+    per_step = True
+
+    def __init__(self, warmup_fraction, value=1.0):
+        self.warmup_fraction = check_warmup_fraction(warmup_fraction)
+        self.weight = _check_number("value", value)
+
+    def value(self, epoch, epochs):
+        return self.weight  # the per-step ramp is applied on top, in the step
+
+    def ramp_steps(self, run_steps):
+        """``W``: the steps of the warm-up in a run of `run_steps` steps (0: none)."""
+        if self.warmup_fraction == 0:
+            return 0
+        return max(1, round(self.warmup_fraction * int(run_steps)))
+
+    def factor(self, step, run_steps):
+        """The ramp ``min((step + 1) / W, 1)`` at 0-based `step` (host side)."""
+        width = self.ramp_steps(run_steps)
+        return 1.0 if width == 0 else min((int(step) + 1) / width, 1.0)
+
+    def get_config(self):
+        return {"warmup_fraction": self.warmup_fraction, "value": self.weight}

@@ -453,11 +453,14 @@ def test_run_field_flags_come_from_one_table_and_win_over_config(
     from_config.update(teacher_epochs=1, student="mlp", teacher="cnn_tiny")
     from_config.update(dataset="digits", kl="reference", teacher_batch_size=32)
     from_config.update(tckd_weight=2.0, nckd_weight=4.0, warmup_epochs=3)
+    from_config.update(warmup_fraction=None)
     from_flags = {"epochs": 3, "batch_size": 8, "alpha": 0.25, "temperature": 2.0}
     from_flags.update(multiplier=3.0, correct_prob=0.8, epsilon=0.05)
     from_flags.update(teacher_epochs=2, student="cnn_tiny", teacher="mlp")
     from_flags.update(dataset="digits", kl="batchmean", teacher_batch_size=24)
-    from_flags.update(tckd_weight=0.5, nckd_weight=6.0, warmup_epochs=5)
+    # warmup_fraction replaces warmup_epochs (which must then be 0)
+    from_flags.update(tckd_weight=0.5, nckd_weight=6.0, warmup_epochs=0)
+    from_flags.update(warmup_fraction=0.2)
     assert set(from_config) == set(from_flags) == set(table)
     config = tmp_path / "exp.json"
     config.write_text(json.dumps(from_config))

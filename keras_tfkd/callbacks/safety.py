@@ -15,7 +15,7 @@ import warnings
 
 import keras
 
-from keras_tfkd import _io
+from keras_tfkd import _io, distribution
 from keras_tfkd.callbacks._common import as_float
 
 __all__ = ["NaNGuard", "NonFiniteLossError", "RunBackup"]
@@ -81,6 +81,10 @@ class NaNGuard(keras.callbacks.Callback):
             "logits for NaN/Inf, or lower the learning rate. The last backup "
             "(if any) is from before this batch."
         )
+        if hasattr(self.model, "loss_weighting"):  # a Distiller: which term, weight
+            from keras_tfkd import loss_report
+
+            self.message += " " + loss_report.explain(self.model, logs)
         self.model.stop_training = True
         if self.raise_error:
             raise NonFiniteLossError(self.message)
@@ -168,6 +172,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         if self._restored:
             return
         self._restored = True
+        # Several processes: all read the backup process 0 wrote, once it is there.
+        distribution.barrier("keras_tfkd.RunBackup")
         meta = self.read_state(self.backup_dir)
         if meta is None:
             return
@@ -202,15 +208,15 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         if self.state_fn is not None:
             meta["state"] = self.state_fn()
         _io.write_json_atomic(os.path.join(self.backup_dir, self.METADATA), meta)
+        if not _io.is_writer():  # process 0 keeps the backups (see _io)
+            return
         for other in os.listdir(self.backup_dir):
             if other.endswith(".weights.h5") and other != name:
-                os.remove(os.path.join(self.backup_dir, other))
+                _io.remove_file(os.path.join(self.backup_dir, other))
 
     def on_train_end(self, logs=None):
         pass
 
     def clear(self):
         """Delete the backup folder (call once the results are written)."""
-        import shutil
-
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        _io.remove_tree(self.backup_dir)

@@ -36,10 +36,19 @@ def build(
     teacher_logits=None,
     sample_weight=None,
     example_index=False,
+    shard=(0, 1),
 ):
-    """A batched, prefetched ``tf.data.Dataset``; arguments checked by the caller."""
+    """A batched, prefetched ``tf.data.Dataset``; arguments checked by the caller.
+
+    ``shard = (index, count)``: every global batch of `batch_size` is cut
+    into `count` contiguous slices and slice `index` is yielded (one
+    process's share, `keras_tfkd.distribution.process_shard`); the random
+    augmentation is drawn for the whole global batch and sliced alike, so
+    the shares put together are the batch of one process.
+    """
     tf = tensorflow()
     autotune = tf.data.AUTOTUNE
+    part, parts = int(shard[0]), int(shard[1])
     n = len(labels)
     indices = tf.data.Dataset.range(n)
     if shuffle:
@@ -58,10 +67,18 @@ def build(
             return tf.gather(labels, idx)
         return (tf.gather(labels, idx), *rows)
 
+    def share(batch):
+        """This process's rows of a global batch (all of it for one process)."""
+        if parts == 1:
+            return batch
+        local = tf.shape(batch)[0] // parts
+        return batch[part * local : (part + 1) * local]
+
     if dataset.in_memory:
         images = tf.constant(dataset.images(split))
 
         def gather(idx):
+            idx = share(idx)
             x = tf.cast(tf.gather(images, idx), tf.float32) / 255.0
             return x, label_of(idx)
 
@@ -72,23 +89,35 @@ def build(
         read = _make_file_reader(tf, dataset, policy)
         if policy == "imagenet":
             elements = tf.data.Dataset.zip((indices, _seed_stream(tf, seed, offset=1)))
-            elements = elements.map(
-                lambda idx, s: (read(tf.gather(files, idx), s), label_of(idx)),
-                num_parallel_calls=autotune,
-            )
         else:
-            elements = indices.map(
-                lambda idx: (read(tf.gather(files, idx), None), label_of(idx)),
-                num_parallel_calls=autotune,
-            )
-        batches = elements.batch(batch_size, drop_remainder=drop_remainder)
+            elements = indices.map(lambda idx: (idx, tf.zeros([2], tf.int64)))
+        if parts > 1:
+            # Cut every global batch before reading: each process decodes
+            # only its own files (with the per-image seeds of one process).
+            elements = elements.batch(batch_size, drop_remainder=drop_remainder)
+            elements = elements.map(lambda idx, s: (share(idx), share(s)))
+            elements = elements.unbatch()
+        elements = elements.map(
+            lambda idx, s: (
+                read(tf.gather(files, idx), s if policy == "imagenet" else None),
+                label_of(idx),
+            ),
+            num_parallel_calls=autotune,
+        )
+        local_batch = batch_size // parts
+        batches = elements.batch(local_batch, drop_remainder=drop_remainder)
         batches = batches.map(lambda x, y: (x / 255.0, y), num_parallel_calls=autotune)
 
     augment_batch = _batch_augmentation(tf, dataset, policy)
     if augment_batch is not None:
-        batches = tf.data.Dataset.zip((batches, _seed_stream(tf, seed, offset=0)))
+        sizes = _global_sizes(tf, n, batch_size, drop_remainder, repeat)
+        seeds = _seed_stream(tf, seed, offset=0)
+        batches = tf.data.Dataset.zip((batches, seeds, sizes))
         batches = batches.map(
-            lambda xy, s: (augment_batch(xy[0], s), xy[1]),
+            lambda xy, s, total: (
+                augment_batch(xy[0], s, _Share(part, parts, total)),
+                xy[1],
+            ),
             num_parallel_calls=autotune,
         )
 
@@ -111,6 +140,32 @@ def build(
 
     batches = batches.map(finish, num_parallel_calls=autotune)
     return batches.prefetch(autotune)
+
+
+def _global_sizes(tf, n, batch_size, drop_remainder, repeat):
+    """The size of every global batch, in order (what the random draws cover)."""
+    rows = tf.data.Dataset.range(n)
+    if repeat:
+        rows = rows.repeat()
+    rows = rows.batch(batch_size, drop_remainder=drop_remainder)
+    return rows.map(lambda b: tf.shape(b)[0])
+
+
+class _Share:
+    """Which rows of a global batch's random draws belong to this batch.
+
+    Every draw is made for `total` rows (the global batch) and rows
+    ``part * local : (part + 1) * local`` are kept, ``local = total // parts``;
+    one process (``parts == 1``) keeps them all.
+    """
+
+    def __init__(self, part, parts, total):
+        self.total = total
+        self.local = total // parts
+        self.begin = part * self.local
+
+    def take(self, draws):
+        return draws[self.begin : self.begin + self.local]
 
 
 def with_label_checks(dataset, num_classes):
@@ -186,11 +241,13 @@ def _transform(tf, images, transforms):
     )
 
 
-def _random_shift(tf, images, seed, pad: int):
+def _random_shift(tf, images, seed, pad: int, share):
     """Zero-pad by ``pad`` then crop back at random: a shift in [-pad, pad]."""
     batch = tf.shape(images)[0]
-    offsets = tf.random.stateless_uniform(
-        [batch, 2], seed=seed, minval=-pad, maxval=pad + 1, dtype=tf.int32
+    offsets = share.take(
+        tf.random.stateless_uniform(
+            [share.total, 2], seed=seed, minval=-pad, maxval=pad + 1, dtype=tf.int32
+        )
     )
     offsets = tf.cast(offsets, tf.float32)
     ones = tf.ones([batch], tf.float32)
@@ -202,16 +259,16 @@ def _random_shift(tf, images, seed, pad: int):
     return _transform(tf, images, transforms)
 
 
-def _random_flip(tf, images, seed):
-    batch = tf.shape(images)[0]
-    flip = tf.random.stateless_uniform([batch], seed=seed) < 0.5
+def _random_flip(tf, images, seed, share):
+    flip = share.take(tf.random.stateless_uniform([share.total], seed=seed)) < 0.5
     return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
-def _random_rotation(tf, images, seed, degrees: float):
-    batch = tf.shape(images)[0]
-    angle = tf.random.stateless_uniform(
-        [batch], seed=seed, minval=-degrees, maxval=degrees
+def _random_rotation(tf, images, seed, degrees: float, share):
+    angle = share.take(
+        tf.random.stateless_uniform(
+            [share.total], seed=seed, minval=-degrees, maxval=degrees
+        )
     ) * (math.pi / 180.0)
     height = tf.cast(tf.shape(images)[1], tf.float32)
     width = tf.cast(tf.shape(images)[2], tf.float32)
@@ -235,38 +292,44 @@ def _random_rotation(tf, images, seed, degrees: float):
 
 
 def _batch_augmentation(tf, dataset, policy: str):
-    """A function ``(images in [0, 1], seed) -> images``, or None."""
+    """A function ``(images in [0, 1], seed, share) -> images``, or None.
+
+    `share` (a `_Share`) says which rows of the global batch's draws these
+    images are.
+    """
     if policy == "none":
         return None
     if policy == "imagenet":
 
-        def imagenet(images, seed):
-            return _random_flip(tf, images, seed)
+        def imagenet(images, seed, share):
+            return _random_flip(tf, images, seed, share)
 
         return imagenet
     if policy == "shift":
         pad = augment_lib.shift_pad(dataset.input_shape[0])
 
-        def shift(images, seed):
-            return _random_shift(tf, images, seed, pad)
+        def shift(images, seed, share):
+            return _random_shift(tf, images, seed, pad, share)
 
         return shift
     if policy == "cifar":
 
-        def cifar(images, seed):
+        def cifar(images, seed, share):
             seeds = tf.random.experimental.stateless_split(seed, 3)
-            images = _random_shift(tf, images, seeds[0], augment_lib.CIFAR_PAD)
-            images = _random_flip(tf, images, seeds[1])
-            return _random_rotation(tf, images, seeds[2], augment_lib.CIFAR_DEGREES)
+            images = _random_shift(tf, images, seeds[0], augment_lib.CIFAR_PAD, share)
+            images = _random_flip(tf, images, seeds[1], share)
+            return _random_rotation(
+                tf, images, seeds[2], augment_lib.CIFAR_DEGREES, share
+            )
 
         return cifar
     if policy == "tiny_imagenet":
 
-        def tiny(images, seed):
+        def tiny(images, seed, share):
             seeds = tf.random.experimental.stateless_split(seed, 2)
             degrees = augment_lib.TINY_IMAGENET_DEGREES
-            images = _random_rotation(tf, images, seeds[0], degrees)
-            return _random_flip(tf, images, seeds[1])
+            images = _random_rotation(tf, images, seeds[0], degrees, share)
+            return _random_flip(tf, images, seeds[1], share)
 
         return tiny
     raise ValueError(f"Unknown augmentation {policy!r}")

@@ -191,6 +191,19 @@ def pipeline(
             1 for in-memory sets, the CPU count up to 8 for image folders).
             ``tf.data`` tunes its own parallelism and refuses this argument.
 
+    Several processes (a JAX job on several hosts,
+    `keras_tfkd.distribution.initialize`): ``batch_size`` is the *global*
+    batch; every process builds the same pipeline and yields only its share,
+    the contiguous slice ``index * B / P : (index + 1) * B / P`` of each
+    global batch (`keras_tfkd.distribution.process_shard`), so that the P
+    processes together train on exactly the batches one process would. The
+    example indices, cached logits and sample weights of the rows are those
+    of the whole split. ``batch_size`` must be a multiple of P and a last,
+    smaller batch must split evenly (else ``drop_remainder=True``); a
+    ``seed`` of None is drawn once and shared by all processes. Only the
+    NumPy engine's ImageNet random-resized crop is drawn per process (the
+    same distribution, other crops than one process would draw).
+
     On the JAX and PyTorch backends with ``engine="tf.data"`` TensorFlow is
     told not to use the GPUs (``tf.config.set_visible_devices([], "GPU")``,
     if TF has not touched them yet), so the input pipeline does not take the
@@ -223,8 +236,42 @@ def pipeline(
         sample_weight=sample_weight,
     )
     options["example_index"] = bool(example_index)
+    options["shard"] = _process_shard(dataset, split, batch_size, options)
     _check_workers(engine, workers)
     return _build(engine, dataset, split, batch_size, workers, options)
+
+
+def _process_shard(dataset, split, batch_size, options) -> tuple:
+    """``(index, count)`` of this process's share of every global batch.
+
+    One process: ``(0, 1)``, the whole batch. Several (a multi-process JAX
+    job, `keras_tfkd.distribution.initialize`): ``batch_size`` is the global
+    batch and every process yields its contiguous slice of ``batch_size /
+    count`` rows, so the processes must draw the same order and the same
+    augmentation: a ``seed`` of None becomes one agreed by all of them.
+    """
+    from keras_tfkd import distribution
+
+    index, count = distribution.process_shard()
+    if count == 1:
+        return index, count
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch of {count} processes "
+            f"and must be a multiple of {count} (each process feeds "
+            f"batch_size / {count} rows of every batch)."
+        )
+    n = dataset.num_examples(split)
+    last = 0 if options["drop_remainder"] and n >= batch_size else n % batch_size
+    if last % count:
+        raise ValueError(
+            f"The last batch of the {split!r} split of {dataset.name!r} holds "
+            f"{last} examples ({n} % batch_size={batch_size}), which {count} "
+            "processes cannot share evenly: pass drop_remainder=True, or a "
+            f"batch_size whose remainder is a multiple of {count}."
+        )
+    options["seed"] = distribution.agreed_seed(options["seed"])
+    return index, count
 
 
 # ------------------------------------------------------------ checks
@@ -332,7 +379,13 @@ def _build(engine: str, dataset, split, batch_size, workers, options):
     if engine == "tf.data":
         from keras_tfkd.data import _tfdata
 
-        return _tfdata.build(dataset, split, batch_size, **options)
+        built = _tfdata.build(dataset, split, batch_size, **options)
+        if options["shard"][1] > 1:
+            from keras_tfkd import distribution
+
+            # Keras's DataParallel would cut it again (auto_shard_dataset).
+            distribution.mark_sharded(built)
+        return built
     from keras_tfkd.data.pydataset import BatchPipeline
 
     return BatchPipeline(dataset, split, batch_size, workers=workers, **options)

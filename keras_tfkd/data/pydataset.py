@@ -76,6 +76,7 @@ class BatchPipeline(keras.utils.PyDataset):
         teacher_logits=None,
         sample_weight=None,
         example_index=False,
+        shard=(0, 1),
         workers=None,
     ):
         if workers is None:
@@ -93,6 +94,9 @@ class BatchPipeline(keras.utils.PyDataset):
         self._logits = teacher_logits
         self._weights = sample_weight
         self._example_index = bool(example_index)
+        #: ``(index, count)``: the slice of every global batch this process
+        #: yields (`keras_tfkd.distribution.process_shard`).
+        self.shard = (int(shard[0]), int(shard[1]))
         n = len(self._labels)
         self._per_pass = num_batches(n, self.batch_size, drop_remainder)
         self._n = n
@@ -102,6 +106,11 @@ class BatchPipeline(keras.utils.PyDataset):
         #: The pass (epoch) that the next batches belong to.
         self.epoch = 0
         self._read_any = False
+
+    @property
+    def example_index(self):
+        """Whether the batches carry each example's row (``example_index=True``)."""
+        return self._example_index
 
     @property
     def labels(self):
@@ -144,10 +153,16 @@ class BatchPipeline(keras.utils.PyDataset):
         """Batch ``index`` of pass ``epoch`` (both from 0)."""
         start = index * self.batch_size
         idx = self._order(epoch)[start : start + self.batch_size]
+        rows = self._share(len(idx))
+        idx = idx[rows]
         images = self._read(idx, epoch, index)
         if self.policy != "none":
+            # Drawn for the whole global batch, then this process's rows: the
+            # processes together apply what one process would.
             rng = self._rng(epoch, index, _AUGMENT)
-            params = augment_lib.sample(self.policy, rng, len(idx), images.shape[1:3])
+            size = (rows.stop - rows.start) * self.shard[1]
+            params = augment_lib.sample(self.policy, rng, size, images.shape[1:3])
+            params = {key: value[rows] for key, value in params.items()}
             images = augment_lib.apply(self.policy, images, params)
         x = (images.astype(np.float32) / 255.0 - self._mean) / self._std
         y = self._labels[idx]
@@ -162,6 +177,12 @@ class BatchPipeline(keras.utils.PyDataset):
         return x, y
 
     # ------------------------------------------------------------- helpers
+    def _share(self, size):
+        """The slice of a global batch of `size` rows this process yields."""
+        index, count = self.shard
+        local = size // count
+        return slice(index * local, (index + 1) * local)
+
     def _rng(self, epoch, batch, kind):
         seq = np.random.SeedSequence(self._entropy, spawn_key=(epoch, batch, kind))
         return np.random.default_rng(seq)

@@ -28,6 +28,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_tfkd import distribution
 from keras_tfkd.online._checks import check_integer, refuse_sequences
 from keras_tfkd.teachers import INPUTS_KEY, PAIR_INPUTS_KEY, Teacher, is_packed
 from keras_tfkd.validation import check_sample_weight, is_dataset
@@ -164,6 +165,13 @@ class ClassPairBatches(keras.utils.PyDataset):
             epoch `fit` starts at).
         drop_remainder: drop a last, smaller batch (when N >= batch_size).
         workers: threads that read batches ahead (see `keras.utils.PyDataset`).
+        shard: ``(index, count)``, this process's share of every batch (the
+            contiguous slice ``index * B / count : (index + 1) * B / count``);
+            default: `keras_tfkd.distribution.process_shard`, the whole batch
+            in one process. Several processes draw the order and partners
+            from one seed (a `seed` of None is drawn once and shared), so
+            their shares make up the batches of one process; an `augment`
+            draws per process.
 
     Example:
 
@@ -199,10 +207,15 @@ class ClassPairBatches(keras.utils.PyDataset):
         epoch=0,
         drop_remainder=False,
         workers=1,
+        shard=None,
     ):
         super().__init__(
             workers=check_integer("workers", workers, 1), use_multiprocessing=False
         )
+        #: ``(index, count)``: the slice of every global batch this process
+        #: yields (default: `keras_tfkd.distribution.process_shard`).
+        self.shard = distribution.process_shard() if shard is None else shard
+        self.shard = (int(self.shard[0]), int(self.shard[1]))
         if isinstance(x, (dict, list, tuple)):
             raise ValueError(
                 "`x` must be one array (N, ...) of inputs; a dict, list or tuple "
@@ -246,7 +259,11 @@ class ClassPairBatches(keras.utils.PyDataset):
             check_sample_weight(weights)
             self._weights = weights
         self._n = n
-        self._entropy = _entropy(self.seed)
+        # Several processes draw the same order and partners: one seed.
+        seed = self.seed
+        if self.shard[1] > 1:
+            seed = distribution.agreed_seed(self.seed)
+        self._entropy = _entropy(seed)
         # Members of every class, contiguous: class c is
         # _by_class[_starts[c] : _starts[c] + _counts[c]]; _rank[i] is i's place.
         self._by_class = np.argsort(self._classes, kind="stable")
@@ -261,6 +278,7 @@ class ClassPairBatches(keras.utils.PyDataset):
             self._batches = n // self.batch_size
         else:
             self._batches = math.ceil(n / self.batch_size)
+        _check_shard(self.shard[1], self.batch_size, n, self.drop_remainder)
         self._lock = threading.Lock()
         self._draws = {}
         self._start = check_integer("epoch", epoch, 0)
@@ -354,6 +372,9 @@ class ClassPairBatches(keras.utils.PyDataset):
                 f"batch {index} out of range: {self._batches} batches per pass"
             )
         rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        part, count = self.shard
+        local = len(rows) // count
+        rows = rows[part * local : (part + 1) * local]
         originals = self._x[rows]
         pairs = self._x[partners[rows]]
         if self.augment is not None:
@@ -440,6 +461,24 @@ class ClassPairBatches(keras.utils.PyDataset):
         )
 
 
+def _check_shard(count, batch_size, n, drop_remainder):
+    """Refuse batches that `count` processes cannot share evenly."""
+    if count == 1:
+        return
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch of {count} processes "
+            f"and must be a multiple of {count}."
+        )
+    last = 0 if drop_remainder and n >= batch_size else n % batch_size
+    if last % count:
+        raise ValueError(
+            f"The last batch holds {last} of the {n} examples, which {count} "
+            "processes cannot share evenly: pass drop_remainder=True, or a "
+            f"batch_size whose remainder is a multiple of {count}."
+        )
+
+
 def _is_array(x):
     return isinstance(x, np.ndarray) or (
         hasattr(x, "shape")
@@ -522,6 +561,9 @@ class ClassPairTeacher(Teacher):
     learns_from_student = True
 
     has_epoch_hooks = True
+    #: Partners are drawn among the whole training set: arrays that differ
+    #: between processes (each its own rows) are refused.
+    needs_whole_training_set = True
 
     def __init__(self, num_classes, seed=None, allow_self=False, **kwargs):
         super().__init__(num_classes, **kwargs)

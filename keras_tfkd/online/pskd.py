@@ -44,6 +44,32 @@ def _num_rows(x):
     return array_rows(x)
 
 
+def _check_indexed(x):
+    """Refuse a keras-tfkd pipeline or a tf.data.Dataset without example indices.
+
+    Without ``example_index`` the teacher has no rows to read or write: the
+    soft term would be 0 at every step, silently. Arrays get their indices
+    from `Distiller.fit`; a generator or another PyDataset is not looked at.
+    """
+    spec = getattr(x, "element_spec", None)
+    if spec is not None:
+        inputs = spec[0] if isinstance(spec, tuple) else spec
+        indexed = isinstance(inputs, dict) and EXAMPLE_INDEX_KEY in inputs
+    elif getattr(x, "example_index", None) is False:  # a data.pipeline
+        indexed = False
+    else:
+        return
+    if not indexed:
+        raise ValueError(
+            "PastPredictions (PS-KD) reads and writes each example's row of its "
+            f"store, but the training batches of this {type(x).__name__} carry "
+            f"no '{EXAMPLE_INDEX_KEY}': build them with keras_tfkd.data.pipeline"
+            "(..., example_index=True), or yield ({'inputs': x, "
+            "'example_index': i}, y) with i each example's row in the whole "
+            "training set."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_tfkd")
 class PastPredictions(Teacher):
     """PS-KD's targets: the student's own softmax from its last visit of each example.
@@ -65,7 +91,11 @@ class PastPredictions(Teacher):
     step's ``softmax(z)`` -- the same forward pass, before the weight update,
     gradient-stopped. Under `MirroredStrategy` the rows of every replica are
     written (each replica's store stays complete); under JAX's
-    `DataParallel` the compiled step sees the whole batch anyway.
+    `DataParallel` the compiled step sees the whole batch anyway, also in a
+    job of several processes, whose inputs carry the indices of the whole
+    training set (`keras_tfkd.data.pipeline` and `Distiller.fit` on the
+    same arrays in every process); per-process arrays, whose positions are
+    local, are refused before training.
 
     The store is a non-trainable variable of the Distiller: it is saved with
     it and restored by `BackupAndRestore` and ``keras-tfkd run`` resume, so
@@ -132,6 +162,7 @@ class PastPredictions(Teacher):
         )
 
     def prepare_fit_data(self, x, y, fit_kwargs):
+        _check_indexed(x)
         n = _num_rows(x)
         if n is not None:
             self.build_store(n)

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_tfkd import _backend, _io, schedules
+from keras_tfkd import _backend, _io, distribution, schedules
 from keras_tfkd import callbacks as callbacks_lib
 from keras_tfkd import data as data_lib
 from keras_tfkd import metrics as metrics_lib
@@ -161,14 +161,14 @@ class _TestAccuracy(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         student = self.model.student
-        logits = np.asarray(student.predict(self.test_data, verbose=0))
+        logits = distribution.predict(student, self.test_data)
         acc = accuracy(logits, self.labels)
         logs["test_accuracy"] = acc
         for name, function in CALIBRATION:
             logs[name] = function(logits, self.labels)
         if self.validation is not None:
             batches, labels = self.validation
-            val_logits = np.asarray(student.predict(batches, verbose=0))
+            val_logits = distribution.predict(student, batches)
             logs["val_accuracy"] = accuracy(val_logits, labels)
         self.accuracies.append(acc)
         for name, key in _HISTORY_KEYS:
@@ -221,7 +221,7 @@ def _best_weights_state(tracker, backup_dir):
         keep = {name, committed.get("state", {}).get("best_weights")}
         for other in Path(backup_dir).glob("best-epoch-*.npz"):
             if other.name not in keep:
-                other.unlink()
+                _io.remove_file(other)
     return state
 
 
@@ -358,20 +358,20 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
         optimizer=_make_optimizer(experiment, config, steps), metrics=["accuracy"]
     )
     held_out = getattr(dataset, "validation", None)
+    with distribution.whole_batches():  # every process predicts all of them
+        test = data_lib.pipeline(dataset, "test", config.eval_batch_size)
+        val = None
+        if held_out is not None:
+            val = data_lib.pipeline(held_out, "test", config.eval_batch_size)
     tracker = _TestAccuracy(
-        data_lib.pipeline(dataset, "test", config.eval_batch_size),
+        test,
         dataset.labels("test"),
         keep_best_weights,
         log,
         config.progress_every,
         plan.epochs,
         plan.label,
-        validation=None
-        if held_out is None
-        else (
-            data_lib.pipeline(held_out, "test", config.eval_batch_size),
-            held_out.labels("test"),
-        ),
+        validation=None if held_out is None else (val, held_out.labels("test")),
     )
     guard = callbacks_lib.NaNGuard(raise_error=False, log=log)
     initial_epoch = _resume(plan, tracker, keep_best_weights, log)
@@ -422,8 +422,9 @@ def fit(plan, dataset, teacher=None, *, keep_best_weights, log):
 def split_accuracy(model, dataset, split, batch_size):
     """A model's accuracy on one split of the data set, read as a test set
     (no augmentation, no shuffle, inference mode)."""
-    batches = data_lib.pipeline(
-        dataset, split, batch_size, augment=False, shuffle=False
-    )
-    logits = np.asarray(model.predict(batches, verbose=0))
+    with distribution.whole_batches():  # every process predicts all of them
+        batches = data_lib.pipeline(
+            dataset, split, batch_size, augment=False, shuffle=False
+        )
+    logits = distribution.predict(model, batches)
     return accuracy(logits, dataset.labels(split))

@@ -10,13 +10,12 @@ truncated or corrupt is reported and trained again, never reused.
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
 import keras
 
-from keras_tfkd import _io
+from keras_tfkd import _io, distribution
 from keras_tfkd.runs import loop
 from keras_tfkd.runs.config import TrainConfig
 from keras_tfkd.runs.models import (
@@ -97,7 +96,7 @@ def _cached_record(folder, log, names):
             _check_checkpoint(folder / name, "cached checkpoint")
         except CorruptCheckpointError as e:
             log(f"  {e} Training this run again.")
-            run_file.unlink(missing_ok=True)
+            _io.remove_file(run_file)
             return None
     return record
 
@@ -136,7 +135,9 @@ def normal_run(plan, dataset, *, store=None, log=loop.default_log):
     _io.write_json_atomic(folder / "run.json", record)
     if store is not None:
         store.add(record)
-    shutil.rmtree(plan.backup_dir, ignore_errors=True)
+    _io.remove_tree(plan.backup_dir)
+    # Several processes: the others read the teacher process 0 has just written.
+    distribution.barrier("keras_tfkd.normal_run")
     return record
 
 

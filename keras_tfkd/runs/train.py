@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-
+from keras_tfkd import _io
 from keras_tfkd.runs import loop
 from keras_tfkd.runs.loop import default_log, finish
 from keras_tfkd.runs.models import check_model_name
@@ -48,7 +47,7 @@ def execute(plan, dataset, *, store=None, log=default_log):
     record = finish(record, info)
     if store is not None:
         store.add(record)
-    shutil.rmtree(plan.backup_dir, ignore_errors=True)
+    _io.remove_tree(plan.backup_dir)
     return record
 
 
