@@ -6,6 +6,7 @@ Each command imports what it needs inside the function: Keras is imported by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,11 +44,15 @@ _PRESET_FLAGS = (
     "validation_fraction",
     "dekd_teacher_epochs",
     "kl",
+    "tune",
+    "tune_seed",
 )
 
 
 def _study(args, log):
     from keras_tfkd import data, runs, study
+    from keras_tfkd.study import lm_config
+    from keras_tfkd.study import tune as tune_lib
 
     try:
         chosen = study.preset(args.preset)
@@ -56,11 +61,16 @@ def _study(args, log):
             _unknown("preset", args.preset, e.valid, "--preset")
         ) from None
     given = {f: getattr(args, f) for f in _PRESET_FLAGS if getattr(args, f) is not None}
-    methods = tuple(args.methods) if args.methods else METHODS
+    # A preset may name its methods (a language-modelling study has its own).
+    methods = tuple(args.methods or chosen.settings.get("methods", METHODS))
+    dataset = given.get("dataset", chosen.settings.get("dataset", "digits"))
+    text = lm_config.is_text_dataset(dataset)
+    valid = lm_config.LM_METHODS if text else METHODS
     for m in methods:
-        if m not in METHODS:
-            raise _UsageError(_unknown("method", m, METHODS, "--methods"))
+        if m not in valid:
+            raise _UsageError(_unknown("method", m, valid, "--methods"))
     settings = {**chosen.settings, **given}
+    settings.pop("methods", None)  # passed as `methods`, below
     if "dataset" in given:
         settings["dataset"] = _check_dataset(args.dataset)
         if args.data_dir and settings["dataset"].lower().endswith(".npz"):
@@ -102,19 +112,70 @@ def _study(args, log):
         )
     except ValueError as e:  # e.g. the same model as student and teacher
         raise _UsageError(str(e)) from None
+    if (
+        config.tune
+        and not config.validation_fraction
+        and not str(config.dataset).lower().endswith(".npz")
+    ):
+        raise _UsageError(
+            "--tune chooses each setting on a validation split: give "
+            "--validation-fraction > 0 (or a .npz with x_val, y_val)."
+        )
     try:
-        summary = study.run_study(config, log=log)
+        with _processes_scope(args, log):
+            summary = study.run_study(config, log=log)
     except data.DatasetNotFoundError as e:
         raise _UsageError(_data_error(e, config.dataset), status=1) from None
     except data.DatasetFormatError as e:  # a .npz of the user's: says what is wrong
         raise _UsageError(str(e), status=1) from None
     except runs.ModelCheckError as e:  # a model of the user's that cannot serve
         raise _UsageError(str(e)) from None
+    except tune_lib.NoValidationError as e:  # --tune on a .npz without x_val
+        raise _UsageError(str(e)) from None
     except runs.CorruptCheckpointError as e:  # the message says what to do
         raise _UsageError(str(e), status=1) from None
     if args.quiet:
         print(summary["table"])
     return 0
+
+
+#: Keras's variables for a job of several processes (`keras.distribution.initialize`).
+PROCESS_VARIABLES = tuple(
+    f"KERAS_DISTRIBUTION_{name}"
+    for name in ("JOB_ADDRESSES", "NUM_PROCESSES", "PROCESS_ID")
+)
+
+
+def _join_processes(args, log):
+    """Join a job of several processes if asked (the flags, or Keras's
+    ``KERAS_DISTRIBUTION_*`` variables); returns the number of processes."""
+    from keras_tfkd import distribution
+
+    flags = (args.coordinator_address, args.num_processes, args.process_id)
+    if all(f is None for f in flags) and not any(
+        os.environ.get(name) for name in PROCESS_VARIABLES
+    ):
+        return 1
+    try:
+        count = distribution.initialize(*flags)
+    except (NotImplementedError, ValueError, RuntimeError) as e:
+        raise _UsageError(
+            f"--coordinator-address/--num-processes/--process-id: {e}"
+        ) from None
+    log(f"  process {distribution.process_index()} of {count}")
+    return count
+
+
+@contextlib.contextmanager
+def _processes_scope(args, log):
+    """The study in a job of several processes: data parallel over all of them."""
+    if _join_processes(args, log) == 1:
+        yield
+        return
+    from keras_tfkd.distribution import get_distribution
+
+    with get_distribution("data_parallel").scope():
+        yield
 
 
 def _import_model(spec, flag):
@@ -246,8 +307,11 @@ def _run(args, log):
     log(f"{experiment.id} on {dataset.name} (K={plan.num_classes}), seed {plan.seed}")
     log(f"  {experiment.describe()}")
     log(f"  KL term: {experiment.kl_note(plan.num_classes)}")
+    name = args.distribution
+    if _join_processes(args, log) > 1 and name == "single":
+        name = "data_parallel"  # one job over every process's devices
     try:
-        distribution = get_distribution(args.distribution)
+        distribution = get_distribution(name)
     except (NotImplementedError, ValueError) as e:
         raise _UsageError(f"--distribution {args.distribution}: {e}") from None
     if distribution.num_replicas > 1:

@@ -137,6 +137,32 @@ def _add_backend(parser):
     )
 
 
+def _add_processes(parser):
+    """One job on several hosts (JAX): the same command on every host."""
+    group = parser.add_argument_group(
+        "several processes (jax backend; docs/several-machines.md)",
+        "the same command on every host, each with its --process-id; "
+        "--batch-size stays the global batch",
+    )
+    group.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help="process 0's address (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        metavar="N",
+        help="processes in the job (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)",
+    )
+    group.add_argument(
+        "--process-id",
+        type=_int_at_least(0),
+        metavar="I",
+        help="this process, 0 to N-1 (default: $KERAS_DISTRIBUTION_PROCESS_ID)",
+    )
+
+
 #: The `run` flags that override an `Experiment` field: field -> (argparse type,
 #: help). The flag is the field with dashes (``batch_size``: ``--batch-size``);
 #: `_add_field_flags` adds them and `_run_experiment` collects them over
@@ -270,9 +296,26 @@ def _add_study(sub):
         "published meaning at any K) or reference (the authors' KL / K with the "
         "published multipliers) (default: batchmean)",
     )
+    study.add_argument(
+        "--tune",
+        type=_int_at_least(0),
+        metavar="N",
+        help="first choose each method's setting among N trials of its search "
+        "space on the validation split (one run each, on --tune-seed), then run "
+        "the chosen setting on every seed; the baseline is tuned over its "
+        "learning rate with the same budget (default: 0, no tuning; "
+        "docs/tuning.md)",
+    )
+    study.add_argument(
+        "--tune-seed",
+        type=_int_at_least(0),
+        metavar="SEED",
+        help="the seed of the tuning runs (default: 100)",
+    )
     study.add_argument("--no-plot", action="store_true", help="skip results.png")
     study.add_argument("--quiet", action="store_true", help="print the table only")
     _add_backend(study)
+    _add_processes(study)
 
 
 def _add_seeds(study):
@@ -355,6 +398,7 @@ def _add_run(sub):
     )
     run.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     _add_backend(run)
+    _add_processes(run)
 
 
 def _add_field_flags(run):

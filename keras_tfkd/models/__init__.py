@@ -25,6 +25,7 @@ from keras_tfkd.models import (  # noqa: F401
     cnn,
     densenet,
     googlenet,
+    lm,
     mobilenet_v2,
     resnet,
     resnext,
@@ -37,10 +38,12 @@ from keras_tfkd.models._layers import (  # noqa: F401 (batch_norm: public here)
     conv_initializer,
 )
 from keras_tfkd.models._registry import REGISTRY, available, get_model, register
+from keras_tfkd.models.lm import LANGUAGE_MODELS
 
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
+    "LANGUAGE_MODELS",
     "PAPER_PARAMETER_COUNTS",
     "REGISTRY",
     "available",

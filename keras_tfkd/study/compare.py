@@ -64,6 +64,8 @@ def compare(
     output_dir="runs/compare",
     name="arrays",
     plot=True,
+    tune=0,
+    tune_seed=100,
     log=print,
 ):
     """Which methods help your model on your data: the study's protocol.
@@ -97,11 +99,19 @@ def compare(
             (Adam at `learning_rate`, cosine decay to 0; `augment` None
             means none for arrays).
         name: the data's name in keys, folders and tables.
+        tune: 0, or N: first choose each method's setting among N trials
+            of its search space (`keras_tfkd.search_spaces`; trial 1 is the
+            untuned setting) by the validation accuracy of one run on
+            `tune_seed`, then run the chosen setting on every seed; the
+            baseline is tuned over `learning_rate` with the same budget
+            (`keras_tfkd.study.tune`). Needs a validation split.
+        tune_seed: the seed of the tuning runs.
         log: called with each progress line.
 
     Returns:
         The summary of `run_study`: ``records``, ``rows``, ``table``,
-        ``seconds``, ``paths``.
+        ``seconds``, ``paths`` and ``tuning`` (None, or each tuned
+        method's trials and chosen values).
 
     Example:
 
@@ -155,6 +165,8 @@ def compare(
         validation_fraction=validation_fraction,
         kl=kl,
         plot=plot,
+        tune=tune,
+        tune_seed=tune_seed,
     )
     if methods is not None:
         settings["methods"] = tuple(methods)

@@ -14,6 +14,7 @@ import numpy as np
 
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
+from keras_tfkd.study import lm_config
 
 #: The registry row whose published hyper-parameters each method uses.
 STUDY_SOURCES = {
@@ -114,6 +115,13 @@ class StudyConfig:
         compilation_cache: on JAX, reuse XLA compilations across runs
             (`runs.compilation_cache`), kept in the output folder.
         plot: write results.png.
+        tune: 0 (no tuning), or N: each method at its best of N settings of
+            its search space (`keras_tfkd.search_spaces`), chosen by the
+            validation accuracy of one run on `tune_seed`, before the study
+            runs the chosen setting on every seed (`keras_tfkd.study.tune`;
+            the baseline is tuned over its learning rate).
+        tune_seed: the seed of the tuning runs (default 100, apart from the
+            study's seeds).
     """
 
     output_dir: str = "runs/study"
@@ -135,6 +143,8 @@ class StudyConfig:
     preset: str | None = None
     compilation_cache: bool = True
     plot: bool = True
+    tune: int = 0
+    tune_seed: int = 100
 
     def __post_init__(self):
         if self.kl not in experiments_lib.KL_FORMS:
@@ -143,7 +153,10 @@ class StudyConfig:
             )
         methods = tuple(self.methods)
         for m in methods:
-            experiments_lib.check_method(m)
+            if lm_config.is_text_dataset(self.dataset):  # a language-model study
+                lm_config.check_lm_method(m)
+            else:
+                experiments_lib.check_method(m)
         if not methods:
             raise ValueError("`methods` is empty: name at least one method.")
         object.__setattr__(self, "methods", methods)
@@ -162,6 +175,17 @@ class StudyConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         _check_limit(self.limit)
+        for name, low in (("tune", 0), ("tune_seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"`{name}` must be an integer >= {low}, got {value!r}."
+                )
+        if self.tune and lm_config.is_text_dataset(self.dataset):
+            raise ValueError(
+                "`tune` is not available for a language-model study yet: run it "
+                "with tune=0."
+            )
         if self.augment is not None and self.augment not in data_lib.AUGMENTATIONS:
             raise ValueError(
                 f"`augment` must be None or one of {data_lib.AUGMENTATIONS}, got "
@@ -284,10 +308,10 @@ def _study_experiment(config, method):
     if method == "dekd":
         overrides["teacher_epochs"] = config.dekd_teacher_epochs
     if method == "dkd":
-        # The warm-up is a share of the run: 20 of mdistiller's 240 epochs.
-        overrides["warmup_epochs"] = round(
-            base.warmup_epochs * config.epochs / base.epochs
-        )
+        # The warm-up is a share of the run's steps, rising every step: 20 of
+        # mdistiller's 240 epochs (whole epochs would be the full weight from
+        # the first step of a short run).
+        overrides["warmup_fraction"] = round(base.warmup_epochs / base.epochs, 4)
     if config.kl == "reference" and method in experiments_lib.KL_METHODS:
         overrides.update(kl="reference", multiplier=base.published_multiplier)
     return base.replace(**overrides)

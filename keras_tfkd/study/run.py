@@ -6,6 +6,8 @@ import contextlib
 import time
 from pathlib import Path
 
+from keras_tfkd.study import lm_config
+from keras_tfkd.study import tune as tune_lib
 from keras_tfkd.study.config import (
     METHOD_LABELS,
     TEACHER_METHODS,
@@ -74,6 +76,10 @@ def run_study(config=None, log=print, dataset=None):
     from keras_tfkd import data, runs
 
     config = config or StudyConfig()
+    if lm_config.is_text_dataset(config.dataset):  # keras_tfkd.study.lm
+        from keras_tfkd.study.lm import run_lm_study
+
+        return run_lm_study(config, log=log, dataset=dataset)
     start = time.perf_counter()
     models = [m for m in (config.student, config.teacher) if m is not None]
     for name in models:
@@ -122,38 +128,37 @@ def _run_jobs(config, dataset, out, start, log):
     dplan = dekd_teacher_plan(config, dataset.num_examples("train"))
     if "dekd" in config.methods:
         log(_dekd_plan_line(config, dplan))
+
+    def run_one(exp, seed, job_config, label):
+        record, _ = _run_one(
+            exp, seed, dataset, out, store, job_config, dplan, log, label
+        )
+        return record
+
+    tuning = None
+    if config.tune:
+        tune_lib.check_tunable(dataset)
+        tuning = tune_lib.search(
+            config,
+            jobs,
+            run_one=run_one,
+            train_config=train_config,
+            store=store,
+            log=log,
+        )
     keys = []
-    for i, (exp, seed) in enumerate(jobs, 1):
+    for i, (exp, seed, job_config, unit) in enumerate(
+        tune_lib.tuned_jobs(jobs, tuning or {}, train_config), 1
+    ):
         label = f"[{i}/{len(jobs)}] {_run_label(exp, dplan)}, seed {seed}"
         before = time.perf_counter()
-        teacher = None
-        if exp.method == "dekd" and dplan["fraction"] is not None:
-            teacher = _PartEpochTeacher(exp, dataset, seed, dplan, out, train_config)
-        run_plan = runs.plan_run(
-            exp,
-            dataset,
-            seed=seed,
-            output_dir=out,
-            config=train_config,
-            teacher_checkpoint=None if teacher is None else teacher.path,
+        record, done = _run_one(
+            exp, seed, dataset, out, store, job_config, dplan, log, label
         )
-        done = store.get(run_plan.key)
-        if done is None:
-            log(f"{label} ...")
-        teacher_record = None
-        if teacher is not None and done is None:
-            teacher_record = teacher.train(store, log)
-        record = runs.execute(run_plan, dataset, store=store, log=log)
-        if teacher_record is not None and (
-            record.get("teacher_key") != teacher_record["key"]
-            or record.get("dekd_teacher") != teacher.info
+        if unit is not None and record.get("tuned") != tune_lib.annotation(
+            tuning[unit]
         ):
-            record = {
-                **record,
-                "teacher_key": teacher_record["key"],
-                "dekd_teacher": teacher.info,
-            }
-            store.add(record)
+            record = store.add({**record, "tuned": tune_lib.annotation(tuning[unit])})
         keys.append(record["key"])
         if record.get("teacher_key"):
             keys.append(record["teacher_key"])
@@ -170,7 +175,10 @@ def _run_jobs(config, dataset, out, start, log):
     rows = summarize(records)
     header = _header(config, dataset)
     table = format_table(rows, header)
-    (out / "results.md").write_text(format_markdown(rows, header, config))
+    markdown = format_markdown(rows, header, config)
+    if tuning:
+        markdown += "\n" + tune_lib.format_markdown(tuning, config)
+    (out / "results.md").write_text(markdown)
     paths = {
         "results.json": out / runs.RESULTS_FILE,
         "results.md": out / "results.md",
@@ -182,12 +190,48 @@ def _run_jobs(config, dataset, out, start, log):
     log(table)
     log(f"\nWrote {', '.join(str(p) for p in paths.values())} ({seconds:.0f} s)")
     return {
+        "tuning": tuning,
         "records": records,
         "rows": rows,
         "table": table,
         "seconds": seconds,
         "paths": paths,
     }
+
+
+def _run_one(exp, seed, dataset, out, store, train_config, dplan, log, label):
+    """Train (or find in results.json) one run of the study; (record, done)."""
+    from keras_tfkd import runs
+
+    teacher = None
+    if exp.method == "dekd" and dplan["fraction"] is not None:
+        teacher = _PartEpochTeacher(exp, dataset, seed, dplan, out, train_config)
+    run_plan = runs.plan_run(
+        exp,
+        dataset,
+        seed=seed,
+        output_dir=out,
+        config=train_config,
+        teacher_checkpoint=None if teacher is None else teacher.path,
+    )
+    done = store.get(run_plan.key)
+    if done is None:
+        log(f"{label} ...")
+    teacher_record = None
+    if teacher is not None and done is None:
+        teacher_record = teacher.train(store, log)
+    record = runs.execute(run_plan, dataset, store=store, log=log)
+    if teacher_record is not None and (
+        record.get("teacher_key") != teacher_record["key"]
+        or record.get("dekd_teacher") != teacher.info
+    ):
+        record = {
+            **record,
+            "teacher_key": teacher_record["key"],
+            "dekd_teacher": teacher.info,
+        }
+        store.add(record)
+    return record, done is not None
 
 
 def _validation_text(dataset):

@@ -1,0 +1,261 @@
+"""Tuning inside the protocol: every method at its best setting, chosen on validation.
+
+With ``StudyConfig(tune=N)`` (``keras-tfkd study --tune N``,
+``keras_tfkd.compare(..., tune=N)``) a study first searches, for every
+method, N settings of its search space (`keras_tfkd.search_spaces`): trial
+1 is the method's untuned setting (the one a study without tuning runs),
+the others points of its grid drawn without replacement by a generator
+seeded with ``(tune_seed, method)``. Each trial is one run of the study on
+the tuning seed ``tune_seed``, and is scored by `SCORE`, the validation
+accuracy at its validation-selected epoch; the best score wins (ties: the
+earliest trial, so the untuned setting unless another beats it). Nothing
+of a trial's test split is read. The chosen setting then runs on every
+study seed and is reported on test, paired with the baseline as without
+tuning. The baseline gets the same budget over its own knob, the learning
+rate (the methods train at the study's).
+
+Every trial is a run like any other: a key in results.json (a rerun skips
+the finished trials and resumes an interrupted one from its last epoch),
+marked ``"tuning_trial"``; the runs of the chosen settings carry
+``"tuned"`` (the chosen values and every trial's values and score), and
+results.md gets a tuning table (`format_markdown`).
+
+Why our own search rather than KerasTuner: see docs/tuning.md (in short,
+each trial must be one of the study's resumable, keyed runs, which leaves a
+tuner nothing to do but draw from a grid, and KerasTuner would add grpcio
+and protobuf to every install).
+
+>>> trial_values("ols", {"alpha": 0.5}, 3, seed=100)
+[{'alpha': 0.5}, {'alpha': 0.25}, {'alpha': 0.75}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+
+import numpy as np
+
+from keras_tfkd import search_spaces
+from keras_tfkd.study.config import METHOD_LABELS
+
+__all__ = [
+    "NoValidationError",
+    "SCORE",
+    "apply",
+    "choose",
+    "default_values",
+    "format_markdown",
+    "search",
+    "trial_values",
+    "tuned_jobs",
+]
+
+#: The one field of a trial's record that the choice reads: the validation
+#: accuracy at the run's validation-selected epoch.
+SCORE = "selected_val_accuracy"
+
+
+class NoValidationError(ValueError):
+    """Tuning was asked for, and the study has no validation split to score on."""
+
+
+def check_tunable(dataset):
+    """A `NoValidationError` unless `dataset` holds a validation split."""
+    if getattr(dataset, "validation", None) is None:
+        raise NoValidationError(
+            "Tuning (tune > 0) chooses each setting on a validation split, and "
+            "this study has none: give validation data or a validation_fraction "
+            "> 0."
+        )
+
+
+def default_values(experiment, train_config):
+    """The untuned setting of `experiment`'s search space, as ``{field: value}``."""
+    fields = search_spaces.space(experiment.method)
+    return {
+        f: (
+            train_config.learning_rate
+            if f in search_spaces.TRAIN_FIELDS
+            else getattr(experiment, f)
+        )
+        for f in fields
+    }
+
+
+def trial_values(method, default, n, seed):
+    """The settings of `n` trials of `method`: `default` first, then grid points.
+
+    The others are drawn without replacement from the grid (less the
+    default) by a generator seeded with ``(seed, method)``: the same seed
+    gives the same trials; at most the grid's size plus one.
+    """
+    points = [p for p in search_spaces.grid(method) if p != default]
+    rng = np.random.default_rng([int(seed) % 2**32, zlib.crc32(method.encode())])
+    order = rng.permutation(len(points))
+    return [dict(default), *(points[i] for i in order[: max(int(n) - 1, 0)])]
+
+
+def apply(experiment, train_config, values):
+    """The experiment and train config of one setting (`values`)."""
+    train = {k: v for k, v in values.items() if k in search_spaces.TRAIN_FIELDS}
+    fields = {k: v for k, v in values.items() if k not in search_spaces.TRAIN_FIELDS}
+    if fields:
+        experiment = experiment.replace(**fields)
+    if train:
+        train_config = dataclasses.replace(train_config, **train)
+    return experiment, train_config
+
+
+def choose(trials):
+    """The index of the best trial by ``val_accuracy`` (the earliest of ties).
+
+    A diverged or unscored trial (None, NaN, ``diverged``) never wins; if
+    none is scored, the first (the untuned setting) is kept.
+    """
+    scores = [None if t.get("diverged") else t.get("val_accuracy") for t in trials]
+    finite = [s if s is not None and math.isfinite(s) else -math.inf for s in scores]
+    return int(np.argmax(finite)) if finite else 0
+
+
+def _units(config, jobs):
+    """The experiments to tune: each method of the jobs once (the baseline of
+    the study's student; another architecture's baseline is the KD teacher,
+    shared, and is not tuned)."""
+    units = {}
+    for exp, _ in jobs:
+        if exp.method == "baseline" and exp.student != config.student:
+            continue
+        units.setdefault(exp.id, exp)
+    return list(units.values())
+
+
+def _values_text(values):
+    return ", ".join(f"{k}={v:g}" for k, v in values.items())
+
+
+def search(config, jobs, *, run_one, train_config, store=None, log=print):
+    """Tune every method of `jobs` on ``config.tune_seed``; ``{exp.id: result}``.
+
+    `run_one(experiment, seed, train_config, label)` trains (or finds in
+    results.json) one run and returns its record; only its `SCORE`,
+    ``key``, ``selected_epoch`` and ``diverged`` are read. A result holds
+    ``method``, ``values`` (the chosen setting), ``trial`` (its number),
+    ``trials`` (``[{trial, values, val_accuracy, val_epoch, diverged, key}]``)
+    and ``tune_seed``. With a `store`, each trial's record is marked
+    ``"tuning_trial"``.
+    """
+    results = {}
+    units = _units(config, jobs)
+    for u, exp in enumerate(units, 1):
+        name = METHOD_LABELS.get(exp.method, exp.method)
+        default = default_values(exp, train_config)
+        settings = trial_values(exp.method, default, config.tune, config.tune_seed)
+        trials = []
+        for i, values in enumerate(settings, 1):
+            t_exp, t_config = apply(exp, train_config, values)
+            label = (
+                f"[tune {u}/{len(units)} {name} {exp.student}, trial {i}/"
+                f"{len(settings)}] {_values_text(values)}, seed {config.tune_seed}"
+            )
+            record = run_one(t_exp, config.tune_seed, t_config, label)
+            score = record.get(SCORE)
+            if score is None and not record.get("diverged"):
+                raise NoValidationError(
+                    "Tuning scores each trial on the validation split, but this "
+                    "run has none: give validation data or a validation_fraction "
+                    "> 0."
+                )
+            trial = {
+                "trial": i,
+                "values": dict(values),
+                "val_accuracy": score,
+                "val_epoch": record.get("selected_epoch"),
+                "diverged": bool(record.get("diverged", False)),
+                "key": record["key"],
+            }
+            trials.append(trial)
+            mark = {"unit": exp.id, "trial": i, "values": dict(values)}
+            if store is not None and record.get("tuning_trial") != mark:
+                store.add({**record, "tuning_trial": mark})
+            val = "n/a" if score is None else f"{100 * score:.2f}%"
+            log(f"{label}: val acc {val}")
+        best = choose(trials)
+        results[exp.id] = {
+            "method": exp.method,
+            "student": exp.student,
+            "values": dict(settings[best]),
+            "trial": best + 1,
+            "trials": trials,
+            "tune_seed": config.tune_seed,
+        }
+        log(
+            f"    {name} {exp.student}: chose trial {best + 1} "
+            f"({_values_text(settings[best])}) on validation"
+        )
+    return results
+
+
+def tuned_jobs(jobs, tuning, train_config):
+    """The jobs at the chosen settings: ``[(experiment, seed, config, unit)]``.
+
+    ``unit`` is the tuned experiment's id, None for one not tuned.
+    """
+    out = []
+    for exp, seed in jobs:
+        result = tuning.get(exp.id)
+        if result is None:
+            out.append((exp, seed, train_config, None))
+            continue
+        t_exp, t_config = apply(exp, train_config, result["values"])
+        out.append((t_exp, seed, t_config, exp.id))
+    return out
+
+
+def annotation(result):
+    """What a run of a chosen setting carries in results.json: ``"tuned"``."""
+    return {
+        "values": result["values"],
+        "trial": result["trial"],
+        "tune_seed": result["tune_seed"],
+        "trials": result["trials"],
+    }
+
+
+def format_markdown(tuning, config):
+    """The tuning section of results.md: each method's trials and its choice."""
+    n = config.tune
+    lines = [
+        "## Tuning",
+        "",
+        f"Each method's setting was chosen among up to {n} trials of its search "
+        "space (keras_tfkd.search_spaces; trial 1 is the untuned setting) by the "
+        f"validation accuracy of one run on seed {config.tune_seed} (at its "
+        "validation-selected epoch); no test accuracy was read. The table above "
+        "reports the chosen setting on every seed; the baseline was tuned over "
+        "its learning rate with the same budget.",
+        "",
+        "| Method | Chosen | Trial | Val. acc. | Trials (setting: val. acc.) |",
+        "|---|---|---:|---:|---|",
+    ]
+    for result in tuning.values():
+        trials = result["trials"]
+        chosen = trials[result["trial"] - 1]
+        cells = "; ".join(
+            f"{_values_text(t['values'])}: {_pct(t['val_accuracy'], t['diverged'])}"
+            for t in trials
+        )
+        label = f"{METHOD_LABELS.get(result['method'], result['method'])}"
+        lines.append(
+            f"| {label} {result['student']} | {_values_text(result['values'])} | "
+            f"{result['trial']}/{len(trials)} | "
+            f"{_pct(chosen['val_accuracy'], chosen['diverged'])} | {cells} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value, diverged=False):
+    if value is None or not math.isfinite(value):
+        return "diverged" if diverged else "n/a"
+    return f"{100 * value:.2f}%" + (" (diverged)" if diverged else "")
