@@ -1,8 +1,24 @@
+import atexit
 import os
+import shutil
+import tempfile
 
-import keras
-import numpy as np
-import pytest
+# On JAX most of a test's time is XLA compiling the same few small models again
+# (every new model traces and compiles its steps anew). One persistent
+# compilation cache per test session, in a temporary folder removed at exit,
+# serves this process and the Python processes the tests start (they inherit
+# the environment); TensorFlow and PyTorch ignore it. Set before Keras imports
+# JAX, which reads these variables once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="keras_tfkd_tests_jax_cache_")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_report_header(config):

@@ -10,8 +10,9 @@
 * Each notebook runs top to bottom in smoke mode (``KERAS_TFKD_SMOKE=1``) in a
   Jupyter kernel of this Python, offline, and prints values checked here
   against independent computations and the experiments registry. These runs
-  train about twenty small models in all, so they run in the jax session
-  only (the language-model notebook also needs KerasHub).
+  train about twenty small models in all, so they run once, in the torch
+  session, where nothing compiles per model (the language-model notebook also
+  needs KerasHub); `.ci/check_install` runs notebook 01 on JAX and PyTorch.
 * A notebook runs with its working directory (and ``TMPDIR``) in pytest's
   ``tmp_path``, writes only into temporary folders, and leaves no file in
   ``notebooks/``.
@@ -59,16 +60,17 @@ PUBLIC_MODULES = {
 }
 PUBLIC_NAMES = PUBLIC_MODULES | {"Distiller"}
 
-IN_JAX_SESSION = keras.backend.backend() == "jax"
-JAX_ONLY = pytest.mark.skipif(
-    not IN_JAX_SESSION,
+# The session these run in: torch, the shortest (no compilation per model).
+IN_ONE_SESSION = keras.backend.backend() == "torch"
+ONE_SESSION = pytest.mark.skipif(
+    not IN_ONE_SESSION,
     reason="executing the notebooks trains about twenty small models: done once, in "
-    "the jax session, to keep CI short",
+    "the torch session (nothing compiles per model), to keep CI short",
 )
 ONCE = pytest.mark.skipif(
-    not IN_JAX_SESSION,
+    not IN_ONE_SESSION,
     reason="starts its own Python processes, each with the backend under test: "
-    "run once, in the jax session",
+    "run once, in the torch session",
 )
 
 
@@ -593,7 +595,7 @@ CHECKS = {
 NEEDS = {"04_distil_causal_lm.ipynb": "keras_hub"}
 
 
-@JAX_ONLY
+@ONE_SESSION
 @pytest.mark.slow
 @pytest.mark.gradients
 @pytest.mark.parametrize("filename", FILES)

@@ -36,9 +36,9 @@ RUN_ARGS = [
     "--dataset",
     "digits",
     "--limit",
-    "600",
+    "300",
     "--epochs",
-    "4",
+    "3",
     "--batch-size",
     "16",
     "--optimizer",
@@ -128,7 +128,7 @@ def test_sigkill_mid_run_resumes_to_the_same_result(tmp_path):
     reference = _stage2(_records(clean))
     for field in SAME:
         assert resumed[field] == reference[field], field
-    # it learnt something: well above chance (0.1); 4 short epochs reach 0.3 on TF
+    # it learnt something: well above chance (0.1); 3 short epochs reach 0.44 on TF
     assert reference["best_test_accuracy"] > 0.2
     # Stage 1 (the cached teacher) was recorded once, and so was stage 2.
     keys = [r["key"] for r in _records(killed)]
