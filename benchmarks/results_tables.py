@@ -50,7 +50,14 @@ COMMANDS = {
         "python benchmarks/gpu_study.py --backend {backend} --output-dir {folder} "
         "--data-dir DIR"
     ),
+    "fortunes_lm": (
+        "keras-tfkd study --preset fortunes_lm --backend {backend} "
+        "--output-dir {folder}"
+    ),
 }
+
+#: The title of a language-modelling study's results.md (`keras_tfkd.study.lm`).
+_LM_TITLE = "# Language-modelling study"
 
 #: What ``make demo`` runs (the Makefile's DEMO_BACKEND and folder).
 MAKE_DEMO = "keras-tfkd study --backend jax --output-dir runs/study"
@@ -106,6 +113,8 @@ def read_study(folder):
             )
     markdown = md_path.read_text(encoding="utf-8")
     lines = markdown.splitlines()
+    if lines and lines[0].startswith(_LM_TITLE):
+        return _read_lm_study(markdown, lines, json_path)
     if not lines or lines[0] != "# Tf-KD study" or len(lines) < 3:
         raise ValueError(f"{md_path} is not a keras-tfkd study's results.md.")
     header = lines[2].rstrip(".")
@@ -132,6 +141,32 @@ def read_study(folder):
     claims = tables.get(_CLAIMS_HEADING)
     study["claims"] = claims or None
     return study
+
+
+def _read_lm_study(markdown, lines, json_path):
+    """`read_study` of a language-modelling study: the same keys, ``lm`` True,
+    ``header`` its "Models:" line, ``claims`` the rows of its table with a
+    paired difference, ``baselines`` its Baseline row."""
+    preset = re.search(r"\(preset `(\S+)`\)", lines[0])
+    header = next((line for line in lines if line.startswith("Models: ")), "")
+    records = json.loads(json_path.read_text(encoding="utf-8") or "[]")
+    if not isinstance(records, list):
+        raise ValueError(f"{json_path} is not a keras-tfkd results file.")
+    records = [r for r in records if isinstance(r, dict) and r.get("study") == "lm"]
+    rows = _tables(lines).get("", [])
+    students = [r for r in records if r.get("role") == "student"]
+    return {
+        "lm": True,
+        "markdown": markdown,
+        "header": header.rstrip("."),
+        "preset": preset.group(1) if preset else None,
+        "seeds": sorted({int(r["seed"]) for r in students}) or None,
+        "epochs": students[0].get("epochs") if students else None,
+        "dataset": records[0].get("dataset") if records else None,
+        "records": records,
+        "claims": [r for r in rows if r.get("Δ perplexity [95% CI]")] or None,
+        "baselines": [r for r in rows if r.get("method") == "Baseline"],
+    }
 
 
 def _of_study(record, study):
@@ -234,6 +269,17 @@ def preset_differences(study):
     from keras_tfkd.study.config import StudyConfig
 
     config = StudyConfig.from_preset(study["preset"])
+    if study.get("lm"):
+        differ = []
+        if study["seeds"] != sorted(config.seeds):
+            differ.append("seeds")
+        if study["epochs"] != config.epochs:
+            differ.append("epochs")
+        limit = list(config.limit) if isinstance(config.limit, tuple) else None
+        if any((r.get("hyperparameters") or {}).get("limit") != limit
+               for r in study["records"]):  # fmt: skip
+            differ.append("example counts (--limit)")
+        return differ
     models = config.student + (f" <- {config.teacher}" if config.teacher else "")
     expected = {
         "models and epochs": f", {models}, {config.epochs} epoch",
@@ -352,10 +398,38 @@ def full_section(study, prov, folder):
     return "\n".join([*_source_lines(prov, folder), "", *body]).rstrip() + "\n"
 
 
+def _lm_short_section(study, prov, folder, doc_link):
+    """README.md's block of a language-modelling study: each method's test
+    perplexity and its paired differences from the baseline, with the
+    study's own verdicts."""
+    lines = [*_source_lines(prov, folder), "", f"{study['header']}."]
+    lines += [
+        "",
+        "| method | test perplexity | Δ perplexity [95% CI] | verdict "
+        "| Δ next-token acc. points [95% CI] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in study["baselines"] + (study["claims"] or []):
+        cells = [row.get(k, "") for k in ("method", "test perplexity")]
+        cells += [row.get("Δ perplexity [95% CI]", "")]
+        cells += [_bold(row.get("verdict (perplexity)", ""))]
+        cells += [row.get("Δ acc points [95% CI]", "")]
+        cells += [_bold(row.get("verdict (accuracy)", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Full tables: [docs/results.md]({doc_link})."]
+    return "\n".join(lines) + "\n"
+
+
+def _bold(verdict):
+    return f"**{verdict}**" if verdict in ("supported", "not supported") else verdict
+
+
 def short_section(study, prov, folder, doc_link):
     """README.md's block: the provenance, the baselines' headline accuracy
     and the claims table on the headline accuracy, each verdict the
     study's own."""
+    if study.get("lm"):
+        return _lm_short_section(study, prov, folder, doc_link)
     lines = [*_source_lines(prov, folder), "", f"Settings: {study['header']}."]
     claims = study["claims"]
     if not claims:
@@ -396,6 +470,7 @@ def _anchor(name):
     return {
         "digits": "docs/results.md#digits-make-demo",
         "fashion_mnist_regime": "docs/results.md#fashion-mnist-in-the-papers-regime",
+        "fortunes_lm": "docs/results.md#language-modelling-on-fortunes",
     }.get(name, "docs/results.md")
 
 

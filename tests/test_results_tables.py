@@ -226,3 +226,86 @@ def test_links_point_to_files_and_headings_in_the_repository(page):
         if anchor and linked.suffix == ".md":
             anchors = _anchors(linked.read_text(encoding="utf-8"))
             assert anchor in anchors, f"{page}: no heading for {target}"
+
+
+# ----------------------------------------------- a language-modelling study
+#: Test perplexity per seed of the fortunes_lm preset's seeds: KD below the
+#: baseline on every seed (its claim supported), LSR on both sides.
+PERPLEXITY = {"baseline": (10.0, 10.4, 10.2), "kd": (9.5, 9.8, 9.7)}
+PERPLEXITY["lsr"] = (10.3, 10.1, 10.4)
+
+
+def _lm_record(method, seed, role="student", model="lm_tiny"):
+    ppl = 8.0 if role == "teacher" else PERPLEXITY[method][seed]
+    return {
+        "key": f"{role}/{method}/{seed}",
+        "study": "lm",
+        "role": role,
+        "method": method,
+        "student": model,
+        "teacher": None,
+        "dataset": "fortunes",
+        "seed": seed,
+        "epochs": 6 if role == "teacher" else 2,
+        "selected_epoch": 2,
+        "selected_test_perplexity": ppl,
+        "selected_test_accuracy": 0.4 - ppl / 100,
+        "selected_test_ece": 0.01,
+        "selected_test_nll": float(np.log(ppl)),
+        "hyperparameters": {"limit": [4800, 1000]},
+        "backend": "jax",
+        "keras_version": "3.15.1",
+        "finished": f"2026-12-0{seed + 1}T10:00:00+00:00",
+        "train_seconds": 40.0,
+    }
+
+
+def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
+    import types
+
+    from keras_tfkd.study import lm_report
+
+    records = [_lm_record("baseline", 0, "teacher", "lm_small")]
+    records += [_lm_record(m, s) for s in range(3) for m in PERPLEXITY]
+    config = StudyConfig.from_preset("fortunes_lm")
+    dataset = types.SimpleNamespace(
+        name="fortunes",
+        vocabulary_size=258,
+        sequence_length=64,
+        fortunes={"train": 10, "validation": 2, "test": 2},
+        num_windows=lambda split: 100,
+        num_tokens=lambda split: 6400,
+    )
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    markdown = lm_report.format_markdown(
+        lm_report.summarize(records), config, dataset, 60.0
+    )
+    (folder / "results.md").write_text(markdown)
+    (folder / "results.json").write_text(json.dumps(records))
+    readme, doc = tmp_path / "README.md", tmp_path / "results.md"
+    for page in (readme, doc):
+        page.write_text(
+            "head\n<!-- results:fortunes_lm:begin -->\nold\n"
+            "<!-- results:fortunes_lm:end -->\ntail\n"
+        )
+    assert _write(tmp_path, folder, readme, doc) == "fortunes_lm"
+    short = readme.read_text()
+    assert short.startswith("head\n") and short.endswith("tail\n")
+    assert "`keras-tfkd study --preset fortunes_lm --backend jax --output-dir" in short
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in short.splitlines()
+        if line.startswith("| ")
+    }
+    assert "10.200 ± 0.200" in rows["Baseline"]
+    assert "-0.533 [" in rows["KD (forward KL)"]
+    assert "| **supported** |" in rows["KD (forward KL)"]
+    assert "| inconclusive |" in rows["LSR"]
+    full = doc.read_text()
+    assert "#### Calibration" in full and "Teacher `lm_small`" in full
+    # Another number of seeds than the preset's needs the command.
+    records = [r for r in records if r["seed"] != 2]
+    (folder / "results.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="seeds"):
+        _write(tmp_path, folder, readme, doc)
