@@ -50,6 +50,8 @@ import subprocess
 import sys
 import time
 
+from run import limit_threads  # benchmarks/run.py: this script's folder
+
 BACKENDS = ("tensorflow", "jax", "torch")
 WAYS = ("keras.distillation", "unchunked", "chunked")
 #: name -> (V, tokens): 256 MB per float32 logits tensor at each size.
@@ -65,23 +67,6 @@ TARGET_MEMORY, TARGET_TIME = 0.25, 1.10
 
 
 # ----------------------------------------------------------------- one process
-def limit_threads(threads):
-    """Ask every backend for `threads` CPU threads; call before Keras is imported."""
-    n = str(threads)
-    for name in (
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "TF_NUM_INTRAOP_THREADS",
-        "TF_NUM_INTEROP_THREADS",
-    ):
-        os.environ[name] = n
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in flags:
-        os.environ["XLA_FLAGS"] = (
-            f"{flags} --xla_cpu_multi_thread_eigen=false "
-            f"intra_op_parallelism_threads={n}"
-        ).strip()
 
 
 def _status_kb(field):

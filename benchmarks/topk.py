@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from run import limit_threads  # benchmarks/run.py: this script's folder
+
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 FULL = {"vocabulary": 32_768, "hidden": 512, "batch": 4, "length": 128, "steps": 3}
 QUICK = {"vocabulary": 512, "hidden": 32, "batch": 2, "length": 16, "steps": 2}
@@ -54,25 +56,6 @@ def parse_args(argv=None):
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--repeats and --threads must be >= 1")
     return args, config
-
-
-def limit_threads(threads):
-    """Ask every backend for `threads` CPU threads (before Keras is imported)."""
-    n = str(threads)
-    for name in (
-        "OMP_NUM_THREADS",
-        "MKL_NUM_THREADS",
-        "OPENBLAS_NUM_THREADS",
-        "TF_NUM_INTRAOP_THREADS",
-        "TF_NUM_INTEROP_THREADS",
-    ):
-        os.environ[name] = n
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in flags:
-        os.environ["XLA_FLAGS"] = (
-            f"{flags} --xla_cpu_multi_thread_eigen=false "
-            f"intra_op_parallelism_threads={n}"
-        ).strip()
 
 
 def bytes_rows(k_values, folder, config):

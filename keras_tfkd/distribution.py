@@ -252,8 +252,8 @@ MULTI_WORKER_UNSUPPORTED = (
     "(keras_tfkd.distribution.get_distribution)."
 )
 TORCH_MULTI_PROCESS_UNSUPPORTED = (
-    "keras-tfkd cannot train in several torch processes (torch.distributed is "
-    "initialised with world size {world}): Keras {version}'s fit on the torch "
+    "keras-tfkd cannot train in several torch processes{world}: Keras "
+    "{version}'s fit on the torch "
     "backend has no multi-process engine (it never wraps the model in "
     "DistributedDataParallel), so every process would train its own copy. "
     "Use the jax backend for several hosts (docs/several-machines.md)."
@@ -290,7 +290,7 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
         )
     if backend == "torch":
         raise NotImplementedError(
-            TORCH_MULTI_PROCESS_UNSUPPORTED.format(world="N", version=keras.version())
+            TORCH_MULTI_PROCESS_UNSUPPORTED.format(world="", version=keras.version())
         )
     for name, value in (("num_processes", num_processes), ("process_id", process_id)):
         if value is not None and (
@@ -487,7 +487,8 @@ def check_fit_backend():
         ):
             raise NotImplementedError(
                 TORCH_MULTI_PROCESS_UNSUPPORTED.format(
-                    world=dist.get_world_size(), version=keras.version()
+                    world=f" (torch.distributed's world: {dist.get_world_size()})",
+                    version=keras.version(),
                 )
             )
 

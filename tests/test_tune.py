@@ -11,6 +11,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from test_compare import _toy, build_mlp  # the same toy data and model
 
 import keras_tfkd
 from keras_tfkd import cli, experiments, runs, search_spaces
@@ -141,21 +142,6 @@ def test_the_choice_reads_validation_only(tmp_path):
 
 
 # ------------------------------------------------------------ real runs
-def _toy(n=240, features=12, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32") + 2 * (x[:, 1] > 0).astype("int32")
-    return x, y
-
-
-def build_mlp(num_classes, input_shape):
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(num_classes),
-        ]
-    )
 
 
 def _compare(folder):

@@ -183,8 +183,8 @@ class StudyConfig:
                 )
         if self.tune and lm_config.is_text_dataset(self.dataset):
             raise ValueError(
-                "`tune` is not available for a language-model study yet: run it "
-                "with tune=0."
+                "`tune` (--tune) is not available for a language-model study "
+                "yet: leave it at 0."
             )
         if self.augment is not None and self.augment not in data_lib.AUGMENTATIONS:
             raise ValueError(
