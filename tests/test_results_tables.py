@@ -237,6 +237,7 @@ PERPLEXITY["lsr"] = (10.3, 10.1, 10.4)
 
 def _lm_record(method, seed, role="student", model="lm_tiny"):
     ppl = 8.0 if role == "teacher" else PERPLEXITY[method][seed]
+    preset = StudyConfig.from_preset("fortunes_lm")
     return {
         "key": f"{role}/{method}/{seed}",
         "study": "lm",
@@ -246,13 +247,13 @@ def _lm_record(method, seed, role="student", model="lm_tiny"):
         "teacher": None,
         "dataset": "fortunes",
         "seed": seed,
-        "epochs": 6 if role == "teacher" else 2,
+        "epochs": 3 * preset.epochs if role == "teacher" else preset.epochs,
         "selected_epoch": 2,
         "selected_test_perplexity": ppl,
         "selected_test_accuracy": 0.4 - ppl / 100,
         "selected_test_ece": 0.01,
         "selected_test_nll": float(np.log(ppl)),
-        "hyperparameters": {"limit": [4800, 1000]},
+        "hyperparameters": {"limit": list(preset.limit)},
         "backend": "jax",
         "keras_version": "3.15.1",
         "finished": f"2026-12-0{seed + 1}T10:00:00+00:00",
