@@ -164,8 +164,16 @@ def _read_lm_study(markdown, lines, json_path):
         "epochs": students[0].get("epochs") if students else None,
         "dataset": records[0].get("dataset") if records else None,
         "records": records,
-        "claims": [r for r in rows if r.get("Δ perplexity [95% CI]")] or None,
-        "baselines": [r for r in rows if r.get("method") == "Baseline"],
+        "claims": [
+            r for r in rows if r.get("Δ perplexity [95% CI]") not in (None, "", "n/a")
+        ]
+        or None,
+        "baselines": [
+            r
+            for r in rows
+            if r.get("method") == "Baseline"
+            or r.get("method", "").startswith("Teacher")
+        ],
     }
 
 
@@ -409,7 +417,11 @@ def _lm_short_section(study, prov, folder, doc_link):
         "| Δ next-token acc. points [95% CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
-    for row in study["baselines"] + (study["claims"] or []):
+    for row in study["baselines"]:
+        cells = [row.get(k, "") for k in ("method", "test perplexity")]
+        ref = "ref" if row.get("method") == "Baseline" else "-"
+        lines.append("| " + " | ".join(cells) + f" | {ref} | | {ref} | |")
+    for row in study["claims"] or []:
         cells = [row.get(k, "") for k in ("method", "test perplexity")]
         cells += [row.get("Δ perplexity [95% CI]", "")]
         cells += [_bold(row.get("verdict (perplexity)", ""))]
