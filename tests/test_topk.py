@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+from test_divergences import _student_grad  # gradient with respect to z_s
 
 from keras_tfkd import Distiller, losses, topk
 from keras_tfkd.divergences import GeneralizedJSD, ReverseKL, SkewKL, TotalVariation
@@ -44,27 +45,6 @@ def _tokens(seed=0):
 
 def _np(t):
     return np.asarray(ops.convert_to_numpy(t))
-
-
-def _student_grad(loss, y_true, z_s, sample_weight=None):
-    """Gradient of ``loss(y_true, z_s, sample_weight)`` with respect to `z_s`."""
-    z_s = np.asarray(z_s, "float32")
-    if BACKEND == "jax":
-        import jax
-
-        return np.asarray(jax.grad(lambda v: loss(y_true, v, sample_weight))(z_s))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        v = tf.convert_to_tensor(z_s)
-        with tf.GradientTape() as tape:
-            tape.watch(v)
-            out = loss(y_true, v, sample_weight)
-        return tape.gradient(out, v).numpy()
-    v = ops.convert_to_tensor(z_s)
-    v.requires_grad_(True)
-    loss(y_true, v, sample_weight).backward()
-    return v.grad.detach().cpu().numpy()
 
 
 def _dense_losses(t):

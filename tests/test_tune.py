@@ -11,14 +11,12 @@ import sys
 import keras
 import numpy as np
 import pytest
-from test_compare import _toy, build_mlp  # the same toy data and model
+from test_compare import _study, _toy, build_mlp  # the same data, model, command
 
 import keras_tfkd
-from keras_tfkd import cli, experiments, runs, search_spaces
+from keras_tfkd import experiments, runs, search_spaces
 from keras_tfkd.study import tune
 from keras_tfkd.study.config import StudyConfig, _study_experiment, plan
-
-BACKEND = keras.backend.backend()
 
 
 def _dense(k=3, features=6, name=None):
@@ -251,15 +249,6 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     sys.modules.pop("tune_models_for_test", None)
-
-
-def _study(argv, capsys):
-    try:
-        code = cli.main(["study", "--backend", BACKEND, *argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 _BASE = [
