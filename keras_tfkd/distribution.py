@@ -77,6 +77,8 @@ __all__ = [
     "mark_sharded",
     "predict",
     "whole_batches",
+    "share_rows",
+    "check_batch_share",
 ]
 
 DISTRIBUTIONS = ("auto", "data_parallel", "single")
@@ -375,6 +377,52 @@ def process_shard():
     if _WHOLE_BATCHES:
         return 0, 1
     return process_index(), process_count()
+
+
+def share_rows(size, shard):
+    """The slice of a global batch of `size` rows that ``shard = (index,
+    count)`` yields: rows ``index * b : (index + 1) * b``, ``b = size // count``.
+
+    >>> share_rows(8, (1, 2))
+    slice(4, 8, None)
+    """
+    index, count = shard
+    local = size // count
+    return slice(index * local, (index + 1) * local)
+
+
+def check_batch_share(count, batch_size, examples, drop_remainder, what=None):
+    """A ValueError unless `count` processes can share every batch evenly.
+
+    Every global batch of `batch_size` rows of `examples` (the last one
+    smaller unless `drop_remainder`) is cut into `count` equal shares, so
+    `batch_size` and the last batch must be multiples of `count`. `what`
+    names the data in the message; ``drop_remainder=None`` means the input
+    has no such option (the message then says to drop the examples).
+    Nothing is checked for one process.
+    """
+    if count == 1:
+        return
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch of {count} processes "
+            f"and must be a multiple of {count} (each process feeds "
+            f"batch_size / {count} rows of every batch)."
+        )
+    last = 0 if drop_remainder and examples >= batch_size else examples % batch_size
+    if last % count:
+        fix = (
+            "choose a batch_size whose remainder is a multiple of "
+            f"{count}, or drop those examples"
+            if drop_remainder is None
+            else "pass drop_remainder=True, or a batch_size whose remainder is "
+            f"a multiple of {count}"
+        )
+        raise ValueError(
+            f"The last batch of {what or 'the data'} holds {last} of its "
+            f"{examples} examples ({examples} % batch_size={batch_size}), which "
+            f"{count} processes cannot share evenly: {fix}."
+        )
 
 
 #: How deep inside `whole_batches` the code is (a list: one mutable cell).

@@ -255,21 +255,13 @@ def _process_shard(dataset, split, batch_size, options) -> tuple:
     index, count = distribution.process_shard()
     if count == 1:
         return index, count
-    if batch_size % count:
-        raise ValueError(
-            f"batch_size={batch_size} is the global batch of {count} processes "
-            f"and must be a multiple of {count} (each process feeds "
-            f"batch_size / {count} rows of every batch)."
-        )
-    n = dataset.num_examples(split)
-    last = 0 if options["drop_remainder"] and n >= batch_size else n % batch_size
-    if last % count:
-        raise ValueError(
-            f"The last batch of the {split!r} split of {dataset.name!r} holds "
-            f"{last} examples ({n} % batch_size={batch_size}), which {count} "
-            "processes cannot share evenly: pass drop_remainder=True, or a "
-            f"batch_size whose remainder is a multiple of {count}."
-        )
+    distribution.check_batch_share(
+        count,
+        batch_size,
+        dataset.num_examples(split),
+        options["drop_remainder"],
+        what=f"the {split!r} split of {dataset.name!r}",
+    )
     options["seed"] = distribution.agreed_seed(options["seed"])
     return index, count
 

@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 
+from keras_tfkd import distribution
 from keras_tfkd._batches import (
     EXAMPLE_INDEX_KEY,
     INPUTS_KEY,
@@ -153,7 +154,7 @@ class BatchPipeline(keras.utils.PyDataset):
         """Batch ``index`` of pass ``epoch`` (both from 0)."""
         start = index * self.batch_size
         idx = self._order(epoch)[start : start + self.batch_size]
-        rows = self._share(len(idx))
+        rows = distribution.share_rows(len(idx), self.shard)
         idx = idx[rows]
         images = self._read(idx, epoch, index)
         if self.policy != "none":
@@ -177,11 +178,6 @@ class BatchPipeline(keras.utils.PyDataset):
         return x, y
 
     # ------------------------------------------------------------- helpers
-    def _share(self, size):
-        """The slice of a global batch of `size` rows this process yields."""
-        index, count = self.shard
-        local = size // count
-        return slice(index * local, (index + 1) * local)
 
     def _rng(self, epoch, batch, kind):
         seq = np.random.SeedSequence(self._entropy, spawn_key=(epoch, batch, kind))

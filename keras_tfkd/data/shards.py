@@ -122,20 +122,9 @@ class ArrayShards(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self._seed = int(seed)
         self.shard = (int(shard[0]), int(shard[1]))
-        count = self.shard[1]
-        if self.batch_size % count:
-            raise ValueError(
-                f"batch_size={self.batch_size} is the global batch of {count} "
-                f"processes and must be a multiple of {count}."
-            )
-        last = self._n % self.batch_size
-        if last % count:
-            raise ValueError(
-                f"The last batch holds {last} of the {self._n} examples "
-                f"({self._n} % batch_size={self.batch_size}), which {count} "
-                "processes cannot share evenly: choose a batch_size whose "
-                f"remainder is a multiple of {count}, or drop those examples."
-            )
+        distribution.check_batch_share(
+            self.shard[1], self.batch_size, self._n, None, what="the arrays"
+        )
         self._batches = max(1, math.ceil(self._n / self.batch_size))
         #: The pass (epoch) that the next batches belong to.
         self.epoch = int(epoch)
@@ -171,9 +160,7 @@ class ArrayShards(keras.utils.PyDataset):
         """Batch `index` of pass `epoch`: this process's rows of it."""
         start = index * self.batch_size
         rows = self._order(epoch)[start : start + self.batch_size]
-        part, count = self.shard
-        local = len(rows) // count
-        rows = rows[part * local : (part + 1) * local]
+        rows = rows[distribution.share_rows(len(rows), self.shard)]
 
         def take(structure):
             return keras.tree.map_structure(
@@ -266,11 +253,8 @@ def shard_fit_data(x, y, fit_kwargs, *, arrays_global):
     if count == 1 or arrays_global is None:
         return x, y, fit_kwargs
     batch_size = fit_kwargs.get("batch_size") or 32
-    if batch_size % count:
-        raise ValueError(
-            f"batch_size={batch_size} is the global batch of {count} "
-            f"processes and must be a multiple of {count}."
-        )
+    # Only the batch size is checked here (the batches are cut below).
+    distribution.check_batch_share(count, batch_size, batch_size, True)
     if not arrays_global:
         fit_kwargs["batch_size"] = batch_size // count
         return x, y, fit_kwargs

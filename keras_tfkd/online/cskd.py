@@ -278,7 +278,9 @@ class ClassPairBatches(keras.utils.PyDataset):
             self._batches = n // self.batch_size
         else:
             self._batches = math.ceil(n / self.batch_size)
-        _check_shard(self.shard[1], self.batch_size, n, self.drop_remainder)
+        distribution.check_batch_share(
+            self.shard[1], self.batch_size, n, self.drop_remainder
+        )
         self._lock = threading.Lock()
         self._draws = {}
         self._start = check_integer("epoch", epoch, 0)
@@ -372,9 +374,7 @@ class ClassPairBatches(keras.utils.PyDataset):
                 f"batch {index} out of range: {self._batches} batches per pass"
             )
         rows = order[index * self.batch_size : (index + 1) * self.batch_size]
-        part, count = self.shard
-        local = len(rows) // count
-        rows = rows[part * local : (part + 1) * local]
+        rows = rows[distribution.share_rows(len(rows), self.shard)]
         originals = self._x[rows]
         pairs = self._x[partners[rows]]
         if self.augment is not None:
@@ -458,24 +458,6 @@ class ClassPairBatches(keras.utils.PyDataset):
             num_classes=dataset.num_classes,
             drop_remainder=drop_remainder,
             workers=workers,
-        )
-
-
-def _check_shard(count, batch_size, n, drop_remainder):
-    """Refuse batches that `count` processes cannot share evenly."""
-    if count == 1:
-        return
-    if batch_size % count:
-        raise ValueError(
-            f"batch_size={batch_size} is the global batch of {count} processes "
-            f"and must be a multiple of {count}."
-        )
-    last = 0 if drop_remainder and n >= batch_size else n % batch_size
-    if last % count:
-        raise ValueError(
-            f"The last batch holds {last} of the {n} examples, which {count} "
-            "processes cannot share evenly: pass drop_remainder=True, or a "
-            f"batch_size whose remainder is a multiple of {count}."
         )
 
 
