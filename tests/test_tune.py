@@ -208,8 +208,9 @@ def test_an_interrupted_search_resumes_without_repeating_trials(tmp_path, monkey
     assert "| LSR " in md and "epsilon=" in md
 
 
-def test_tuning_needs_a_validation_split():
+def test_tuning_needs_a_validation_split(tmp_path):
     x, y = _toy()
+    out = tmp_path / "never_written"
     with pytest.raises(tune.NoValidationError, match="validation split"):
         keras_tfkd.compare(
             build_mlp,
@@ -218,9 +219,10 @@ def test_tuning_needs_a_validation_split():
             methods=["baseline"],
             validation_fraction=0,
             tune=2,
-            output_dir="unused_folder_never_written",
+            output_dir=out,
             log=lambda line: None,
         )
+    assert not out.exists()  # refused before any folder was made
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])

@@ -89,6 +89,8 @@ def run_study(config=None, log=print, dataset=None):
         dataset = data.load(config.dataset, config.data_dir, **load_kw)
     if config.validation_fraction and dataset.validation is None:
         dataset = data.holdout(dataset, config.validation_fraction, seed=0)
+    if config.tune:  # before any folder or run is made
+        tune_lib.check_tunable(dataset)
     needs = [m for m in TEACHER_METHODS if m in config.methods]
     for role, name in (("student", config.student), ("teacher", config.teacher)):
         if name is None or (role == "teacher" and not needs):
@@ -137,7 +139,6 @@ def _run_jobs(config, dataset, out, start, log):
 
     tuning = None
     if config.tune:
-        tune_lib.check_tunable(dataset)
         tuning = tune_lib.search(
             config,
             jobs,
