@@ -14,6 +14,11 @@
    (forward KL), reverse KL and generalized JSD, each with the
    hyper-parameters of `LM_HYPERPARAMETERS`.
 
+A teacher is frozen and the windows are not augmented, so its logits over
+the training windows are computed once per teacher checkpoint
+(`keras_tfkd.teachers.CachedTeacher`) and fed with the batches, instead of
+running the teacher at every step of every run.
+
 Every run of a seed starts from the same initial weights and sees the same
 batches (shuffled with the seed and the epoch, the last partial batch
 dropped), so every comparison with the baseline is paired. Every loss is a
@@ -190,21 +195,38 @@ class _Run:
         d = self.dataset
         return runs.build_model(name, d.vocabulary_size, (d.sequence_length,))
 
-    def train(self, log):
+    def _cached_teacher(self, x, teacher_logits):
+        """The teacher as logits over the training windows, computed once per
+        teacher checkpoint (`teacher_logits` keeps the last one): the teacher is
+        frozen and the windows are not augmented, so running it at every step of
+        every run would recompute the same logits."""
+        from keras_tfkd.teachers import CachedTeacher
+
+        path = self.teacher[2]
+        if teacher_logits.get("checkpoint") != path:
+            teacher_logits.clear()
+            model = self._model(self.teacher[1])
+            model.load_weights(path)
+            teacher_logits["checkpoint"] = path
+            teacher_logits["teacher"] = CachedTeacher.from_model(
+                model, x, batch_size=EVAL_BATCH
+            )
+        return teacher_logits["teacher"]
+
+    def train(self, log, teacher_logits=None):
         import keras
 
         from keras_tfkd import runs
 
         config, d = self.config, self.dataset
+        x, y, w = d.split("train")
         teacher = None
         if self.teacher is not None:
-            teacher = self._model(self.teacher[1])
-            teacher.load_weights(self.teacher[2])
-            teacher.trainable = False
+            cache = {} if teacher_logits is None else teacher_logits
+            teacher = self._cached_teacher(x, cache)
         runs.deterministic(self.seed)
         student = self._model(self.model_name)
         distiller = _build_distiller(self.method, student, teacher, d.vocabulary_size)
-        x, y, w = d.split("train")
         bs = config.batch_size
         steps = len(x) // bs
         if steps < 1:
@@ -223,8 +245,11 @@ class _Run:
             order = np.random.RandomState(self.seed * 100_003 + epoch).permutation(
                 len(x)
             )[: steps * bs]
+            inputs = x[order] if teacher is None else teacher.attach(x)
+            if teacher is not None:  # the windows and their logits, in this order
+                inputs = {k: v[order] for k, v in inputs.items()}
             fit = distiller.fit(
-                x[order],
+                inputs,
                 y[order],
                 sample_weight=w[order],
                 batch_size=bs,
@@ -295,7 +320,7 @@ class _Run:
         return record
 
 
-def _execute(run, store, log, counter):
+def _execute(run, store, log, counter, teacher_logits):
     """Train `run`, or reuse its record and checkpoint; return its record."""
     done = store.get(run.key)
     counter[0] += 1
@@ -305,7 +330,7 @@ def _execute(run, store, log, counter):
         return done
     log(f"{label} ...")
     before = time.perf_counter()
-    record = run.train(log)
+    record = run.train(log, teacher_logits)
     store.add(record)
     ppl = record["selected_test_perplexity"]
     log(
@@ -364,7 +389,7 @@ def run_lm_study(config, log=print, dataset=None):
     )
     jobs = _plan(config, dataset, needs)
     counter = [0, len(jobs)]
-    records = {}
+    records, teacher_logits = {}, {}
     with contextlib.ExitStack() as stack:
         if config.compilation_cache:
             stack.enter_context(runs.compilation_cache(out / ".jax_cache"))
@@ -372,7 +397,7 @@ def run_lm_study(config, log=print, dataset=None):
             if run.teacher is not None:
                 source = records[run.teacher[0]]
                 run.teacher = (source["key"], run.teacher[1], source["checkpoint"])
-            records[run.key] = _execute(run, store, log, counter)
+            records[run.key] = _execute(run, store, log, counter, teacher_logits)
     rows = lm_report.summarize(list(records.values()))
     seconds = time.perf_counter() - start
     table = lm_report.format_table(rows)
