@@ -41,3 +41,21 @@ def rng():
 
 BACKEND = keras.backend.backend()
 os.environ.setdefault("KERAS_TFKD_SMOKE", "1")
+
+#: The session that runs the tests marked ``one_backend``: tests whose subject
+#: does not depend on the backend (the study's statistics and reports, the
+#: command line's parsing and messages, the tuning protocol, the registry, the
+#: import graph), which the other tests already train on every backend. They
+#: run once, in the shortest session, instead of three times. Set
+#: ``KERAS_TFKD_ONE_BACKEND`` to run them elsewhere (``all``: every session).
+ONE_BACKEND = os.environ.get("KERAS_TFKD_ONE_BACKEND", "torch")
+
+
+def pytest_collection_modifyitems(config, items):
+    if ONE_BACKEND in (BACKEND, "all"):
+        return
+    keep = [item for item in items if item.get_closest_marker("one_backend") is None]
+    if len(keep) < len(items):
+        kept = {id(item) for item in keep}
+        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+        items[:] = keep

@@ -16,6 +16,10 @@ from keras_tfkd import data, experiments
 from keras_tfkd import runs as runs_lib
 from keras_tfkd.cli import main
 
+# The command's plumbing (a study on digits, reruns, run, list): one session;
+# every method trains on every backend in its own tests.
+pytestmark = pytest.mark.one_backend
+
 # Small and fast: an MLP student and the conv net `cnn_tiny` as the strong model,
 # 400 digits per split, 2 epochs (the De-KD teacher stops after 1), one seed.
 STUDY_ARGS = [
@@ -162,19 +166,6 @@ def test_table_deltas_are_against_the_same_students_baseline(study_dir):
     )
     line = next(line for line in output.splitlines() if line.startswith("Re-KD "))
     assert f"{delta:+.2f}" in line
-
-
-@pytest.mark.slow
-def test_jax_compilation_cache_is_used_then_restored(study_dir):
-    folder, _ = study_dir
-    cache = folder / ".jax_cache"
-    if keras.backend.backend() != "jax":
-        assert not cache.exists()
-        return
-    import jax
-
-    assert any(cache.iterdir())  # compilations were written there ...
-    assert jax.config.jax_compilation_cache_dir != str(cache)  # ... and unset after
 
 
 @pytest.mark.slow

@@ -15,6 +15,10 @@ import keras_tfkd
 from keras_tfkd import cli, data, runs, study
 from keras_tfkd.study.compare import model_name
 
+# The protocol on a user's model and data (paired seeds, resume, the checks):
+# one session; every method trains on every backend in its own tests.
+pytestmark = pytest.mark.one_backend
+
 BACKEND = keras.backend.backend()
 
 

@@ -14,6 +14,9 @@ from keras import ops
 
 from keras_tfkd import experiments, losses, recipes
 
+# Backend-independent (the registry's rows and their derivation): one session.
+pytestmark = pytest.mark.one_backend
+
 # docs/paper.md, "KD-style runs" -- one line per (student <- teacher) of the table,
 # written out here from the paper: (id, alpha, T, multiplier, batch).
 KD_TABLE = [

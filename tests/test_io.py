@@ -9,6 +9,9 @@ import pytest
 
 from keras_tfkd import _io
 
+# Backend-independent (files on disk only): one session.
+pytestmark = pytest.mark.one_backend
+
 
 def _umask():
     umask = os.umask(0)

@@ -240,6 +240,7 @@ def _main(argv):
     return code, out.getvalue()
 
 
+@pytest.mark.one_backend  # the study's plumbing; the LM losses: test_sequences
 def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
     out = tmp_path / "study"
     argv = [

@@ -14,6 +14,9 @@ from keras_tfkd import data
 from keras_tfkd.study import report
 from keras_tfkd.study.config import StudyConfig
 
+# Backend-independent (reports and statistics on constructed records): one session.
+pytestmark = pytest.mark.one_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 _SPEC = importlib.util.spec_from_file_location(
     "keras_tfkd_results_tables", ROOT / "benchmarks" / "results_tables.py"

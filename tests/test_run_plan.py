@@ -9,6 +9,10 @@ import pytest
 from keras_tfkd import data, experiments, runs
 from keras_tfkd.cli import main
 
+# Backend-independent (the run's plan and keys; training is covered on every
+# backend elsewhere): one session.
+pytestmark = pytest.mark.one_backend
+
 
 @pytest.fixture(scope="module")
 def digits():

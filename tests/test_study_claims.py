@@ -13,6 +13,9 @@ from keras_tfkd import study
 from keras_tfkd.study import stats
 from keras_tfkd.study.report import claims
 
+# Backend-independent (reports and statistics on constructed records): one session.
+pytestmark = pytest.mark.one_backend
+
 SEEDS = (0, 1, 2)
 
 

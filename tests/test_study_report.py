@@ -13,6 +13,10 @@ import pytest
 from keras_tfkd import runs as runs_lib
 from keras_tfkd import study
 
+# Backend-independent (the study's report on constructed records and one tiny
+# study): one session.
+pytestmark = pytest.mark.one_backend
+
 K = 10
 
 

@@ -18,6 +18,10 @@ from keras_tfkd import experiments, runs, search_spaces
 from keras_tfkd.study import tune
 from keras_tfkd.study.config import StudyConfig, _study_experiment, plan
 
+# Backend-independent (the tuning protocol; the recipes it builds train on every
+# backend in their own tests): one session.
+pytestmark = pytest.mark.one_backend
+
 
 def _dense(k=3, features=6, name=None):
     return keras.Sequential(

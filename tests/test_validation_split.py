@@ -7,6 +7,10 @@ from keras_tfkd import data
 from keras_tfkd.cli import main
 from keras_tfkd.runs.loop import _selected
 
+# Backend-independent (the split and the epoch it selects; training is covered
+# on every backend elsewhere): one session.
+pytestmark = pytest.mark.one_backend
+
 
 def test_holdout_is_stratified_seeded_and_disjoint():
     full = data.load("digits")
