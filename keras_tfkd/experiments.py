@@ -564,7 +564,13 @@ class Experiment:
         if self.method == "lsr":
             return recipes.label_smoothing(student, epsilon=self.epsilon)
         if self.method == "pskd":
-            return recipes.ps_kd(student, alpha=self.alpha, num_examples=num_examples)
+            # Split over the devices of a JAX distribution, else replicated.
+            return recipes.ps_kd(
+                student,
+                alpha=self.alpha,
+                num_examples=num_examples,
+                shard_rows="auto",
+            )
         if self.method == "cskd":
             return recipes.cs_kd(
                 student,

@@ -221,7 +221,13 @@ def tfkd_reg(
 
 # ------------------------------------------------- after the paper (docs/methods.md)
 def ps_kd(
-    student, num_classes=None, *, alpha=0.8, num_examples=None, store_dtype="float32"
+    student,
+    num_classes=None,
+    *,
+    alpha=0.8,
+    num_examples=None,
+    store_dtype="float32",
+    shard_rows=False,
 ):
     """PS-KD (Kim et al., ICCV 2021): distil from the student's own last predictions.
 
@@ -240,6 +246,9 @@ def ps_kd(
     (`keras_tfkd.weight_schedules.LinearRamp`). `num_examples` is taken from
     the first `fit` on arrays (or a `keras_tfkd.data.pipeline`) when left
     None; give it to restore a saved run or to train under a distribution.
+    `shard_rows` (True, ``"auto"``) splits the store by rows over the devices
+    of a JAX distribution instead of copying it to each
+    (`keras_tfkd.online.PastPredictions`).
 
     >>> distiller = ps_kd(student, alpha=0.8)  # doctest: +SKIP
     >>> distiller.compile(optimizer="sgd")  # doctest: +SKIP
@@ -250,7 +259,9 @@ def ps_kd(
     from keras_tfkd.weight_schedules import LinearRamp
 
     k = _num_classes(student, num_classes)
-    teacher = PastPredictions(num_examples, k, store_dtype=store_dtype)
+    teacher = PastPredictions(
+        num_examples, k, store_dtype=store_dtype, shard_rows=shard_rows
+    )
     return Distiller(
         student=student,
         teacher=teacher,

@@ -328,6 +328,7 @@ PRIVATE_KERAS_NAMES = {
 BACKEND_FENCES = {
     "_backend.py",  # training-path fast paths and per-backend settings
     "distribution.py",  # each backend's data-parallel engine
+    "_sharded.py",  # per-example state split by rows over JAX devices
     "data/_tfdata.py",  # the tf.data pipeline, label checks of a user's tf.data
     "data/batching.py",  # pipeline_engine: tf.data on the TensorFlow backend
     "cli/backend.py",  # picks KERAS_BACKEND before running a command

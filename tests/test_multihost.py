@@ -10,7 +10,14 @@ shuffled), CS-KD (shuffled class pairs) and OLS from the same weights on
 the same data with the same global batches; the pair feeds every process
 its half of each batch. The losses, the weights and the teachers' state
 must agree, and PS-KD on per-process rows without indices is refused before
-any step.
+any step. PS-KD runs twice, with its store replicated and split by rows
+(``shard_rows=True``: half of it in each process), saved and loaded back.
+
+Every process then runs ``keras-tfkd run`` (PS-KD, whose store the command
+splits over the devices), stopped by Ctrl-C after epoch 1 and run again. A
+second pair runs the command with process 1 SIGKILLed after epoch 1: process
+0 ends at once with one line (status 1), both are started again and resume
+from epoch 1 to the results of the uninterrupted run.
 
 The other tests need one process: the shares of every pipeline put
 together are the global batch (both engines, augmentation included), KD
@@ -22,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +45,13 @@ from keras_tfkd.data import shards
 
 BACKEND = keras.backend.backend()
 WORKER = Path(__file__).with_name("multihost_worker.py")
-METHODS = ("kd", "tfkd_reg", "pskd", "cskd", "ols")
+METHODS = ("kd", "tfkd_reg", "pskd", "pskd_sharded", "cskd", "ols")
 #: Seconds each worker may run (they take about 20 s of CPU each).
 TIMEOUT = 240
+#: Seconds a process may go on once the other process of its pair was killed
+#: (its next collective fails at once; the command then ends with status 1
+#: rather than wait in JAX's shutdown for the heartbeat timeout, 100 s).
+GRACE = 20
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
 
@@ -47,6 +59,23 @@ def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _start(args, devices):
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        env=_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def _env(devices):
@@ -68,32 +97,23 @@ def runs(tmp_path_factory):
     port = str(_free_port())
     alone, shared = str(folder / "reference_runs"), str(folder / "pair_runs")
     commands = {
-        "reference": ([str(WORKER), "reference", str(folder / "reference.json")], 2),
-        "p0": ([str(WORKER), "pair", str(folder / "p0.json"), shared, "0", port], 1),
-        "p1": ([str(WORKER), "pair", str(folder / "p1.json"), shared, "1", port], 1),
+        "reference": (["reference", str(folder / "reference.json")], 2),
+        "p0": (["pair", str(folder / "p0.json"), shared, "0", port], 1),
+        "p1": (["pair", str(folder / "p1.json"), shared, "1", port], 1),
     }
     commands["reference"][0].append(alone)
     procs = {}
     start = time.monotonic()
     try:
         for name, (args, devices) in commands.items():
-            procs[name] = subprocess.Popen(
-                [sys.executable, *args],
-                env=_env(devices),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+            procs[name] = _start(args, devices)
         outputs = {}
         for name, proc in procs.items():
             left = max(1.0, TIMEOUT - (time.monotonic() - start))
             outputs[name] = proc.communicate(timeout=left)[0]
             assert proc.returncode == 0, f"{name}:\n{outputs[name][-4000:]}"
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+        _stop(procs.values())
     results = {
         name: json.loads((folder / f"{name}.json").read_text()) for name in commands
     }
@@ -316,3 +336,140 @@ def test_the_command_resumes_every_process_from_the_backup(runs):
             record["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
         )
     assert record["test_accuracy"] == pytest.approx(alone["test_accuracy"])
+
+
+# ------------------------------------------- PS-KD's store split by rows
+def test_a_store_split_over_processes_trains_as_a_replicated_one(runs):
+    """``shard_rows=True``: each of the two processes holds half of the rows
+    (one device each), the reference's two devices half each; the results
+    are those of the replicated store."""
+    rows, classes = 64, 5
+    half = rows // 2 * classes * 4  # bytes of 32 rows of 5 float32
+    assert runs["reference"]["pskd_sharded"]["store"]["bytes_per_device"] == [
+        half,
+        half,
+    ]
+    for name in ("p0", "p1"):
+        store = runs[name]["pskd_sharded"]["store"]
+        assert store["rows"] == rows and store["split"] and store["loaded_split"]
+        assert store["bytes_per_device"] == [half], name
+        # Saved (gathered from both processes) and loaded back into halves.
+        assert store["round_trip"], name
+    replicated, sharded = runs["reference"]["pskd"], runs["p0"]["pskd_sharded"]
+    for key, values in replicated["history"].items():
+        np.testing.assert_allclose(
+            sharded["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    _close(replicated["weights"], sharded["weights"], "sharded PS-KD weights")
+    _close(replicated["state"], sharded["state"], "sharded PS-KD store")
+
+
+def test_the_split_store_is_saved_whole_once(runs):
+    import h5py
+
+    def stores(path):
+        found = []
+        with h5py.File(path, "r") as f:
+            f.visititems(
+                lambda name, item: (
+                    found.append(np.asarray(item))
+                    if isinstance(item, h5py.Dataset) and item.shape == (64, 5)
+                    else None
+                )
+            )
+        return found
+
+    (saved,) = stores(Path(runs["folder"], "pair.weights.h5"))
+    np.testing.assert_allclose(
+        saved, runs["p0"]["pskd_sharded"]["state"][0], rtol=0, atol=0
+    )
+
+
+# ------------------------------------------- one process SIGKILLed mid-run
+@pytest.fixture(scope="module")
+def killed(runs, tmp_path_factory):
+    """``keras-tfkd run`` on the pair, process 1 SIGKILLed after epoch 1's
+    backup; process 0 left GRACE seconds to end by itself, then killed; then
+    the same command started again on both (a new coordinator port)."""
+    folder = tmp_path_factory.mktemp("killed")
+    shared = str(folder / "runs")
+    out = {}
+    start = time.monotonic()
+
+    def pair(tag, *extra):
+        port = str(_free_port())
+        return [
+            _start(
+                ["command", str(folder / f"{tag}{i}.json"), shared, str(i), port]
+                + list(extra),
+                1,
+            )
+            for i in (0, 1)
+        ]
+
+    procs = pair("killed", "kill")
+    try:
+        victim = procs[1]
+        output = victim.communicate(timeout=TIMEOUT)[0]
+        assert victim.returncode == -signal.SIGKILL, output[-4000:]
+        died = time.monotonic()
+        try:
+            survivor = procs[0].communicate(timeout=GRACE)[0]
+            out["survivor"] = {"status": procs[0].returncode}
+        except subprocess.TimeoutExpired:
+            procs[0].kill()
+            survivor = procs[0].communicate(timeout=30)[0]
+            out["survivor"] = {"status": "killed by the test"}
+        out["survivor"]["seconds_after_the_kill"] = time.monotonic() - died
+        out["survivor"]["output"] = survivor[-4000:]
+        procs = pair("resumed")
+        for i, proc in enumerate(procs):
+            output = proc.communicate(timeout=TIMEOUT)[0]
+            assert proc.returncode == 0, f"resumed p{i}:\n{output[-4000:]}"
+    finally:
+        _stop(procs)
+    for i in (0, 1):
+        out[f"p{i}"] = json.loads((folder / f"resumed{i}.json").read_text())
+    out["record"] = json.loads((folder / "runs" / "results.json").read_text())
+    out["wall_seconds"] = time.monotonic() - start
+    return out
+
+
+def test_a_job_with_a_killed_process_resumes_every_process(runs, killed):
+    # The survivor's next collective failed (gloo: "Connection closed by
+    # peer"): the command said so in one line and ended at once, status 1.
+    survivor = killed["survivor"]
+    assert survivor["status"] == 1, survivor
+    assert survivor["seconds_after_the_kill"] < GRACE
+    assert "another process of this job" in survivor["output"], survivor
+    assert "run the same command again to resume from epoch 2" in survivor["output"]
+    # Started again: both processes resume from epoch 1's backup.
+    for name in ("p0", "p1"):
+        assert killed[name]["status"] == 0, name
+        assert killed[name]["epochs"] == [1, 2], name
+    (record,) = killed["record"]
+    (alone,) = json.loads(
+        Path(runs["folder"], "reference_runs", "results.json").read_text()
+    )
+    assert record["epochs_completed"] == alone["epochs_completed"] == 3
+    for key, values in alone["history"].items():
+        np.testing.assert_allclose(
+            record["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert record["test_accuracy"] == pytest.approx(alone["test_accuracy"])
+
+
+def test_a_lost_process_is_told_apart_from_other_errors(monkeypatch, tmp_path):
+    from keras_tfkd.cli import interrupts
+
+    gone = ValueError(
+        "UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer"
+    )
+    assert not interrupts._lost_a_process(gone)  # one process: never
+    monkeypatch.setattr(distribution, "process_count", lambda: 2)
+    assert interrupts._lost_a_process(gone)
+    assert not interrupts._lost_a_process(ValueError("a bad value"))
+    line = interrupts._Progress(tmp_path).lost_process(False, gone)
+    assert line.startswith("keras-tfkd: error: another process of this job")
+    assert "Connection closed by peer" in line
+    assert line.endswith("run the same command again to start.")

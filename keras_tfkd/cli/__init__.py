@@ -23,9 +23,10 @@ Mistakes never end in a traceback: the command prints one or two lines
 naming the problem and the fix, and exits with status 2 (a bad name or value
 on the command line: unknown experiment, model, data-set or method names get
 the closest valid names), 1 (this machine: a missing backend or data set, an
-unusable output folder or checkpoint) or 130 (Ctrl-C: the line says from
-which epoch the same command resumes; every run keeps per-epoch backups and
-a study skips its finished runs).
+unusable output folder or checkpoint; or, in a job of several processes,
+another process has died: the line says to start the job again) or 130
+(Ctrl-C: the line says from which epoch the same command resumes; every run
+keeps per-epoch backups and a study skips its finished runs).
 
 Example::
 
@@ -42,6 +43,7 @@ one-line errors and the checks), `keras_tfkd.cli.interrupts` (Ctrl-C),
 
 from __future__ import annotations
 
+import os
 import sys
 
 # Keras-free imports only: the backend is chosen after the arguments are parsed.
@@ -54,7 +56,7 @@ from keras_tfkd.cli.errors import (
     _remove_empty,
     _UsageError,
 )
-from keras_tfkd.cli.interrupts import _Interrupts, _Progress
+from keras_tfkd.cli.interrupts import _Interrupts, _lost_a_process, _Progress
 from keras_tfkd.cli.parser import build_parser
 
 __all__ = ["build_parser", "check_backend", "main"]
@@ -99,3 +101,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.stdout.flush()
         parser.exit(130, log.interrupted(args.command == "study") + "\n")
+    except Exception as e:
+        if not _lost_a_process(e):
+            raise
+        # Another process of the job died: end now, without JAX's shutdown,
+        # which would wait for its heartbeat timeout (100 s) and abort.
+        sys.stdout.flush()
+        sys.stderr.write(log.lost_process(args.command == "study", e) + "\n")
+        sys.stderr.flush()
+        os._exit(1)

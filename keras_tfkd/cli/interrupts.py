@@ -145,3 +145,35 @@ class _Progress:
             f"{PROG}: interrupted; run the same command again to resume from "
             f"epoch {self.saved_epoch() + 1} ({self.label}{skipped})."
         )
+
+    def lost_process(self, study, error):
+        """The line for a job of several processes that lost one (`_lost_a_process`)."""
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        resume = self.interrupted(study).split("; ", 1)[-1]
+        return (
+            f"{PROG}: error: another process of this job of several processes "
+            f"has stopped ({type(error).__name__}: {first[:200]}). Stop every "
+            f"process of the job, then {resume}"
+        )
+
+
+#: Words of the errors a collective raises when a process of the job is gone.
+_LOST_PROCESS_MARKERS = (
+    "Gloo",
+    "NCCL",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "heartbeat",
+    "coordination service",
+)
+
+
+def _lost_a_process(error):
+    """True for an error of a collective in a job of several processes (JAX)
+    whose peer is gone: gloo's "Connection closed by peer", a heartbeat
+    timeout. Never for a job of one process."""
+    distribution = sys.modules.get("keras_tfkd.distribution")
+    if distribution is None or distribution.process_count() == 1:
+        return False
+    message = str(error)
+    return any(marker in message for marker in _LOST_PROCESS_MARKERS)

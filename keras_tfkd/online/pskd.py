@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from keras_tfkd import _backend
+from keras_tfkd import _backend, _sharded
 from keras_tfkd.losses import integer_labels
 from keras_tfkd.online._checks import (
     check_choice,
@@ -117,6 +118,23 @@ class PastPredictions(Teacher):
             or a distribution scope, where the store must exist up front).
         num_classes: K.
         store_dtype: one of `STORE_DTYPES`.
+        shard_rows: False (the default): the store is one variable like any
+            other, replicated on every device of a distribution. True: on
+            the JAX backend under a `keras.distribution` (``DataParallel``,
+            ``ModelParallel``) of ``D`` devices along its data axis, the
+            store is laid out by rows over them (a `TensorLayout`): each
+            device holds ``ceil(N / D)`` rows instead of ``N``, rows read and
+            written by index never gather the table, and it is saved and
+            loaded whole (gathered on every process when it spans several);
+            the results are those of a replicated store. It must then be
+            built inside the distribution's scope (give `num_examples`, or
+            `fit` inside it). Where one device holds the store (no
+            distribution, PyTorch, TensorFlow without a strategy) True
+            changes nothing; under a TensorFlow strategy of several replicas
+            it is refused (each replica keeps a whole copy there).
+            ``"auto"``: split where True would split, replicated everywhere
+            else (never refused); ``keras-tfkd run`` uses it. See
+            `keras_tfkd._sharded`.
 
     Example:
 
@@ -130,9 +148,22 @@ class PastPredictions(Teacher):
     requires_example_index = True
     targets = "probabilities"
 
-    def __init__(self, num_examples, num_classes, store_dtype="float32", **kwargs):
+    def __init__(
+        self,
+        num_examples,
+        num_classes,
+        store_dtype="float32",
+        shard_rows=False,
+        **kwargs,
+    ):
         super().__init__(num_classes, **kwargs)
         self.store_dtype = check_choice("store_dtype", store_dtype, STORE_DTYPES)
+        if not (isinstance(shard_rows, bool) or shard_rows == "auto"):
+            raise ValueError(
+                "`shard_rows` must be True, False or 'auto', got "
+                f"shard_rows={shard_rows!r}."
+            )
+        self.shard_rows = shard_rows
         self.num_examples = None
         self.predictions = None
         if num_examples is not None:
@@ -150,16 +181,77 @@ class PastPredictions(Teacher):
                     "one for another)."
                 )
             return
+        layout, rows = None, num_examples
+        if self.shard_rows:
+            layout, rows = _sharded.row_layout(
+                num_examples, refuse=self.shard_rows is True
+            )
         self.num_examples = num_examples
-        self.predictions = self.add_weight(
-            shape=(num_examples, self.num_classes),
-            initializer="zeros",
-            dtype=self.store_dtype,
-            trainable=False,
-            autocast=False,
-            aggregation="only_first_replica",
-            name="predictions",
-        )
+        if layout is None:
+            self.predictions = self.add_weight(
+                shape=(num_examples, self.num_classes),
+                initializer="zeros",
+                dtype=self.store_dtype,
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+                name="predictions",
+            )
+            return
+        # add_weight takes no layout: the variable is made as it would make
+        # it (in the layer's name scope; tracked when set as an attribute),
+        # with its rows split over the devices, padded to a multiple of them.
+        with keras.name_scope(self.name, caller=self):
+            self.predictions = keras.Variable(
+                initializer="zeros",
+                shape=(rows, self.num_classes),
+                dtype=self.store_dtype,
+                trainable=False,
+                autocast=False,
+                aggregation="only_first_replica",
+                name="predictions",
+                layout=layout,
+            )
+
+    @property
+    def stored_rows(self):
+        """The rows of the store variable: `num_examples`, padded to a multiple
+        of the devices when `shard_rows` splits it (None before it is built)."""
+        return None if self.predictions is None else int(self.predictions.shape[0])
+
+    def save_own_variables(self, store):
+        """Save the store's `num_examples` rows, fetched whole (gathered on every
+        process when it spans several): the file is the same as a replicated
+        store's, so either kind of store loads it."""
+        if self.predictions is None or not _sharded.is_split(self.predictions):
+            super().save_own_variables(store)
+            return
+        store["0"] = _sharded.fetch_rows(self.predictions)[: self.num_examples]
+
+    def load_own_variables(self, store):
+        """Load a saved store into a replicated or a split store (each device
+        then receives only its rows)."""
+        if self.predictions is None or not _sharded.is_split(self.predictions):
+            super().load_own_variables(store)
+            return
+        if len(store.keys()) != 1:
+            raise ValueError(
+                f"{type(self).__name__} holds one variable (its store) but the "
+                f"saved entry holds {len(store.keys())}."
+            )
+        saved = store["0"]
+        shape = (self.num_examples, self.num_classes)
+        if tuple(saved.shape) != shape:
+            raise ValueError(
+                f"The saved PS-KD store has shape {tuple(saved.shape)}, but this "
+                f"PastPredictions store holds {shape}."
+            )
+        padding = self.stored_rows - self.num_examples
+        if padding:  # rows past num_examples: never read or written
+            saved = np.concatenate(
+                [saved, np.zeros((padding, self.num_classes), dtype=saved.dtype)]
+            )
+        _sharded.assign_rows_from_host(self.predictions, saved)
 
     def prepare_fit_data(self, x, y, fit_kwargs):
         _check_indexed(x)
@@ -232,4 +324,6 @@ class PastPredictions(Teacher):
     def get_config(self):
         config = super().get_config()
         config.update(num_examples=self.num_examples, store_dtype=self.store_dtype)
+        if self.shard_rows:
+            config["shard_rows"] = self.shard_rows
         return config
