@@ -313,6 +313,19 @@ def test_multi_worker_strategy_is_refused_with_the_reason():
             distribution.check_fit_backend()
 
 
+def _assert_same_as_the_uninterrupted_run(record, runs):
+    """A resumed run's record equals the reference process's uninterrupted one."""
+    (alone,) = json.loads(
+        Path(runs["folder"], "reference_runs", "results.json").read_text()
+    )
+    assert record["epochs_completed"] == alone["epochs_completed"] == 3
+    for key, values in alone["history"].items():
+        np.testing.assert_allclose(
+            record["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
+        )
+    assert record["test_accuracy"] == pytest.approx(alone["test_accuracy"])
+
+
 def test_the_command_resumes_every_process_from_the_backup(runs):
     reference = runs["reference"]["resume"]
     assert reference["run"] == {"status": 0, "epochs": [0, 1, 2]}
@@ -327,15 +340,7 @@ def test_the_command_resumes_every_process_from_the_backup(runs):
     (record,) = json.loads(
         Path(runs["folder"], "pair_runs", "results.json").read_text()
     )
-    (alone,) = json.loads(
-        Path(runs["folder"], "reference_runs", "results.json").read_text()
-    )
-    assert record["epochs_completed"] == alone["epochs_completed"] == 3
-    for key, values in alone["history"].items():
-        np.testing.assert_allclose(
-            record["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
-        )
-    assert record["test_accuracy"] == pytest.approx(alone["test_accuracy"])
+    _assert_same_as_the_uninterrupted_run(record, runs)
 
 
 # ------------------------------------------- PS-KD's store split by rows
@@ -448,15 +453,7 @@ def test_a_job_with_a_killed_process_resumes_every_process(runs, killed):
         assert killed[name]["status"] == 0, name
         assert killed[name]["epochs"] == [1, 2], name
     (record,) = killed["record"]
-    (alone,) = json.loads(
-        Path(runs["folder"], "reference_runs", "results.json").read_text()
-    )
-    assert record["epochs_completed"] == alone["epochs_completed"] == 3
-    for key, values in alone["history"].items():
-        np.testing.assert_allclose(
-            record["history"][key], values, rtol=1e-5, atol=1e-6, err_msg=key
-        )
-    assert record["test_accuracy"] == pytest.approx(alone["test_accuracy"])
+    _assert_same_as_the_uninterrupted_run(record, runs)
 
 
 def test_a_lost_process_is_told_apart_from_other_errors(monkeypatch, tmp_path):
