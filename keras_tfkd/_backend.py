@@ -8,6 +8,8 @@ backend framework for its job:
 * this module: the frozen-teacher forward pass (`frozen_forward`, a PyTorch
   fast path), the per-example state of the online teachers (`assign_rows`,
   in place; `all_replicas`, the rows of every `MirroredStrategy` replica),
+  the fused loops of a long elementwise formula (`fused`: XLA on TensorFlow
+  and JAX, for the cancellation-free KL value),
   JAX's persistent compilation cache (`jax_compilation_cache`, behind
   `runs.compilation_cache`) and TensorFlow's deterministic kernels
   (`enable_op_determinism`, behind `runs.deterministic`);
@@ -61,8 +63,45 @@ __all__ = [
     "assign_rows",
     "enable_op_determinism",
     "frozen_forward",
+    "fused",
     "jax_compilation_cache",
 ]
+
+
+#: ``(backend, fn) -> compiled fn`` of `fused`.
+_FUSED = {}
+
+
+def fused(fn):
+    """`fn` (elementwise `keras.ops` and reductions, no gradient) as fused loops.
+
+    TensorFlow's graph executor runs every op of a formula as one pass over
+    memory with its own output buffer, so a long elementwise formula costs
+    its number of ops, where XLA fuses it into a few loops. On TensorFlow
+    this is ``tf.function(fn, jit_compile=True)`` (nested in a compiled step,
+    in a `tf.while_loop` body or run eagerly, compiled once per input shape;
+    inside an XLA step it is simply part of it); on JAX ``jax.jit(fn)`` (a
+    no-op inside a jitted step, fused when called eagerly). On PyTorch `fn`
+    itself: ``torch.compile`` fuses it 2x faster on a CPU but compiles for
+    over a minute per shape (measured 2026-12-07, PyTorch 2.13), too long for
+    a loss's first call. Used for the cancellation-free KL value
+    (`keras_tfkd._soft_targets._kl_value`); its inputs must carry no
+    gradient (the callers stop it).
+    """
+    backend = keras.backend.backend()
+    key = (backend, fn)
+    if key not in _FUSED:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            _FUSED[key] = tf.function(fn, jit_compile=True, autograph=False)
+        elif backend == "jax":
+            import jax
+
+            _FUSED[key] = jax.jit(fn)
+        else:
+            _FUSED[key] = fn
+    return _FUSED[key]
 
 
 def frozen_forward(model, inputs, capture=None):

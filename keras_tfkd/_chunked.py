@@ -23,11 +23,18 @@ Each backend runs its own loop and custom gradient:
   recomputes its rows: the same values, written twice), so every chunk has
   one static shape.
 * TensorFlow: `tf.custom_gradient` around a `tf.while_loop` over the
-  chunks (a `tf.GradientTape` per chunk), the results written into the
-  output buffers with `tf.tensor_scatter_nd_update` (in place: the loop
-  holds the only reference), the last chunk overlapping as on JAX; the
-  shapes stay static under XLA and may be unknown (``None`` rows) in a plain
-  `tf.function`.
+  chunks; each chunk's value and gradient (a `tf.GradientTape`) is one
+  XLA-compiled function (its intermediates in one buffer XLA plans, its
+  ops fused), the last chunk overlapping as on JAX. The results go into the
+  output buffers in place: under XLA with `tf.tensor_scatter_nd_update`
+  (XLA updates a loop variable in place), in TensorFlow's executor with
+  ``InplaceUpdate`` on buffers from ``Empty`` (stateful: a fresh buffer per
+  call, never folded or shared), since the executor's loop holds a second
+  reference to a loop variable and `tensor_scatter_nd_update` would copy
+  the whole gradient at every chunk. The backward pass's product with the
+  cotangent reuses the gradient's buffer (it holds the only reference).
+  Shapes stay static under XLA and may be unknown (``None`` rows) in a
+  plain `tf.function`.
 * PyTorch: a `torch.autograd.Function` whose forward loops over the chunks
   with `torch.autograd.grad` on each, writing into preallocated buffers; its
   backward scales the stored gradient in place (so it may run once per
@@ -191,6 +198,7 @@ def _jax_rows(fn, z_t, z_s, chunk, row_args, constants):
 # ----------------------------------------------------------------- TensorFlow
 def _tf_rows(fn, z_t, z_s, chunk, row_args, constants):
     import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util, gen_array_ops
 
     static_rows = z_s.shape[0]
     # Nothing outside may watch the loop (a watched tf.while_loop keeps its
@@ -200,7 +208,12 @@ def _tf_rows(fn, z_t, z_s, chunk, row_args, constants):
     row_args = tuple(tf.stop_gradient(a) for a in row_args)
     constants = tuple(tf.stop_gradient(c) for c in constants)
 
-    def one(z_t_c, z_s_c, args_c):
+    # One chunk's value and gradient, compiled by XLA: its intermediates live
+    # in one buffer XLA plans and reuses, instead of a dozen separate
+    # allocations per chunk (which the CPU allocator keeps around: resident
+    # memory grows by several chunks' worth), and its elementwise ops fuse.
+    @tf.function(jit_compile=True, autograph=False)
+    def one(z_t_c, z_s_c, args_c, constants):
         with tf.GradientTape() as tape:
             tape.watch(z_s_c)
             values = fn(z_t_c, z_s_c, *args_c, *constants)
@@ -209,12 +222,32 @@ def _tf_rows(fn, z_t, z_s, chunk, row_args, constants):
             grad = tf.zeros_like(z_s_c)
         return tf.cast(values, "float32"), tf.cast(grad, z_s_c.dtype)
 
+    # The output buffers are written chunk by chunk, in place. Under XLA
+    # (`jit_compile=True`) `tensor_scatter_nd_update` on a loop variable is
+    # in place already. The TensorFlow executor copies it instead (the loop's
+    # plumbing holds a second reference to the buffer): a full copy of the
+    # gradient per chunk, two buffers alive. There the buffers are
+    # `Empty` (a fresh allocation per call: stateful, never constant-folded
+    # or shared) written by `InplaceUpdate`, which writes into its input's
+    # buffer whatever the references; nothing else holds these buffers.
+    xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+    def new(shape, dtype):
+        if xla:
+            return tf.zeros(shape, dtype)
+        return gen_array_ops.empty(shape, dtype, init=False)
+
+    def write(buffer, index, update):
+        if xla:
+            return tf.tensor_scatter_nd_update(buffer, index[:, None], update)
+        return gen_array_ops.inplace_update(buffer, index, update)
+
     def forward(z_s):
         rows = tf.shape(z_s)[0]
         size = chunk if static_rows is None else min(chunk, static_rows)
         if static_rows is None:
             size = tf.minimum(size, rows)
-        count = (rows + size - 1) // size
+        count = (rows + size - 1) // tf.maximum(size, 1)
 
         def body(i, values, grads):
             # The last chunk ends at the last row (it may overlap the one
@@ -229,13 +262,11 @@ def _tf_rows(fn, z_t, z_s, chunk, row_args, constants):
                 )
                 return tf.slice(x, begin, sizes)
 
-            v, g = one(cut(z_t), cut(z_s), tuple(cut(a) for a in row_args))
-            index = tf.expand_dims(start + tf.range(size), -1)
-            values = tf.tensor_scatter_nd_update(values, index, v)
-            grads = tf.tensor_scatter_nd_update(grads, index, g)
-            return i + 1, values, grads
+            v, g = one(cut(z_t), cut(z_s), tuple(cut(a) for a in row_args), constants)
+            index = start + tf.range(size)
+            return i + 1, write(values, index, v), write(grads, index, g)
 
-        init = (tf.constant(0), tf.zeros((rows,), "float32"), tf.zeros_like(z_s))
+        init = (tf.constant(0), new([rows], "float32"), new(tf.shape(z_s), z_s.dtype))
         _, values, grads = tf.while_loop(
             lambda i, *_: i < count, body, init, parallel_iterations=1
         )

@@ -13,6 +13,8 @@ import math
 import keras
 from keras import ops
 
+from keras_tfkd import _backend
+
 __all__ = ["kl_divergence_with_logits"]
 
 
@@ -54,7 +56,7 @@ def _temperature_variable(name, value):
 _SERIES_BOUND = 0.1
 
 
-def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t):
+def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t, textbook=None):
     """The value of the per-sample KL, free of cancellation (no gradient).
 
     With ``d = z_s/T_s - z_t/T_t`` and ``x = d - E_pt[d]`` (so ``E_pt[x] = 0``),
@@ -63,28 +65,51 @@ def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t):
     close, where the textbook form subtracts two log-partition functions of
     size ``log K`` and loses every digit (it even goes negative). Each term is
     ``p_t * series(x)`` for small ``|x|`` and ``exp(log p_t + x) - p_t (1 + x)``
-    otherwise, both scaled by ``exp(-s)`` with ``s`` the row's largest
-    ``log p_t + x`` (at least 0), so that nothing overflows and a class whose
-    ``p_t`` underflows still counts through ``exp(log p_t + x)``. One
-    exponential per element besides the softmaxes (`p_t` is shared with the
-    gradient's textbook form).
+    otherwise, both scaled by ``exp(-s)`` so that nothing overflows and a
+    class whose ``p_t`` underflows still counts through ``exp(log p_t + x)``.
+    One exponential per element besides the softmaxes (`p_t` is shared with
+    the gradient's textbook form).
+
+    ``s >= 0`` is any bound of the row's ``log p_t + x`` from above that is
+    not far above the largest. With `textbook`, the textbook value of the
+    same KL (computed anyway for the gradient), ``s = max(textbook, 0)`` and
+    the pass over the row for its maximum goes: ``log p_t + x = log p_s + c``
+    with the row constant ``c = lse_s - lse_t - E_pt[d]``, which is the KL
+    itself, and ``log p_s <= 0``, so ``c`` bounds every term, and the largest
+    is at least ``c - log K`` (the sum does not underflow). The textbook
+    value's rounding (float32 times the logits' size) moves ``s`` by as much,
+    which the result does not depend on (``log S = s + log sum(...)``
+    exactly). Without it, ``s`` is the row's largest ``log p_t + x``.
+
+    About 30 elementwise operations and four reductions: a backend that runs
+    them one pass over memory each (TensorFlow's graph executor, PyTorch's
+    eager mode) pays about twice the textbook form for them, so
+    `keras_tfkd._backend.fused` compiles them into fused loops where it can
+    (XLA on TensorFlow and JAX; see that function for PyTorch).
     """
+    kernel = _backend.fused(_kl_value_kernel)
+    return kernel(z_t, z_s, t_t, t_s, log_p_t, p_t, textbook)
+
+
+def _kl_value_kernel(z_t, z_s, t_t, t_s, log_p_t, p_t, textbook):
     # (z_s - z_t) is exact for close logits; with T_s == T_t the ratio is 1.
     d = (z_s - z_t * (t_s / t_t)) / t_s
     x = d - ops.sum(p_t * d, axis=-1, keepdims=True)
     # Centre again: a mean left at 1e-4 (logits of 1e4) costs 1% of a KL of 1e-5.
     x = x - ops.sum(p_t * x, axis=-1, keepdims=True)
     a = log_p_t + x
-    shift = ops.maximum(ops.max(a, axis=-1, keepdims=True), 0.0)
+    if textbook is None:
+        shift = ops.maximum(ops.max(a, axis=-1, keepdims=True), 0.0)
+    else:
+        shift = ops.expand_dims(ops.maximum(textbook, 0.0), -1)
+    q = p_t * ops.exp(-shift)
     small = ops.abs(x) < _SERIES_BOUND
-    xs = ops.where(small, x, 0.0)
     # exp(x) - 1 - x = x^2 (1/2 + x/6 + x^2/24 + x^3/120 + ...): no cancellation.
-    series = ops.square(xs) * (
-        0.5 + xs * (1.0 / 6.0 + xs * (1.0 / 24.0 + xs * (1.0 / 120.0)))
-    )
-    scale = ops.exp(-shift)
-    direct = ops.exp(a - shift) - p_t * (1.0 + x) * scale
-    terms = ops.where(small, p_t * series * scale, ops.maximum(direct, 0.0))
+    # (Where |x| is large this may overflow; `where` discards it.)
+    # (x * x, not ops.square: PyTorch's square is its slow general `pow`.)
+    series = (x * x) * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0))))
+    direct = ops.exp(a - shift) - q * (1.0 + x)
+    terms = ops.where(small, q * series, ops.maximum(direct, 0.0))
     total = ops.sum(terms, axis=-1)
     # log S = shift + log(total); log1p(S) = softplus(log S); 0 for identical rows.
     positive = total > 0
@@ -111,6 +136,8 @@ def kl_divergence_with_logits(
     p_t = ops.exp(log_p_t)
     kl = ops.sum(p_t * (log_p_t - log_p_s), axis=-1)
     sg = ops.stop_gradient
-    value = sg(_kl_value(sg(z_t), sg(z_s), sg(t_t), sg(t_s), sg(log_p_t), sg(p_t)))
+    value = sg(
+        _kl_value(sg(z_t), sg(z_s), sg(t_t), sg(t_s), sg(log_p_t), sg(p_t), sg(kl))
+    )
     # Forward: exactly `value`; backward: the gradient of `kl`.
     return value + (kl - sg(kl))
