@@ -306,3 +306,26 @@ def test_study_command_tune_mistakes_are_one_or_two_lines(project, capsys, argv,
     assert code in (1, 2)
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert words in err, err
+
+
+def test_the_rows_pair_with_the_tuned_baseline_not_its_untuned_teacher_twin():
+    """Tf-KD_self's teacher is the untuned baseline of the same student and
+    seed; with tuning only the tuned baseline is the baseline row."""
+    from test_study_claims import _record
+
+    from keras_tfkd.study import summarize
+
+    tuned = {"values": {"learning_rate": 0.03}, "trial": 2, "tune_seed": 100}
+    records = []
+    for seed in (0, 1, 2):
+        records.append(_record("baseline", "cnn_tiny", None, seed, 0.9, tuned=tuned))
+        records.append(_record("baseline", "cnn_tiny", None, seed, 0.5, role="untuned"))
+        records.append(_record("tfkd_self", "cnn_tiny", "cnn_tiny", seed, 0.95))
+    for r in records:
+        r.pop("role", None)  # the untuned twin is a plain run, as in a study
+    rows = {r["method"]: r for r in summarize(tune.reported(records))}
+    assert rows["baseline"]["n"] == 3
+    assert rows["baseline"]["final"] == pytest.approx(90.0)
+    assert rows["tfkd_self"]["delta_final"] == pytest.approx(5.0)
+    # Without the filter both baselines are one row of six (the defect).
+    assert {r["method"]: r for r in summarize(records)}["baseline"]["n"] == 6

@@ -173,7 +173,7 @@ def _run_jobs(config, dataset, out, start, log):
             log(f"    note: {line}")
     by_key = {r["key"]: r for r in store.records}
     records = [by_key[k] for k in dict.fromkeys(keys) if k in by_key]
-    rows = summarize(records)
+    rows = summarize(tune_lib.reported(records) if tuning else records)
     header = _header(config, dataset)
     table = format_table(rows, header)
     markdown = format_markdown(rows, header, config)

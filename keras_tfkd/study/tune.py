@@ -50,6 +50,7 @@ __all__ = [
     "search",
     "trial_values",
     "tuned_jobs",
+    "reported",
 ]
 
 #: The one field of a trial's record that the choice reads: the validation
@@ -211,6 +212,37 @@ def tuned_jobs(jobs, tuning, train_config):
         t_exp, t_config = apply(exp, train_config, result["values"])
         out.append((t_exp, seed, t_config, exp.id))
     return out
+
+
+def reported(records):
+    """`records` without the untuned baselines that only served as teachers.
+
+    Tf-KD_self's and Re-KD's teacher is a student's baseline at the untuned
+    setting (trained once, as in a study without tuning). With tuning the
+    baseline *row* is the tuned baseline (``"tuned"``): its untuned twin of
+    the same student, epochs and seed is left out of the rows and of the
+    pairing, which would otherwise hold both (n doubled, and the deltas
+    paired with either).
+    """
+
+    def twin(r):
+        return (r["student"], r["epochs"], r["seed"])
+
+    tuned = {
+        twin(r)
+        for r in records
+        if r["method"] == "baseline" and r.get("role", "run") == "run" and "tuned" in r
+    }
+    return [
+        r
+        for r in records
+        if not (
+            r["method"] == "baseline"
+            and r.get("role", "run") == "run"
+            and "tuned" not in r
+            and twin(r) in tuned
+        )
+    ]
 
 
 def annotation(result):
