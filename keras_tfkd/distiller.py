@@ -14,6 +14,7 @@ from keras import ops
 from keras_tfkd import _keras_compat, teacher_hooks, terms, tokens, validation
 from keras_tfkd import distiller_checks as checks
 from keras_tfkd import features as features_lib
+from keras_tfkd import fused as fused_lib
 from keras_tfkd import teachers as teachers_lib
 from keras_tfkd.data import shards
 from keras_tfkd.loss_weights import weight_property
@@ -86,6 +87,8 @@ class Distiller(keras.Model):
         output_name: for a student with several outputs, the key (or index)
             of the logits to distil; the other outputs keep the losses given
             to ``compile(loss={...}, loss_weights={...})``.
+        fused_projection: True (a KerasHub CausalLM) or the final layer's name:
+            the logits made chunk by chunk inside the loss, `keras_tfkd.fused`.
 
     Example:
 
@@ -116,6 +119,7 @@ class Distiller(keras.Model):
         soft_weight=None,
         terms=None,
         output_name=None,
+        fused_projection=None,
         name="distiller",
         **kwargs,
     ):
@@ -145,6 +149,7 @@ class Distiller(keras.Model):
             where = "teacher" if weighting != "terms" else f"{term.name}: teacher"
             checks.check_teacher(term, student, shape, where)
         self._plan = TermPlan(bound, student, output_name)
+        self._fused = fused_lib.plan(student, fused_projection, self._plan, output_name)
         self._weighting = weighting
         self.student = student
         self.soft_losses = self._plan.soft_losses
@@ -284,6 +289,7 @@ class Distiller(keras.Model):
             )
         elif loss is not None:
             self.hard_loss = checks.resolve_hard_loss(loss)
+        fused_lib.check_compile(self._fused, metrics)
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
     def get_compile_config(self):
@@ -302,6 +308,8 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         inputs = teacher_hooks.student_inputs(self.hooked_teachers, inputs)
+        if training and self._fused is not None:  # logits: inside the loss
+            return self._fused.forward(inputs, training)
         layers = self._plan.student_layers()
         if not layers:
             return self.student(inputs, training=training)
@@ -329,12 +337,7 @@ class Distiller(keras.Model):
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
         logits = select_output(y_pred, self.output_name, "student")
         labels = select_output(y, self.output_name, "labels")
-        # Sequence logits (N, L, V): every term is a mean over the weighted
-        # (unmasked) tokens; classifier logits keep Keras's reduction.
-        weights = tokens.token_weights(sample_weight, logits)
-        hard = hard_value(self.hard_loss, labels, logits, weights)
-        capture = self._plan.student_capture(self, x, y_pred, training)
-        values = self._plan.values(x, y, y_pred, weights, training, capture)
+        hard, values = _hard_and_terms(self, x, y, y_pred, sample_weight, training)
         if training:
             teacher_hooks.update_after_step(self.hooked_teachers, x, labels, logits)
         heads = self._heads.values(y, y_pred, sample_weight)
@@ -395,6 +398,7 @@ class Distiller(keras.Model):
             "student": ser(self.student),
             "hard_loss": None if self.hard_loss is None else ser(self.hard_loss),
             "output_name": self.output_name,
+            **fused_lib.config(self._fused),
             **self.loss_weighting.config(),
         }
         if self._weighting != "terms":
@@ -445,6 +449,27 @@ class Distiller(keras.Model):
         teacher = None if teacher is None else de(teacher)
         soft = [de(c) for c in config.pop("soft_loss", [])]
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)
+
+
+def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training):
+    """The hard term and each term's value, before weighting.
+
+    For sequence logits ``(N, L, V)`` each is a mean over the weighted
+    (unmasked) tokens, classifier logits keep Keras's reduction
+    (`keras_tfkd.tokens`). In the training pass of a ``fused_projection``
+    Distiller `y_pred` are the student's hidden states and the projection is
+    applied inside the losses (`keras_tfkd.fused`).
+    """
+    logits = select_output(y_pred, distiller.output_name, "student")
+    labels = select_output(y, distiller.output_name, "labels")
+    weights = tokens.token_weights(sample_weight, logits)
+    plan, fused = distiller._plan, distiller._fused
+    hidden = fused.take(y_pred) if fused is not None else None
+    if hidden is not None:
+        return fused.values(plan, distiller.hard_loss, x, y, hidden, weights, training)
+    hard = hard_value(distiller.hard_loss, labels, logits, weights)
+    capture = plan.student_capture(distiller, x, y_pred, training)
+    return hard, plan.values(x, y, y_pred, weights, training, capture)
 
 
 def _keep_pipeline_order(x, args, kwargs):

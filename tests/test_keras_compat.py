@@ -333,6 +333,7 @@ BACKEND_FENCES = {
     "data/batching.py",  # pipeline_engine: tf.data on the TensorFlow backend
     "cli/backend.py",  # picks KERAS_BACKEND before running a command
     "_chunked.py",  # each backend's loop and custom gradient of a chunked loss
+    "_fused.py",  # each backend's loop and custom gradient of the fused projection
 }
 FRAMEWORKS = ("tensorflow", "jax", "torch")
 

@@ -1,0 +1,275 @@
+"""The fused projection: the same loss and gradients as logits-then-loss.
+
+`keras_tfkd.fused` applies the student's output projection chunk by chunk
+inside the loss (`keras_tfkd._fused`, each backend's loop and custom
+gradient). Here: `projection_losses` == the losses on the whole logits
+(value, and gradient with respect to the hidden states, the kernel and the
+bias) for a Dense head and a tied embedding, with a mask, a fully masked
+sequence and a ragged last chunk; a KerasHub GPT2CausalLM distilled with
+``fused_projection=True`` takes the same step as without (loss values, and
+the gradient of every trainable weight, read off one SGD step); and the
+refusals, each naming the argument.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_tfkd import Distiller, fused, losses, teachers
+
+BACKEND = keras.backend.backend()
+N, L, D, V = 2, 5, 6, 13
+
+
+def _grads(fn, *arrays):
+    """``fn(*arrays) -> scalar``: its value and gradient for every array."""
+    if BACKEND == "jax":
+        import jax
+
+        value, grads = jax.jit(jax.value_and_grad(fn, argnums=range(len(arrays))))(
+            *arrays
+        )
+        return float(value), [np.asarray(g) for g in grads]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.convert_to_tensor(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        return float(value), [g.numpy() for g in tape.gradient(value, tensors)]
+    tensors = [ops.convert_to_tensor(a).requires_grad_(True) for a in arrays]
+    value = fn(*tensors)
+    value.backward()
+    return float(value.detach()), [t.grad.cpu().numpy() for t in tensors]
+
+
+def _case(seed=0):
+    r = np.random.default_rng(seed)
+    hidden = r.normal(size=(N, L, D)).astype("float32")
+    z_t = (r.normal(size=(N, L, V)) * 3).astype("float32")
+    labels = r.integers(0, V, size=(N, L)).astype("int32")
+    weights = np.ones((N, L), "float32")
+    weights[1] = 0.0  # a fully masked sequence
+    weights[0, -2:] = 0.0  # padding tokens
+    return hidden, z_t, labels, weights
+
+
+SOFT = [
+    lambda c: losses.SoftTargetKL(temperature=2.0, chunk_size=c),
+    lambda c: losses.ReverseKL(temperature=1.5, chunk_size=c),
+]
+ALPHAS = (0.5, 0.3, 0.2)
+
+
+def _whole(hidden, kernel, bias, labels, z_t, weights, tied):
+    """The logits-then-loss reference: Keras's CE and the unchunked losses."""
+    z = ops.matmul(hidden, ops.transpose(kernel) if tied else kernel)
+    if bias is not None:
+        z = z + bias
+    w = weights * (N * L) / weights.sum()  # tokens.token_weights
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    total = ALPHAS[0] * ce(labels, z, sample_weight=w)
+    for alpha, make in zip(ALPHAS[1:], SOFT):
+        total = total + alpha * make(None)(z_t, z, sample_weight=w)
+    return total
+
+
+@pytest.mark.parametrize(
+    "tied, chunk",
+    [(False, 4), (True, 4), (False, 64)],
+    ids=["dense_with_bias_ragged", "tied_ragged", "one_chunk"],
+)
+def test_linear_losses_equal_the_losses_on_the_whole_logits(tied, chunk):
+    hidden, z_t, labels, weights = _case()
+    r = np.random.default_rng(1)
+    kernel = r.normal(size=(V, D) if tied else (D, V)).astype("float32")
+    bias = None if tied else r.normal(size=(V,)).astype("float32")
+
+    def fused_loss(h, k, *b):
+        hard, soft = fused.linear_losses(
+            h,
+            k,
+            labels,
+            bias=b[0] if b else None,
+            soft=[(make(chunk), z_t) for make in SOFT],
+            sample_weight=weights,
+            chunk_size=chunk,
+            tied=tied,
+        )
+        return ALPHAS[0] * hard + ALPHAS[1] * soft[0] + ALPHAS[2] * soft[1]
+
+    def whole_loss(h, k, *b):
+        return _whole(h, k, b[0] if b else None, labels, z_t, weights, tied)
+
+    arrays = (hidden, kernel) + (() if tied else (bias,))
+    got_value, got = _grads(fused_loss, *arrays)
+    want_value, want = _grads(whole_loss, *arrays)
+    np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_each_output_keeps_its_own_value():
+    hidden, z_t, labels, weights = _case(2)
+    kernel = np.random.default_rng(3).normal(size=(D, V)).astype("float32")
+    hard, (kl, rkl) = fused.linear_losses(
+        hidden,
+        kernel,
+        labels,
+        soft=[(make(3), z_t) for make in SOFT],
+        sample_weight=weights,
+    )
+    z = hidden @ kernel
+    w = weights * (N * L) / weights.sum()
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    np.testing.assert_allclose(float(hard), float(ce(labels, z, w)), rtol=1e-5)
+    np.testing.assert_allclose(float(kl), float(SOFT[0](None)(z_t, z, w)), rtol=1e-5)
+    np.testing.assert_allclose(float(rkl), float(SOFT[1](None)(z_t, z, w)), rtol=1e-5)
+
+
+# ------------------------------------------------------- the Distiller, GPT-2
+keras_hub = pytest.importorskip("keras_hub")
+LM_V, LM_L = 64, 7
+
+
+def _gpt2(seed, num_layers=1):
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=LM_V,
+        num_layers=num_layers,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+def _lm_batch(seed=0, n=4):
+    r = np.random.default_rng(seed)
+    ids = r.integers(1, LM_V, size=(n, LM_L)).astype("int32")
+    mask = np.arange(LM_L)[None] < r.integers(2, LM_L + 1, size=(n, 1))
+    ids = np.where(mask, ids, 0).astype("int32")
+    return {"token_ids": ids, "padding_mask": mask}, np.roll(ids, -1, 1), mask
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return _gpt2(1, num_layers=2)
+
+
+def _step(student, teacher, fused_projection, chunk=5, **kwargs):
+    """One SGD step (learning rate 1): the logs and every weight's gradient."""
+    distiller = Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=[make(chunk) for make in SOFT],
+        alpha=0.5,
+        fused_projection=fused_projection,
+        **kwargs,
+    )
+    distiller.compile(optimizer=keras.optimizers.SGD(1.0))
+    x, y, mask = _lm_batch()
+    before = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+    logs = distiller.train_on_batch(
+        x, y, sample_weight=mask.astype("float32"), return_dict=True
+    )
+    after = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+    return logs, [b - a for b, a in zip(before, after)], distiller
+
+
+def test_a_fused_causal_lm_takes_the_same_step_as_logits_then_loss(teacher):
+    # 4 x 7 = 28 tokens in chunks of 5: a ragged last chunk; padding masked.
+    logs, grads, _ = _step(_gpt2(0), teacher, None)
+    fused_logs, fused_grads, distiller = _step(_gpt2(0), teacher, True)
+    for name in ("loss", "hard_loss", "soft_loss"):
+        np.testing.assert_allclose(fused_logs[name], logs[name], rtol=1e-5)
+    assert len(grads) == len(distiller.student.trainable_weights) > 10
+    for g, want in zip(fused_grads, grads):
+        np.testing.assert_allclose(g, want, atol=1e-5)
+    assert any(np.abs(g).max() > 1e-3 for g in fused_grads)
+    # Outside training the student computes its logits as usual.
+    assert tuple(distiller(_lm_batch(1)[0]).shape) == (4, LM_L, LM_V)
+    # The option is part of the config.
+    assert distiller.get_config()["fused_projection"] is True
+
+
+def _dense_lm(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((LM_L,), dtype="int32")
+    h = keras.layers.Embedding(LM_V, 8)(inputs)
+    h = keras.layers.Activation("tanh")(keras.layers.Dense(8, name="mid")(h))
+    return keras.Model(inputs, keras.layers.Dense(LM_V, name="head")(h))
+
+
+def test_a_named_dense_head_with_bias_fuses_too():
+    teacher = _dense_lm(5)
+    x, y, mask = _lm_batch(2)
+    runs = []
+    for fused_projection in (None, "head"):
+        distiller = Distiller(
+            student=_dense_lm(4),
+            teacher=teacher,
+            soft_loss=losses.SoftTargetKL(temperature=2.0, chunk_size=3),
+            alpha=0.5,
+            fused_projection=fused_projection,
+        )
+        distiller.compile(optimizer=keras.optimizers.SGD(1.0))
+        student = distiller.student
+        before = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+        logs = distiller.train_on_batch(
+            x["token_ids"], y, sample_weight=mask, return_dict=True
+        )
+        after = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+        runs.append((logs, [b - a for b, a in zip(before, after)]))
+    (logs, grads), (fused_logs, fused_grads) = runs
+    np.testing.assert_allclose(fused_logs["loss"], logs["loss"], rtol=1e-5)
+    for g, want in zip(fused_grads, grads):
+        np.testing.assert_allclose(g, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ refusals
+def test_what_cannot_be_fused_is_refused_naming_the_argument(teacher):
+    student = _gpt2(0)
+    with pytest.raises(ValueError, match=r"fused_projection=True needs a KerasHub"):
+        Distiller(student=_dense_lm(0), teacher=_dense_lm(1), fused_projection=True)
+    with pytest.raises(ValueError, match=r"fused_projection='mid'.*final layer"):
+        Distiller(student=_dense_lm(0), teacher=_dense_lm(1), fused_projection="mid")
+    with pytest.raises(TypeError, match=r"fused_projection=3"):
+        Distiller(student=student, teacher=teacher, fused_projection=3)
+    with pytest.raises(ValueError, match=r"DecoupledKD.*cannot be fused"):
+        Distiller(
+            student=student,
+            teacher=teacher,
+            soft_loss=losses.DecoupledKD(),
+            fused_projection=True,
+        )
+    with pytest.raises(ValueError, match=r"KLDivergence.*cannot be fused"):
+        Distiller(
+            student=student,
+            teacher=teacher,
+            soft_loss=keras.losses.KLDivergence(),
+            fused_projection=True,
+        )
+    with pytest.raises(ValueError, match=r"True takes keras.Model teachers.*Virtual"):
+        Distiller(
+            student=student,
+            teacher=teachers.VirtualTeacher(num_classes=LM_V),
+            fused_projection=True,
+        )
+    distiller = Distiller(student=student, teacher=teacher, fused_projection=True)
+    with pytest.raises(ValueError, match=r"fused_projection=True: compiled metrics"):
+        distiller.compile(optimizer="sgd", metrics=["accuracy"])
+    distiller.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError())
+    x, y, mask = _lm_batch()
+    with pytest.raises(ValueError, match=r"sparse cross-entropy on logits"):
+        distiller.train_on_batch(x, y, sample_weight=mask)
+
+
+def test_a_soft_capped_head_is_refused():
+    layer = keras.layers.ReversibleEmbedding(LM_V, 4, logit_soft_cap=30.0)
+    layer.build((None,))
+    with pytest.raises(ValueError, match=r"soft-caps its logits"):
+        fused.projection_losses(np.zeros((2, 4), "float32"), layer, np.zeros(2))
