@@ -131,20 +131,10 @@ def test_each_output_keeps_its_own_value():
 
 # ------------------------------------------------------- the Distiller, GPT-2
 keras_hub = pytest.importorskip("keras_hub")
-LM_V, LM_L = 64, 7
+from test_causal_lm import V as LM_V  # noqa: E402
+from test_causal_lm import _gpt2  # noqa: E402  (GPT-2 from a config, V = LM_V)
 
-
-def _gpt2(seed, num_layers=1):
-    keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=LM_V,
-        num_layers=num_layers,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=16,
-    )
-    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+LM_L = 7
 
 
 def _lm_batch(seed=0, n=4):
