@@ -78,8 +78,9 @@ _REGIME = dict(
 #: validation and test windows (of about 4,700 each) its runs are measured
 #: on after every epoch. At 4,800 windows and 2 epochs (150 steps) the
 #: students ended at test perplexity 15.5 against the teacher's 9.0, still
-#: far from trained; 9,600 windows and 5 epochs (750 steps) took 58 minutes
-#: on 2 CPU cores shared with other jobs (more than the 30 aimed at).
+#: far from trained; 9,600 windows and 5 epochs (750 steps) took 31 minutes
+#: on 2 CPU cores (with the teacher trained for twice the students' epochs
+#: and its logits computed once, `keras_tfkd.study.lm`).
 FORTUNES_TRAIN_WINDOWS = 9600
 FORTUNES_EVAL_WINDOWS = 1000
 
@@ -141,7 +142,7 @@ PRESETS = {
             f"tokens): lm_tiny <- lm_small, baseline, LSR, Tf-KD_reg, Tf-KD_self, "
             f"KD, reverse KL and generalized JSD per token, "
             f"{FORTUNES_TRAIN_WINDOWS:,} training windows, 3 seeds",
-            "58 min on 2 CPU cores shared with test runs (JAX, measured 2026-12-07)",
+            "31 min on 2 CPU cores (JAX, measured 2026-12-07)",
             **_FORTUNES,
         ),
     )
