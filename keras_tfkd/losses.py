@@ -620,7 +620,6 @@ class DecoupledKD(LabelAwareLoss):
                 1.0,
                 sg(log_q_t),
                 sg(q_t),
-                sg(nckd),
             )
         )
         nckd = value + (nckd - sg(nckd))
