@@ -44,6 +44,10 @@ def _table_rows(stdout):
 
 
 @pytest.mark.slow
+# The script's smoke run, in the torch session only: 3-3.5 min a session on
+# TensorFlow and JAX (CI, 2026-12-07). What its rows time (fit, the losses, the
+# pipeline) is tested on every backend elsewhere; `make bench` runs them all.
+@pytest.mark.one_backend
 def test_quick_run_prints_every_row():
     env = dict(os.environ, KERAS_BACKEND=BACKEND)
     script = str(ROOT / "benchmarks" / "run.py")
