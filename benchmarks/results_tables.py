@@ -35,6 +35,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from keras_tfkd.study.report import LEAVE_ONE_OUT, SEEDS_NEEDED
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The command that produced each known study, keyed by preset;
@@ -414,17 +416,19 @@ def _lm_short_section(study, prov, folder, doc_link):
     lines += [
         "",
         "| method | test perplexity | Δ perplexity [95% CI] | verdict "
+        f"| {LEAVE_ONE_OUT} | {SEEDS_NEEDED} "
         "| Δ next-token acc. points [95% CI] | verdict |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in study["baselines"]:
         cells = [row.get(k, "") for k in ("method", "test perplexity")]
         ref = "ref" if row.get("method") == "Baseline" else "-"
-        lines.append("| " + " | ".join(cells) + f" | {ref} | | {ref} | |")
+        lines.append("| " + " | ".join(cells) + f" | {ref} | | | | {ref} | |")
     for row in study["claims"] or []:
         cells = [row.get(k, "") for k in ("method", "test perplexity")]
         cells += [row.get("Δ perplexity [95% CI]", "")]
         cells += [_bold(row.get("verdict (perplexity)", ""))]
+        cells += [row.get(LEAVE_ONE_OUT, ""), row.get(SEEDS_NEEDED, "")]
         cells += [row.get("Δ acc points [95% CI]", "")]
         cells += [_bold(row.get("verdict (accuracy)", ""))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -458,21 +462,23 @@ def short_section(study, prov, folder, doc_link):
                     f"accuracy (n = {row.get('n', '?')} seeds)."
                 )
         texts = [c["claim"] for c in claims]
+        # The verdict's stability (results.md of studies before it lack it).
+        steady = [f"{name}: {k}" for k in (LEAVE_ONE_OUT, SEEDS_NEEDED)]
+        steady = [k for k in steady if k in head]
         lines += [
             "",
             f"| claim ({name} test accuracy) | mean Δ [95% CI] | seeds improved "
-            "| verdict |",
-            "|---|---|---|---|",
+            "| verdict |" + "".join(f" {k.split(': ', 1)[1]} |" for k in steady),
+            "|---|---|---|---|" + "---|" * len(steady),
         ]
         for c in claims:
             claim = c["claim"]
             if texts.count(claim) > 1:
                 claim += f" ({c['comparison']})"
-            verdict = c[f"{name}: verdict"]
-            if verdict in ("supported", "not supported"):
-                verdict = f"**{verdict}**"
+            verdict = _bold(c[f"{name}: verdict"])
             lines.append(
                 f"| {claim} | {c[field]} | {c[f'{name}: improved']} | {verdict} |"
+                + "".join(f" {c[k]} |" for k in steady)
             )
     lines += ["", f"Full tables: [docs/results.md]({doc_link})."]
     return "\n".join(lines) + "\n"

@@ -142,10 +142,13 @@ def test_blocks_are_replaced_and_nothing_else_changes(tmp_path):
         if verdict != "inconclusive":
             verdict = f"**{verdict}**"
         interval = f"{claim['mean']:+.2f} [{claim['low']:+.2f}, {claim['high']:+.2f}]"
+        robust = "**fragile**" if claim["fragile"] else "holds"
         assert row.endswith(
-            f"| {interval} | {claim['improved']}/{claim['n']} | {verdict} |"
+            f"| {interval} | {claim['improved']}/{claim['n']} | {verdict} | "
+            f"{robust} | {claim['seeds_needed']} |"
         )
     assert "supported" in {c["verdict"] for c in claims}
+    assert "| verdict | leave-one-seed-out | seeds for a stable verdict |" in block
     assert "Baseline cnn_tiny: 91.00 ± 1.00 % val-selected" in block
 
     # docs: the whole results.md under the same provenance; the other study's
@@ -282,9 +285,7 @@ def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
     )
     folder = tmp_path / "lm"
     folder.mkdir()
-    markdown = lm_report.format_markdown(
-        lm_report.summarize(records), config, dataset, 60.0
-    )
+    markdown = lm_report.format_markdown(lm_report.summarize(records), config, dataset)
     (folder / "results.md").write_text(markdown)
     (folder / "results.json").write_text(json.dumps(records))
     readme, doc = tmp_path / "README.md", tmp_path / "results.md"

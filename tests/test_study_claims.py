@@ -128,6 +128,75 @@ def test_verdict_comparable(low, high, margin, expected):
     assert stats.verdict(_iv(low, high), "comparable", margin) == expected
 
 
+def _flips_by_hand(d, claim="improves", margin=1.0):
+    """Leave-one-out by hand: scipy's interval of each n - 1 subset."""
+    out = []
+    for i in range(len(d)):
+        rest = np.delete(np.asarray(d, "float64"), i)
+        low, high = scipy.stats.t.interval(
+            0.95, len(rest) - 1, loc=rest.mean(), scale=scipy.stats.sem(rest)
+        )
+        out.append(
+            stats.verdict({"n": len(rest), "low": low, "high": high}, claim, margin)
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    "d, claim",
+    [
+        ([1.0, 0.2, 0.3, 0.4, 0.2], "improves"),  # supported; a 0.2 out: not
+        ([1.0, 1.2, 0.9, 1.1, 1.0], "improves"),  # every subset supports it
+        ([-0.9, -0.6, -1.0, -0.4, -0.7, -0.8], "improves"),  # worse, stably
+        ([0.3, -0.5, 0.8, 0.1], "improves"),  # inconclusive
+        ([0.1, -0.2, 0.0, 0.2, 0.1], "comparable"),
+        ([0.9, 0.4, 1.3, 0.6], "comparable"),  # straddles the band's edge
+    ],
+)
+def test_stability_leaves_each_seed_out_and_finds_the_seeds_needed(d, claim):
+    r = stats.stability(d, claim)
+    assert r["verdict"] == stats.verdict(stats.paired_interval(d), claim)
+    assert r["fragile"] == any(v != r["verdict"] for v in _flips_by_hand(d, claim))
+    # seeds_needed is the first n where (t + sqrt 2) sd / sqrt n clears the edge.
+    m, sd = np.mean(d), np.std(d, ddof=1)
+    edge = abs(m) if claim == "improves" else abs(1.0 - abs(m))
+    n = r["seeds_needed"]
+    assert n is not None and n >= 2
+
+    def clears(k):
+        t = scipy.stats.t.ppf(0.975, k - 1)
+        return (t + np.sqrt(2)) * sd / np.sqrt(k) < edge
+
+    assert clears(n) and (n == 2 or not clears(n - 1))
+
+
+def test_stability_marks_the_cases_it_cannot_judge():
+    one = stats.stability([0.5])
+    assert one == {
+        "verdict": "inconclusive",
+        "fragile": None,
+        "seeds_needed": None,
+        "n": 1,
+    }
+    # No effect at all: no number of seeds settles it.
+    assert stats.stability([0.5, -0.5, 0.0])["seeds_needed"] is None
+    # No spread: two seeds show it (and NaN seeds are left out as elsewhere).
+    same = stats.stability([0.4, 0.4, float("nan"), 0.4])
+    assert same["seeds_needed"] == 2 and same["fragile"] is False and same["n"] == 3
+    # An inconclusive claim: a study of `seeds_needed` seeds with the same mean
+    # and spread supports it, with its low end above one sd of a rerun's mean.
+    d = [0.6, -0.4, 0.9, 0.2, -0.1]
+    r = stats.stability(d)
+    assert r["verdict"] == "inconclusive"
+    n = r["seeds_needed"]
+    z = np.linspace(-1.0, 1.0, n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    wider = np.mean(d) + np.std(d, ddof=1) * z
+    interval = stats.paired_interval(wider)
+    assert stats.verdict(interval) == "supported"
+    assert interval["low"] > np.sqrt(2) * np.std(d, ddof=1) / np.sqrt(n)
+
+
 def test_verdict_needs_two_seeds_whatever_the_bounds():
     assert stats.verdict(_iv(1.0, 2.0, n=1)) == "inconclusive"
     assert stats.verdict(_iv(-0.1, 0.1, n=1), "comparable") == "inconclusive"
@@ -382,21 +451,25 @@ def test_markdown_has_the_claims_section(tmp_path):
     )
     assert (
         "| claim | comparison | n | final: mean Δ [95% CI] | final: improved | "
-        "final: verdict | best: mean Δ [95% CI] | best: improved | best: verdict |"
+        "final: verdict | final: leave-one-seed-out | final: seeds for a stable "
+        "verdict | best: mean Δ [95% CI] | best: improved | best: verdict |"
     ) in section
+    # Three seeds: leaving one out leaves two (t = 12.7), so a supported claim
+    # is fragile; 4 seeds would clear 0 by one sd of a rerun's mean.
     assert (
         "| Re-KD improves the strong model | Re-KD vs Baseline (cnn_small) | 3 | "
-        "+1.50 [+0.26, +2.74] | 3/3 | supported | +1.50 [+0.26, +2.74] | 3/3 | "
-        "supported |"
+        "+1.50 [+0.26, +2.74] | 3/3 | supported | **fragile** | 4 | "
+        "+1.50 [+0.26, +2.74] | 3/3 | supported |"
     ) in section
+    assert "| -5.00 [-5.00, -5.00] | 0/3 | not supported | holds | 2 |" in section
     assert "| De-KD improves the student | De-KD vs Baseline (cnn_tiny) | 3 | " in (
         section
     )
-    assert "-5.00 [-5.00, -5.00] | 0/3 | not supported" in section
     line = next(x for x in section.splitlines() if "Tf-KD_self improves" in x)
     assert line.endswith(
-        "| 2/3 | inconclusive | +1.50 [+0.26, +2.74] | 3/3 | supported |"
+        "| 2/3 | inconclusive | holds | 446 | +1.50 [+0.26, +2.74] | 3/3 | supported |"
     )
+    assert "- leave-one-seed-out (of the final verdict): *fragile* when" in section
     assert "- Rule: *improves* is supported if the interval's low end is > 0" in section
     assert "within -1.00 .. +1.00 points" in section
     assert "n = 1" not in markdown
@@ -408,12 +481,13 @@ def test_markdown_claims_with_one_seed_and_a_skipped_claim(tmp_path):
     markdown = study.format_markdown(rows, "header", _config(tmp_path, (0,)))
     assert "## Does it help? (paired over seeds)" in markdown
     assert "±" not in markdown  # one seed: no spread anywhere
-    assert "+1.00 (no interval) | 1/1 | inconclusive" in markdown
+    assert "+1.00 (no interval) | 1/1 | inconclusive |  |  |" in markdown
     rows = study.summarize(_records(skip={("baseline", "cnn_small")}))
     markdown = study.format_markdown(rows, "header", _config(tmp_path))
     assert (
         "| Re-KD improves the strong model | Re-KD vs Baseline (cnn_small) | 0 |  |"
-        "  | skipped: no Baseline run of cnn_small"
+        "  | skipped: no Baseline run of cnn_small (the strong model, which Re-KD "
+        "trains as the student) |  |  |"
     ) in markdown
 
 

@@ -404,7 +404,7 @@ def run_lm_study(config, log=print, dataset=None):
     rows = lm_report.summarize(list(records.values()))
     seconds = time.perf_counter() - start
     table = lm_report.format_table(rows)
-    text = lm_report.format_markdown(rows, config, dataset, seconds)
+    text = lm_report.format_markdown(rows, config, dataset)
     (out / "results.md").write_text(text)
     paths = {"results.json": out / runs.RESULTS_FILE, "results.md": out / "results.md"}
     log("")

@@ -18,8 +18,8 @@ import datetime
 import numpy as np
 
 from keras_tfkd.study.lm_config import LM_HYPERPARAMETERS, LM_METHOD_LABELS
-from keras_tfkd.study.report import _fmt
-from keras_tfkd.study.stats import paired_interval, verdict
+from keras_tfkd.study.report import LEAVE_ONE_OUT, SEEDS_NEEDED, _fmt, _fmt_stability
+from keras_tfkd.study.stats import paired_interval, stability
 
 __all__ = ["format_markdown", "format_table", "summarize"]
 
@@ -46,7 +46,8 @@ def summarize(records):
     """Rows, one per (role, method): ``label``, ``n`` (seeds), per metric
     ``<m>`` = (mean, std) and, for the student's methods other than the
     baseline, ``delta_<m>`` (the paired interval of ``method - baseline``)
-    and ``verdict_<m>`` (on the claim that the method does better)."""
+    and ``verdict_<m>`` (on the claim that the method does better), with
+    ``stability_<m>`` (`keras_tfkd.study.stats.stability` of that verdict)."""
     baseline = {
         r["seed"]: r
         for r in records
@@ -85,11 +86,10 @@ def summarize(records):
                         diffs.append(scale * (r[field] - ref[field]))
                 interval = paired_interval(diffs)
                 sign = 1.0 if HIGHER_IS_BETTER[name] else -1.0
-                better = paired_interval(
-                    [None if d is None else sign * d for d in diffs]
-                )
+                better = stability([None if d is None else sign * d for d in diffs])
                 row[f"delta_{name}"] = interval
-                row[f"verdict_{name}"] = verdict(better)
+                row[f"verdict_{name}"] = better["verdict"]
+                row[f"stability_{name}"] = better
         rows.append(row)
     return rows
 
@@ -135,11 +135,14 @@ def _hp_text(method):
     return ", ".join(f"{k}={v:g}" for k, v in hp.items()) or "-"
 
 
-def format_markdown(rows, config, dataset, seconds):
+def format_markdown(rows, config, dataset):
     """results.md: what ran, the table, the paired claims and calibration."""
     import keras
 
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    # From the records, not this call's time: a finished study rerun into its
+    # folder trains nothing and rewrites this file.
+    train_minutes = sum(r["train_seconds"] for r in rows) / 60
     preset = f" (preset `{config.preset}`)" if config.preset else ""
     out = [
         f"# Language-modelling study{preset}",
@@ -158,7 +161,8 @@ def format_markdown(rows, config, dataset, seconds):
         f"first, seed {config.seeds[0]}). {config.epochs} epochs, batch "
         f"{config.batch_size}, Adam at {config.learning_rate:g} decayed to 0 along "
         f"a cosine; seeds {', '.join(map(str, config.seeds))}. Backend "
-        f"{keras.backend.backend()}, {today}, {seconds / 60:.1f} min in all.",
+        f"{keras.backend.backend()}, {today}, {train_minutes:.1f} min of training "
+        "(the sum of the runs' train_seconds, the teacher's included).",
         "",
         "Every metric is on the unmasked test tokens, at each run's epoch of "
         "lowest validation perplexity; mean ± sample std over seeds. Δ is "
@@ -166,12 +170,17 @@ def format_markdown(rows, config, dataset, seconds):
         "Student t interval over seeds; *verdict* is on the claim that the "
         "method does better (lower perplexity, higher accuracy): supported "
         "when the whole interval is on the better side, not supported when it "
-        "is on the worse side, inconclusive when it holds 0.",
+        "is on the worse side, inconclusive when it holds 0. Of the perplexity "
+        f"verdict, {LEAVE_ONE_OUT}: *fragile* when leaving out some one seed "
+        f"changes it, *holds* when none does; {SEEDS_NEEDED}: the fewest seeds "
+        "at which, at this mean and spread, the interval would clear 0 by one "
+        "standard deviation of the gap between two such studies' means, "
+        "(t + √2)·sd/√n < |mean|.",
         "",
         "| method | hyper-parameters | n | test perplexity | Δ perplexity [95% CI] "
-        "| verdict (perplexity) | next-token acc % | Δ acc points [95% CI] "
-        "| verdict (accuracy) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| verdict (perplexity) | {LEAVE_ONE_OUT} | {SEEDS_NEEDED} "
+        "| next-token acc % | Δ acc points [95% CI] | verdict (accuracy) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["label"] if r["role"] != "teacher" else f"Teacher `{r['model']}`"
@@ -179,7 +188,9 @@ def format_markdown(rows, config, dataset, seconds):
         out.append(
             f"| {name} | {hp} | {r['n']} | {_fmt3(r['perplexity'])} | "
             f"{_fmt_interval(r.get('delta_perplexity'), 3)} | "
-            f"{r.get('verdict_perplexity', '')} | {_fmt(*r['accuracy'])} | "
+            f"{r.get('verdict_perplexity', '')} | "
+            + " | ".join(_fmt_stability(r.get("stability_perplexity")))
+            + f" | {_fmt(*r['accuracy'])} | "
             f"{_fmt_interval(r.get('delta_accuracy'))} | "
             f"{r.get('verdict_accuracy', '')} |"
         )

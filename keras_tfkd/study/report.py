@@ -12,6 +12,7 @@ import numpy as np
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd.study.config import METHOD_LABELS, STUDY_SOURCES, _fraction_text
+from keras_tfkd.study.stats import MAX_SEEDS
 
 
 def _mean_std(values):
@@ -538,7 +539,10 @@ def claims(
     ``method``, ``reference``, ``student``, ``comparison`` (the method
     labels), ``field``, ``differences`` (per seed, in points), the interval's
     ``n``, ``mean``, ``low``, ``high``, ``improved``, ``dropped`` and
-    ``confidence``, ``margin`` and ``verdict``. A claim whose reference run
+    ``confidence``, ``margin``, ``verdict``, and how the verdict would hold on
+    a rerun (`stats.stability`): ``fragile`` (some one seed left out changes
+    it) and ``seeds_needed`` (the seeds a stable verdict needs at this mean
+    and spread). A claim whose reference run
     is missing (Re-KD without a baseline of the strong model) has
     ``verdict == "skipped"`` and a ``note`` saying why; ``note`` is None
     otherwise.
@@ -589,18 +593,23 @@ def claims(
                         "differences": [],
                         **interval,
                         "verdict": "skipped",
+                        "fragile": None,
+                        "seeds_needed": None,
                         "note": why,
                     }
                 )
                 continue
             diffs = _paired_differences(row, ref, field)
             interval = stats.paired_interval(diffs, confidence)
+            steady = stats.stability(diffs, kind, margin, confidence)
             out.append(
                 {
                     **claim,
                     "differences": diffs,
                     **interval,
-                    "verdict": stats.verdict(interval, kind, margin),
+                    "verdict": steady["verdict"],
+                    "fragile": steady["fragile"],
+                    "seeds_needed": steady["seeds_needed"],
                 }
             )
     return out
@@ -626,6 +635,23 @@ def _fmt_interval(claim):
     return f"{claim['mean']:+.2f} [{claim['low']:+.2f}, {claim['high']:+.2f}]"
 
 
+#: The two columns of the headline verdict's stability (`stats.stability`).
+LEAVE_ONE_OUT = "leave-one-seed-out"
+SEEDS_NEEDED = "seeds for a stable verdict"
+
+
+def _fmt_stability(claim):
+    """The cells of `LEAVE_ONE_OUT` and `SEEDS_NEEDED` for one claim (or a
+    `stats.stability` result; None: two empty cells)."""
+    if claim is None:
+        return ["", ""]
+    fragile, needed = claim.get("fragile"), claim.get("seeds_needed")
+    robust = "" if fragile is None else ("**fragile**" if fragile else "holds")
+    if claim["verdict"] == "skipped" or claim["n"] < 2:
+        return [robust, ""]
+    return [robust, f"> {MAX_SEEDS}" if needed is None else str(needed)]
+
+
 def _fmt_improved(claim):
     text = f"{claim['improved']}/{claim['n']}"
     if claim["dropped"]:
@@ -646,6 +672,8 @@ def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
     head = ["claim", "comparison", "n"]
     for name, _ in by_field:
         head += [f"{name}: mean Δ [95% CI]", f"{name}: improved", f"{name}: verdict"]
+        if name == by_field[0][0]:
+            head += [f"{name}: {LEAVE_ONE_OUT}", f"{name}: {SEEDS_NEEDED}"]
     lines = [
         "## Does it help? (paired over seeds)",
         "",
@@ -654,12 +682,14 @@ def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
     ]
     for i, claim in enumerate(first):
         cells = [claim["claim"], claim["comparison"], str(claim["n"])]
-        for _, items in by_field:
+        for j, (_, items) in enumerate(by_field):
             c = items[i]
             if c["verdict"] == "skipped":
                 cells += ["", "", f"skipped: {c['note']}"]
             else:
                 cells += [_fmt_interval(c), _fmt_improved(c), c["verdict"]]
+            if j == 0:
+                cells += _fmt_stability(c)
         lines.append("| " + " | ".join(cells) + " |")
     names = " and ".join(name for name, _ in by_field)
     lines += [
@@ -675,6 +705,13 @@ def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
         f"+{margin:.2f} points, not supported if it lies wholly outside that "
         "band, else inconclusive; with fewer than 2 seeds every verdict is "
         "inconclusive.",
+        f"- {LEAVE_ONE_OUT} (of the {by_field[0][0]} verdict): *fragile* when "
+        "leaving out some one seed changes the verdict (a rerun can flip it), "
+        f"*holds* when none does; {SEEDS_NEEDED}: the fewest seeds at which, "
+        "at this mean and spread, the interval would clear 0 (or the band's "
+        "edge) by one standard deviation of the gap between two such studies' "
+        "means, (t + √2)·sd/√n < |edge distance|; for an inconclusive verdict, "
+        "the seeds that would settle it if the mean and spread held.",
     ]
     if by_field[0][0] == "val-selected":
         lines.append(

@@ -13,10 +13,13 @@ import math
 
 import numpy as np
 
-__all__ = ["CLAIMS", "paired_interval", "verdict"]
+__all__ = ["CLAIMS", "paired_interval", "stability", "verdict"]
 
 #: The claim kinds `verdict` knows.
 CLAIMS = ("improves", "comparable")
+
+#: The most seeds `stability` looks for (``seeds_needed`` is None beyond).
+MAX_SEEDS = 1000
 
 
 def paired_interval(differences, confidence=0.95):
@@ -116,3 +119,74 @@ def verdict(interval, claim="improves", margin=1.0):
     if low > margin or high < -margin:
         return "not supported"
     return "inconclusive"
+
+
+def stability(differences, claim="improves", margin=1.0, confidence=0.95):
+    """Would a rerun keep the verdict? Leave-one-seed-out, and the seeds it needs.
+
+    Two measures of the verdict of `verdict` on `paired_interval` of
+    `differences` (per-seed, method - reference):
+
+    * ``fragile``: True when leaving out some one seed gives another verdict
+      (each of the ``n`` subsets of ``n - 1`` differences is judged by the
+      same rule), False when no seed decides it, None with fewer than two
+      differences. A verdict that one seed flips is one that a rerun on
+      another machine, whose numbers differ a little, can flip too.
+    * ``seeds_needed``: the fewest seeds ``n`` at which, at this mean ``m``
+      and spread ``s``, the interval would clear the verdict's edge (0 for
+      *improves*; the band's edge ``margin`` for *comparable*) by the typical
+      gap between two such studies' means, ``sqrt(2) * s / sqrt(n)``::
+
+          (t_{(1+c)/2, n-1} + sqrt(2)) * s / sqrt(n) < e,
+          e = |m| (improves)  or  | margin - |m| | (comparable)
+
+      So a rerun with fresh seeds keeps the verdict unless its mean moves
+      by more than one standard deviation of that gap. For an inconclusive
+      verdict it is the seeds that would settle it if the mean and spread
+      held. None when ``e == 0`` (no number of seeds settles it), with
+      fewer than two differences (no spread), or beyond `MAX_SEEDS`.
+
+    Returns a dict: ``verdict``, ``fragile``, ``seeds_needed``, ``n``.
+
+    >>> r = stability([1.0, 1.2, 0.9, 1.1, 1.0])  # every seed gains about 1 point
+    >>> r["verdict"], r["fragile"], r["seeds_needed"]
+    ('supported', False, 3)
+    >>> r = stability([1.0, 0.2, 0.3, 0.4, 0.2])  # without a 0.2: inconclusive
+    >>> r["verdict"], r["fragile"], r["seeds_needed"]
+    ('supported', True, 9)
+    """
+    interval = paired_interval(differences, confidence)
+    result = {
+        "verdict": verdict(interval, claim, margin),
+        "fragile": None,
+        "seeds_needed": None,
+        "n": interval["n"],
+    }
+    n = interval["n"]
+    if n < 2:
+        return result
+    finite = [
+        float(d) for d in differences if d is not None and not math.isnan(float(d))
+    ]
+    result["fragile"] = any(
+        verdict(
+            paired_interval(finite[:i] + finite[i + 1 :], confidence), claim, margin
+        )
+        != result["verdict"]
+        for i in range(n)
+    )
+    mean, sd = interval["mean"], interval["sd"]
+    edge = abs(mean) if claim == "improves" else abs(margin - abs(mean))
+    if edge == 0:
+        return result
+    if sd == 0:
+        result["seeds_needed"] = 2
+        return result
+    from scipy import stats as scipy_stats  # imported when needed: slow
+
+    sizes = np.arange(2, MAX_SEEDS + 1)
+    t = scipy_stats.t.ppf((1 + confidence) / 2, sizes - 1)
+    ok = np.nonzero((t + math.sqrt(2.0)) * sd / np.sqrt(sizes) < edge)[0]
+    if ok.size:
+        result["seeds_needed"] = int(sizes[ok[0]])
+    return result
