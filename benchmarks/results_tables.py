@@ -35,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from keras_tfkd.study.report import LEAVE_ONE_OUT, SEEDS_NEEDED
+from keras_tfkd.study.stats import LEAVE_ONE_OUT, SEEDS_NEEDED
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,14 @@ import datetime
 import numpy as np
 
 from keras_tfkd.study.lm_config import LM_HYPERPARAMETERS, LM_METHOD_LABELS
-from keras_tfkd.study.report import LEAVE_ONE_OUT, SEEDS_NEEDED, _fmt, _fmt_stability
-from keras_tfkd.study.stats import paired_interval, stability
+from keras_tfkd.study.report import _fmt
+from keras_tfkd.study.stats import (
+    LEAVE_ONE_OUT,
+    SEEDS_NEEDED,
+    paired_interval,
+    stability,
+    stability_cells,
+)
 
 __all__ = ["format_markdown", "format_table", "summarize"]
 
@@ -189,7 +195,7 @@ def format_markdown(rows, config, dataset):
             f"| {name} | {hp} | {r['n']} | {_fmt3(r['perplexity'])} | "
             f"{_fmt_interval(r.get('delta_perplexity'), 3)} | "
             f"{r.get('verdict_perplexity', '')} | "
-            + " | ".join(_fmt_stability(r.get("stability_perplexity")))
+            + " | ".join(stability_cells(r.get("stability_perplexity")))
             + f" | {_fmt(*r['accuracy'])} | "
             f"{_fmt_interval(r.get('delta_accuracy'))} | "
             f"{r.get('verdict_accuracy', '')} |"

@@ -12,7 +12,7 @@ import numpy as np
 from keras_tfkd import data as data_lib
 from keras_tfkd import experiments as experiments_lib
 from keras_tfkd.study.config import METHOD_LABELS, STUDY_SOURCES, _fraction_text
-from keras_tfkd.study.stats import MAX_SEEDS
+from keras_tfkd.study.stats import LEAVE_ONE_OUT, SEEDS_NEEDED, stability_cells
 
 
 def _mean_std(values):
@@ -635,23 +635,6 @@ def _fmt_interval(claim):
     return f"{claim['mean']:+.2f} [{claim['low']:+.2f}, {claim['high']:+.2f}]"
 
 
-#: The two columns of the headline verdict's stability (`stats.stability`).
-LEAVE_ONE_OUT = "leave-one-seed-out"
-SEEDS_NEEDED = "seeds for a stable verdict"
-
-
-def _fmt_stability(claim):
-    """The cells of `LEAVE_ONE_OUT` and `SEEDS_NEEDED` for one claim (or a
-    `stats.stability` result; None: two empty cells)."""
-    if claim is None:
-        return ["", ""]
-    fragile, needed = claim.get("fragile"), claim.get("seeds_needed")
-    robust = "" if fragile is None else ("**fragile**" if fragile else "holds")
-    if claim["verdict"] == "skipped" or claim["n"] < 2:
-        return [robust, ""]
-    return [robust, f"> {MAX_SEEDS}" if needed is None else str(needed)]
-
-
 def _fmt_improved(claim):
     text = f"{claim['improved']}/{claim['n']}"
     if claim["dropped"]:
@@ -689,7 +672,7 @@ def _claims_markdown(rows, fields=CLAIM_FIELDS, margin=COMPARABLE_MARGIN):
             else:
                 cells += [_fmt_interval(c), _fmt_improved(c), c["verdict"]]
             if j == 0:
-                cells += _fmt_stability(c)
+                cells += stability_cells(c)
         lines.append("| " + " | ".join(cells) + " |")
     names = " and ".join(name for name, _ in by_field)
     lines += [

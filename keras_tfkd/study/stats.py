@@ -1,4 +1,5 @@
-"""Paired statistics over seeds: `paired_interval` and the `verdict` on a claim.
+"""Paired statistics over seeds: `paired_interval`, the `verdict` on a claim
+and its `stability` (would a rerun keep it?), with its table cells.
 
 A study runs every method with the same seeds as its reference (same seed,
 same initial weights, same batches), so a method is judged on the per-seed
@@ -13,7 +14,7 @@ import math
 
 import numpy as np
 
-__all__ = ["CLAIMS", "paired_interval", "stability", "verdict"]
+__all__ = ["CLAIMS", "paired_interval", "stability", "stability_cells", "verdict"]
 
 #: The claim kinds `verdict` knows.
 CLAIMS = ("improves", "comparable")
@@ -190,3 +191,26 @@ def stability(differences, claim="improves", margin=1.0, confidence=0.95):
     if ok.size:
         result["seeds_needed"] = int(sizes[ok[0]])
     return result
+
+
+#: The two table columns of a verdict's `stability` (results.md, README).
+LEAVE_ONE_OUT = "leave-one-seed-out"
+SEEDS_NEEDED = "seeds for a stable verdict"
+
+
+def stability_cells(claim):
+    """The cells of `LEAVE_ONE_OUT` and `SEEDS_NEEDED` for one claim (or a
+    `stability` result; None: two empty cells).
+
+    >>> stability_cells(stability([1.0, 0.2, 0.3, 0.4, 0.2]))
+    ['**fragile**', '9']
+    >>> stability_cells(stability([0.5, -0.5, 0.0]))  # no effect: never settled
+    ['holds', '> 1000']
+    """
+    if claim is None:
+        return ["", ""]
+    fragile, needed = claim.get("fragile"), claim.get("seeds_needed")
+    robust = "" if fragile is None else ("**fragile**" if fragile else "holds")
+    if claim["verdict"] == "skipped" or claim["n"] < 2:
+        return [robust, ""]
+    return [robust, f"> {MAX_SEEDS}" if needed is None else str(needed)]
