@@ -37,9 +37,11 @@ Rows per chunk: the smallest int ``chunk_size`` of the soft losses, else
 the argument named: a student without a recognisable final projection, a
 soft-capped or quantised head, soft losses that are not per-token functions
 of the logits (feature losses, label-aware losses such as DKD, Keras's own
-losses), teachers that are not a `keras.Model` (a
-`keras_tfkd.teachers.Teacher` may read the student's logits, and a cached
-top-k teacher hands over another form than logits), compiled metrics (they
+losses), teachers that learn from the student's logits (PS-KD, OLS, CS-KD)
+or hand over another form than dense rows (the top-k cache's
+`keras_tfkd.topk.TopKTeacher`; a `keras.Model`, `CachedTeacher`,
+`VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher` and
+`TruncatedVocabulary` are fused), compiled metrics (they
 would see the hidden states), a hard loss other than the sparse
 cross-entropy on logits, and a student with several outputs.
 """
@@ -351,6 +353,24 @@ def config(plan):
     return {} if plan is None else {"fused_projection": plan.option}
 
 
+def _unfusable_teacher(teacher):
+    """Why a term's teacher cannot feed the fused losses, or None.
+
+    A `keras.Model`, or a `keras_tfkd.teachers.Teacher` whose targets are
+    dense rows made from the inputs and labels alone (`CachedTeacher`,
+    `VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher`,
+    `TruncatedVocabulary`): each chunk of its ``(N x L, V)`` targets meets
+    the same chunk of the student's logits.
+    """
+    if teacher is None or isinstance(teacher, keras.Model):
+        return None
+    if getattr(teacher, "learns_from_student", False):
+        return "learns from the student's logits, which are never built in training"
+    if getattr(teacher, "targets", "logits") not in ("logits", "probabilities"):
+        return f"hands the loss {teacher.targets!r} targets, not dense (N, L, V) rows"
+    return None
+
+
 class FusedPlan:
     """A `Distiller`'s fused projection (``fused_projection=``), kept out of
     Keras's tracking: the checks at construction, the hidden states of the
@@ -365,12 +385,12 @@ class FusedPlan:
             )
         self.layer, self._hidden = projection_of(student, fused_projection)
         for term in term_plan.terms:
-            if term.teacher is not None and not isinstance(term.teacher, keras.Model):
+            why = _unfusable_teacher(term.teacher)
+            if why is not None:
                 raise ValueError(
-                    f"{argument} takes keras.Model teachers, got the "
-                    f"{type(term.teacher).__name__} of the term {term.name!r} (a "
-                    "Teacher may read the student's logits, which are never built "
-                    "in training): train it without fused_projection."
+                    f"{argument} cannot fuse the term {term.name!r}: its "
+                    f"{type(term.teacher).__name__} {why}. Train it without "
+                    "fused_projection."
                 )
             for loss in term.losses:
                 loss_rows(loss, argument)

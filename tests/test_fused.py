@@ -220,6 +220,50 @@ def test_a_named_dense_head_with_bias_fuses_too():
         np.testing.assert_allclose(g, want, atol=1e-5)
 
 
+def _teacher_step(make_teacher, fused_projection, soft_loss):
+    """One SGD step of a fresh student taught by ``make_teacher()``'s targets
+    fed with the batch: the logs and every weight's change."""
+    student = _gpt2(0)
+    teacher, x = make_teacher()
+    distiller = Distiller(
+        student=student,
+        teacher=teacher,
+        soft_loss=soft_loss,
+        alpha=0.5,
+        fused_projection=fused_projection,
+    )
+    distiller.compile(optimizer=keras.optimizers.SGD(1.0))
+    _, y, mask = _lm_batch()
+    before = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+    logs = distiller.train_on_batch(
+        x, y, sample_weight=mask.astype("float32"), return_dict=True
+    )
+    after = [ops.convert_to_numpy(v) for v in student.trainable_weights]
+    return logs, [b - a for b, a in zip(before, after)]
+
+
+@pytest.mark.parametrize("kind", ["cached", "virtual"])
+def test_teachers_of_dense_targets_fuse_to_the_same_step(teacher, kind):
+    """A CachedTeacher's logits (the LM study's KD) and a VirtualTeacher
+    (Tf-KD_reg, from the labels) feed the fused losses chunk by chunk."""
+    x, _, _ = _lm_batch()
+
+    def make_teacher():
+        if kind == "cached":
+            cached = teachers.CachedTeacher.from_model(teacher, x)
+            return cached, cached.attach(x)
+        return teachers.VirtualTeacher(num_classes=LM_V, correct_prob=0.9), x
+
+    soft = lambda: losses.SoftTargetKL(temperature=2.0, chunk_size=5)  # noqa: E731
+    logs, grads = _teacher_step(make_teacher, None, soft())
+    fused_logs, fused_grads = _teacher_step(make_teacher, True, soft())
+    for name in ("loss", "hard_loss", "soft_loss"):
+        np.testing.assert_allclose(fused_logs[name], logs[name], rtol=1e-5)
+    assert fused_logs["soft_loss"] > 1e-3  # the teacher's term was there
+    for g, want in zip(fused_grads, grads):
+        np.testing.assert_allclose(g, want, atol=1e-5)
+
+
 # ------------------------------------------------------------------ refusals
 def test_what_cannot_be_fused_is_refused_naming_the_argument(teacher):
     student = _gpt2(0)
@@ -243,10 +287,27 @@ def test_what_cannot_be_fused_is_refused_naming_the_argument(teacher):
             soft_loss=keras.losses.KLDivergence(),
             fused_projection=True,
         )
-    with pytest.raises(ValueError, match=r"True takes keras.Model teachers.*Virtual"):
+    from keras_tfkd.online import OnlineSoftLabels
+    from keras_tfkd.topk import TopKLoss
+
+    with pytest.raises(
+        ValueError, match=r"True cannot fuse.*OnlineSoftLabels learns from the student"
+    ):
         Distiller(
             student=student,
-            teacher=teachers.VirtualTeacher(num_classes=LM_V),
+            teacher=OnlineSoftLabels(num_classes=LM_V),
+            soft_loss=losses.SoftTargetCrossEntropy(targets="probabilities"),
+            fused_projection=True,
+        )
+
+    class Packed(teachers.Teacher):  # a form the chunks cannot split, as top-k's
+        targets = "topk"
+
+    with pytest.raises(ValueError, match=r"Packed hands the loss 'topk' targets"):
+        Distiller(
+            student=student,
+            teacher=Packed(LM_V),
+            soft_loss=TopKLoss(losses.SoftTargetKL()),
             fused_projection=True,
         )
     distiller = Distiller(student=student, teacher=teacher, fused_projection=True)
