@@ -150,18 +150,21 @@ def teacher():
     return _gpt2(1, num_layers=2)
 
 
-def _step(student, teacher, fused_projection, chunk=5, **kwargs):
-    """One SGD step (learning rate 1): the logs and every weight's gradient."""
+def _step(student, teacher, fused_projection, chunk=5, soft_loss=None, x=None):
+    """One SGD step (learning rate 1): the logs and every weight's gradient.
+
+    `soft_loss` defaults to every loss of `SOFT` with `chunk` rows a chunk;
+    `x` to the batch's token ids (a teacher's packed inputs, say)."""
     distiller = Distiller(
         student=student,
         teacher=teacher,
-        soft_loss=[make(chunk) for make in SOFT],
+        soft_loss=[make(chunk) for make in SOFT] if soft_loss is None else soft_loss,
         alpha=0.5,
         fused_projection=fused_projection,
-        **kwargs,
     )
     distiller.compile(optimizer=keras.optimizers.SGD(1.0))
-    x, y, mask = _lm_batch()
+    batch, y, mask = _lm_batch()
+    x = batch if x is None else x
     before = [ops.convert_to_numpy(v) for v in student.trainable_weights]
     logs = distiller.train_on_batch(
         x, y, sample_weight=mask.astype("float32"), return_dict=True
@@ -220,28 +223,6 @@ def test_a_named_dense_head_with_bias_fuses_too():
         np.testing.assert_allclose(g, want, atol=1e-5)
 
 
-def _teacher_step(make_teacher, fused_projection, soft_loss):
-    """One SGD step of a fresh student taught by ``make_teacher()``'s targets
-    fed with the batch: the logs and every weight's change."""
-    student = _gpt2(0)
-    teacher, x = make_teacher()
-    distiller = Distiller(
-        student=student,
-        teacher=teacher,
-        soft_loss=soft_loss,
-        alpha=0.5,
-        fused_projection=fused_projection,
-    )
-    distiller.compile(optimizer=keras.optimizers.SGD(1.0))
-    _, y, mask = _lm_batch()
-    before = [ops.convert_to_numpy(v) for v in student.trainable_weights]
-    logs = distiller.train_on_batch(
-        x, y, sample_weight=mask.astype("float32"), return_dict=True
-    )
-    after = [ops.convert_to_numpy(v) for v in student.trainable_weights]
-    return logs, [b - a for b, a in zip(before, after)]
-
-
 @pytest.mark.parametrize("kind", ["cached", "virtual"])
 def test_teachers_of_dense_targets_fuse_to_the_same_step(teacher, kind):
     """A CachedTeacher's logits (the LM study's KD) and a VirtualTeacher
@@ -254,9 +235,12 @@ def test_teachers_of_dense_targets_fuse_to_the_same_step(teacher, kind):
             return cached, cached.attach(x)
         return teachers.VirtualTeacher(num_classes=LM_V, correct_prob=0.9), x
 
-    soft = lambda: losses.SoftTargetKL(temperature=2.0, chunk_size=5)  # noqa: E731
-    logs, grads = _teacher_step(make_teacher, None, soft())
-    fused_logs, fused_grads = _teacher_step(make_teacher, True, soft())
+    def step(fused_projection):
+        soft = losses.SoftTargetKL(temperature=2.0, chunk_size=5)
+        taught_by, inputs = make_teacher()
+        return _step(_gpt2(0), taught_by, fused_projection, soft_loss=soft, x=inputs)
+
+    (logs, grads, _), (fused_logs, fused_grads, _) = step(None), step(True)
     for name in ("loss", "hard_loss", "soft_loss"):
         np.testing.assert_allclose(fused_logs[name], logs[name], rtol=1e-5)
     assert fused_logs["soft_loss"] > 1e-3  # the teacher's term was there
