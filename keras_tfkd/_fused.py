@@ -7,7 +7,7 @@ soft terms (a per-row loss and the teacher's logits ``(rows, V)`` each).
 `fused_sums` returns the weighted sums over the rows, one per output::
 
     sums[0] = sum_r w[r] * CE(z[r], y[r])           the hard cross-entropy
-    sums[k] = sum_r w[r] * fn_k(z_t_k[r], z[r])      each soft term, k >= 1
+    sums[k] = sum_r w[r] * fn_k(z_t_k[r], z[r], y[r])   each soft term, k >= 1
     z = h @ kernel + bias                            never built whole
 
 computing, chunk by chunk in the forward pass, a chunk's logits ``z_c = h_c
@@ -45,13 +45,14 @@ def chunk_sums(z, labels, weights, soft):
     """The weighted sums of one chunk: ``[CE, soft_1, ...]`` (float32, ``(n,)``).
 
     `z` ``(c, V)`` float32 logits, `labels` ``(c,)`` integer ids, `weights`
-    ``(c,)``, `soft` a sequence of ``(fn, z_t)`` (``z_t`` ``(c, V)``).
+    ``(c,)``, `soft` a sequence of ``(fn, z_t)`` (``z_t`` ``(c, V)``;
+    ``fn(z_t, z, labels)`` the per-row loss, the labels for label-aware ones).
     """
     lse = ops.logsumexp(z, axis=-1)
     picked = ops.take_along_axis(z, ops.expand_dims(labels, -1), axis=-1)[:, 0]
     sums = [ops.sum(weights * (lse - picked))]
     for fn, z_t in soft:
-        sums.append(ops.sum(weights * ops.cast(fn(z_t, z), "float32")))
+        sums.append(ops.sum(weights * ops.cast(fn(z_t, z, labels), "float32")))
     return ops.stack(sums)
 
 

@@ -36,9 +36,10 @@ Rows per chunk: the smallest int ``chunk_size`` of the soft losses, else
 ``max(1, 2**21 // V)`` (``"auto"``, as `keras_tfkd.losses`). Refused, with
 the argument named: a student without a recognisable final projection, a
 soft-capped or quantised head, soft losses that are not per-token functions
-of the logits (feature losses, label-aware losses such as DKD, Keras's own
-losses), teachers that learn from the student's logits (PS-KD, OLS, CS-KD)
-or hand over another form than dense rows (the top-k cache's
+of the logits and labels (feature losses, Keras's own losses; DKD and the
+other label-aware losses are fused, each chunk with its labels), teachers
+that learn from the student's logits (PS-KD, OLS, CS-KD) or hand over
+another form than dense rows (the top-k cache's
 `keras_tfkd.topk.TopKTeacher`; a `keras.Model`, `CachedTeacher`,
 `VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher` and
 `TruncatedVocabulary` are fused), compiled metrics (they
@@ -56,6 +57,7 @@ from keras import ops
 from keras_tfkd import _fused, tokens
 from keras_tfkd._chunked import AUTO_CHUNK_ELEMENTS, check_chunk_size
 from keras_tfkd.features import find_layer
+from keras_tfkd.losses import targets_with_labels
 from keras_tfkd.term_plan import select_output
 
 __all__ = [
@@ -169,12 +171,11 @@ def projection_of(student, fused_projection):
 
 
 def loss_rows(loss, argument):
-    """``fn(z_t, z_s) -> (rows,)``: a soft loss's per-row value, or an error."""
+    """``fn(z_t, z_s, labels) -> (rows,)``: a soft loss's per-row value (a
+    label-aware loss, such as DKD, reads the chunk's labels), or an error."""
     why = None
     if getattr(loss, "uses_features", False):
         why = "compares layers, not logits"
-    elif getattr(loss, "uses_labels", False):
-        why = "needs the labels (label-aware losses are not fused)"
     elif not hasattr(loss, "chunk_size"):
         why = "is not a per-token loss of keras_tfkd.losses or .divergences"
     elif loss.reduction != "sum_over_batch_size":
@@ -184,7 +185,9 @@ def loss_rows(loss, argument):
             f"{argument}: the soft loss {type(loss).__name__} ({loss.name!r}) "
             f"cannot be fused: it {why}. Remove it or train without fused_projection."
         )
-    return loss.call
+    if getattr(loss, "uses_labels", False):
+        return lambda z_t, z_s, labels: loss.call(targets_with_labels(z_t, labels), z_s)
+    return lambda z_t, z_s, labels: loss.call(z_t, z_s)
 
 
 @contextlib.contextmanager
