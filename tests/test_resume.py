@@ -86,7 +86,13 @@ def _backup_epoch(folder):
     return 0
 
 
+# One session only: what SIGKILL tests is ours and the same on every backend
+# (the backup written to a temporary folder and renamed, the rerun finding it);
+# each backend's save and restore of the backup is tested in this process by
+# test_resume_restores_best_accuracy_and_history and test_same_seed_same_results.
+# (It took 60 s of the TensorFlow session and 33 s of JAX's.)
 @pytest.mark.slow
+@pytest.mark.one_backend
 def test_sigkill_mid_run_resumes_to_the_same_result(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
