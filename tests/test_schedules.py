@@ -127,6 +127,7 @@ def test_coupled_sgd_matches_torch_formula(momentum, wd, nesterov):
     assert not np.allclose(run_keras(keras_sgd), run_keras(coupled), atol=1e-4)
 
 
+@pytest.mark.one_backend  # NumPy against torch.optim: no Keras backend involved
 def test_numpy_reference_is_torch():
     torch = pytest.importorskip("torch")
     w = torch.tensor(W0.astype(np.float64), requires_grad=True)
