@@ -196,6 +196,9 @@ def test_truncated_teacher_checkpoint_names_the_file(tmp_path):
         )
 
 
+# One session: the truncated-file check and the retraining are ours, the same on
+# every backend (each backend's identical rerun: test_resume's same-seed test).
+@pytest.mark.one_backend
 def test_corrupt_cached_teacher_is_retrained_not_reused(tmp_path):
     ds = data.load("digits", limit=60)
     exp = experiments.get("baseline/resnet18").replace(
