@@ -173,11 +173,12 @@ def test_stability_leaves_each_seed_out_and_finds_the_seeds_needed(d, claim):
 def test_stability_marks_the_cases_it_cannot_judge():
     one = stats.stability([0.5])
     assert one == {
+        **stats.paired_interval([0.5]),
         "verdict": "inconclusive",
         "fragile": None,
         "seeds_needed": None,
-        "n": 1,
     }
+    assert one["n"] == 1 and one["low"] is None
     # No effect at all: no number of seeds settles it.
     assert stats.stability([0.5, -0.5, 0.0])["seeds_needed"] is None
     # No spread: two seeds show it (and NaN seeds are left out as elsewhere).

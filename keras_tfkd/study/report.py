@@ -600,18 +600,9 @@ def claims(
                 )
                 continue
             diffs = _paired_differences(row, ref, field)
-            interval = stats.paired_interval(diffs, confidence)
-            steady = stats.stability(diffs, kind, margin, confidence)
-            out.append(
-                {
-                    **claim,
-                    "differences": diffs,
-                    **interval,
-                    "verdict": steady["verdict"],
-                    "fragile": steady["fragile"],
-                    "seeds_needed": steady["seeds_needed"],
-                }
-            )
+            # The interval, its verdict and the verdict's stability.
+            judged = stats.stability(diffs, kind, margin, confidence)
+            out.append({**claim, "differences": diffs, **judged})
     return out
 
 

@@ -147,7 +147,8 @@ def stability(differences, claim="improves", margin=1.0, confidence=0.95):
       held. None when ``e == 0`` (no number of seeds settles it), with
       fewer than two differences (no spread), or beyond `MAX_SEEDS`.
 
-    Returns a dict: ``verdict``, ``fragile``, ``seeds_needed``, ``n``.
+    Returns the dict of `paired_interval` (``mean``, ``low``, ``high``,
+    ``n``, ...) with ``verdict``, ``fragile`` and ``seeds_needed`` added.
 
     >>> r = stability([1.0, 1.2, 0.9, 1.1, 1.0])  # every seed gains about 1 point
     >>> r["verdict"], r["fragile"], r["seeds_needed"]
@@ -158,10 +159,10 @@ def stability(differences, claim="improves", margin=1.0, confidence=0.95):
     """
     interval = paired_interval(differences, confidence)
     result = {
+        **interval,
         "verdict": verdict(interval, claim, margin),
         "fragile": None,
         "seeds_needed": None,
-        "n": interval["n"],
     }
     n = interval["n"]
     if n < 2:
