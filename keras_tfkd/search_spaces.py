@@ -70,18 +70,22 @@ SEARCH_SPACES = types.MappingProxyType(
 )
 
 
-def space(method):
-    """``{field: values}`` of `method` (a KeyError names the known methods)."""
-    if method not in SEARCH_SPACES:
+def space(method, spaces=None):
+    """``{field: values}`` of `method` in `spaces` (`SEARCH_SPACES` when None;
+    the language-modelling study's are
+    `keras_tfkd.study.lm_config.LM_SEARCH_SPACES`); a KeyError names the
+    methods that have one."""
+    spaces = SEARCH_SPACES if spaces is None else spaces
+    if method not in spaces:
         raise KeyError(
             f"No search space for method {method!r}; methods with one: "
-            f"{', '.join(SEARCH_SPACES)}."
+            f"{', '.join(spaces)}."
         )
-    return dict(SEARCH_SPACES[method])
+    return dict(spaces[method])
 
 
-def grid(method):
+def grid(method, spaces=None):
     """Every point of `method`'s space, as dicts, in the grid's order."""
-    fields = space(method)
+    fields = space(method, spaces)
     names = list(fields)
     return [dict(zip(names, combo)) for combo in itertools.product(*fields.values())]

@@ -13,10 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tfkd import models, presets, study
+from keras_tfkd import models, presets, search_spaces, study
 from keras_tfkd.cli import main
 from keras_tfkd.data import DatasetNotFoundError, text
-from keras_tfkd.study import lm, lm_config, lm_report
+from keras_tfkd.study import lm, lm_config, lm_report, tune
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing".split()
 
@@ -287,3 +287,137 @@ def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
     code, again = _main(argv)
     assert code == 0 and "..." not in again.replace("...]", "")
     assert again.count("skipped") == len(records)
+
+
+def test_the_search_spaces_hold_the_untuned_values_and_build():
+    """Every LM method has a space; each grid holds its untuned value (the
+    preset's learning rate for the baseline) and every point builds."""
+    assert set(lm_config.LM_SEARCH_SPACES) == set(lm_config.LM_METHODS)
+    rate = presets.preset("fortunes_lm").settings["learning_rate"]
+    student = models.get_model("lm_tiny", 258, input_shape=(8,))
+    teacher = models.get_model("lm_tiny", 258, input_shape=(8,))
+    for method, space in lm_config.LM_SEARCH_SPACES.items():
+        untuned = {**lm_config.LM_HYPERPARAMETERS[method], "learning_rate": rate}
+        for field, values in space.items():
+            assert untuned[field] in values, (method, field)
+        for point in search_spaces.grid(method, lm_config.LM_SEARCH_SPACES):
+            hp = lm._hyperparameters(_config(), method, _Data(), values=point)
+            assert {k: hp[k] for k in point} == point
+            # the recipe checks every value (a bad one raises)
+            lm._build_distiller(method, student, teacher, 258, hp)
+
+
+class _Data:
+    name, vocabulary_size, sequence_length = "fortunes", 258, 8
+
+    def num_windows(self, split):
+        return 10
+
+
+def _config(**kw):
+    return study.StudyConfig.from_preset("fortunes_lm", **kw)
+
+
+def _search(values, spaces_method="lsr"):
+    """`tune.search_unit` over LSR's space with a perplexity per epsilon; the
+    records hold test perplexities that would choose otherwise."""
+    settings = tune.trial_values(
+        spaces_method, {"epsilon": 0.1}, 4, 100, lm_config.LM_SEARCH_SPACES
+    )
+
+    def run_trial(point, label):
+        ppl = values[point["epsilon"]]
+        return _NoTestPeek(
+            key=f"lsr/{point}",
+            selected_val_perplexity=ppl,
+            selected_test_perplexity=1 / ppl,
+            selected_epoch=1,
+        )
+
+    return tune.search_unit(
+        "lsr",
+        "lsr",
+        "lm_tiny",
+        settings,
+        run_trial,
+        tune_seed=100,
+        objective=tune.PERPLEXITY,
+        log=lambda _: None,
+    )
+
+
+class _NoTestPeek(dict):
+    def get(self, key, default=None):
+        assert "test" not in key, f"the tuner read {key!r}"
+        return super().get(key, default)
+
+
+def test_lm_tuning_chooses_the_lowest_validation_perplexity_only():
+    values = {0.02: 9.0, 0.05: 8.0, 0.1: 8.5, 0.2: 8.9}
+    result = _search(values)
+    assert result["values"] == {"epsilon": 0.05}
+    assert [t["values"]["epsilon"] for t in result["trials"]][0] == 0.1
+    assert all("val_perplexity" in t for t in result["trials"])
+
+
+@pytest.mark.one_backend  # the study's plumbing; the LM losses: test_sequences
+def test_a_tuned_lm_study_trains_every_run_at_the_baseline_s_rate(
+    fortunes_dir, tmp_path
+):
+    out = tmp_path / "tuned"
+    argv = [
+        "study",
+        "--preset",
+        "fortunes_lm",
+        "--methods",
+        "baseline",
+        "tfkd_self",
+        "kd",
+        "--tune",
+        "2",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--limit",
+        "64,32",
+        "--batch-size",
+        "32",
+        "--data-dir",
+        str(fortunes_dir),
+        "--output-dir",
+        str(out),
+        "--backend",
+        keras.backend.backend(),
+    ]
+    code, output = _main(argv)
+    assert code == 0, output
+    records = json.loads((out / "results.json").read_text())
+    trials = [r for r in records if "tuning_trial" in r]
+    assert len(trials) == 6 and {r["seed"] for r in trials} == {100}
+    runs = {
+        r["method"]: r for r in records if r["seed"] == 0 and r["role"] == "student"
+    }
+    assert set(runs) == {"baseline", "tfkd_self", "kd"}
+    chosen = runs["baseline"]["tuned"]["values"]["learning_rate"]
+    assert {r["hyperparameters"]["learning_rate"] for r in runs.values()} == {chosen}
+    assert {r["hyperparameters"]["learning_rate"] for r in trials[2:]} == {chosen}
+    # Tf-KD_self learns from the tuned baseline of its seed, on the tuning
+    # seed as on the study's
+    assert runs["tfkd_self"]["teacher_key"] == runs["baseline"]["key"]
+    by_key = {r["key"]: r for r in records}
+    for r in trials:
+        if r["method"] == "tfkd_self":
+            teacher = by_key[r["teacher_key"]]
+            assert teacher["seed"] == 100
+            assert teacher["hyperparameters"]["learning_rate"] == chosen
+    for method in ("tfkd_self", "kd"):
+        mark = runs[method]["tuned"]
+        got = {k: runs[method]["hyperparameters"][k] for k in mark["values"]}
+        assert got == mark["values"]
+    markdown = (out / "results.md").read_text()
+    assert "## Tuning" in markdown and "Val. ppl." in markdown
+    assert "validation perplexity" in markdown
+    # an interrupted search resumes without repeating a finished trial
+    code, again = _main(argv)
+    assert code == 0 and "..." not in again.replace("...]", "")

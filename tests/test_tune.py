@@ -143,6 +143,49 @@ def test_the_choice_reads_validation_only(tmp_path):
     assert len(calls) == 8
 
 
+def test_the_baseline_is_tuned_first_and_its_rate_is_every_later_run_s(tmp_path):
+    """A method and the baseline of a seed differ only in the method: the
+    learning rate the baseline chose is every other trial's and run's."""
+    config = StudyConfig(
+        methods=("lsr", "baseline"), tune=3, seeds=(0, 1), output_dir=str(tmp_path)
+    )
+    jobs = plan(config)
+    rates = {0.01: 0.5, 0.03: 0.9, 0.003: 0.4, 0.001: 0.3}
+    seen = []
+
+    def run_one(exp, seed, train_config, label):
+        seen.append((exp.method, train_config.learning_rate))
+        score = rates[train_config.learning_rate] if exp.method == "baseline" else 0.5
+        return {"key": f"{exp.method}/{label}", tune.SCORE: score, "selected_epoch": 1}
+
+    train_config = config.train_config()
+    result = tune.search(
+        config, jobs, run_one=run_one, train_config=train_config, log=lambda _: None
+    )
+    assert [m for m, _ in seen] == ["baseline"] * 3 + ["lsr"] * 3
+    chosen = max((r for m, r in seen if m == "baseline"), key=rates.get)
+    assert chosen != train_config.learning_rate  # the case tests something
+    assert {r for m, r in seen if m == "lsr"} == {chosen}
+    jobs_at = tune.tuned_jobs(jobs, result, train_config)
+    assert {c.learning_rate for _, _, c, _ in jobs_at} == {chosen}
+    assert len(jobs_at) == len(jobs)
+
+
+def test_the_perplexity_objective_chooses_the_lowest():
+    trials = [
+        {"val_perplexity": 9.0},
+        {"val_perplexity": 7.5},
+        {"val_perplexity": 7.5},
+        {"val_perplexity": 3.0, "diverged": True},
+        {"val_perplexity": float("nan")},
+    ]
+    assert tune.choose(trials, tune.PERPLEXITY) == 1
+    assert tune.choose(trials, tune.ACCURACY) == 0  # reads val_accuracy: none
+    assert tune.PERPLEXITY.text(7.5) == "7.500"
+    assert tune.ACCURACY.text(0.975) == "97.50%"
+    assert tune.ACCURACY.text(None, diverged=True) == "diverged"
+
+
 # ------------------------------------------------------------ real runs
 
 
@@ -208,7 +251,7 @@ def test_an_interrupted_search_resumes_without_repeating_trials(tmp_path, monkey
     assert all(len(r["tuned"]["trials"]) == 2 for r in tuned)
     assert [r["seed"] for r in resumed["records"]] == [0, 0]
     md = (tmp_path / "a" / "results.md").read_text()
-    assert "## Tuning" in md and "no test accuracy was read" in md
+    assert "## Tuning" in md and "no test metric was read" in md
     assert "| LSR " in md and "epsilon=" in md
 
 

@@ -181,11 +181,6 @@ class StudyConfig:
                 raise ValueError(
                     f"`{name}` must be an integer >= {low}, got {value!r}."
                 )
-        if self.tune and lm_config.is_text_dataset(self.dataset):
-            raise ValueError(
-                "`tune` (--tune) is not available for a language-model study "
-                "yet: leave it at 0."
-            )
         if self.augment is not None and self.augment not in data_lib.AUGMENTATIONS:
             raise ValueError(
                 f"`augment` must be None or one of {data_lib.AUGMENTATIONS}, got "

@@ -47,10 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_tfkd.study import tune
 from keras_tfkd.study.lm_config import (
     LM_HYPERPARAMETERS,
     LM_METHOD_LABELS,
     LM_METHODS,
+    LM_SEARCH_SPACES,
     LM_TEACHER_METHODS,
     check_lm_method,
 )
@@ -122,11 +124,15 @@ def evaluate_tokens(model, x, y, w, batch_size=EVAL_BATCH):
     }
 
 
-def _hyperparameters(config, method, dataset, teacher_key=None):
-    hp = dict(LM_HYPERPARAMETERS[method])
+def _hyperparameters(config, method, dataset, teacher_key=None, values=None):
+    """A run's hyper-parameters: the method's (`LM_HYPERPARAMETERS`, with
+    `values` of a tuned setting over them) and the training's."""
+    values = dict(values or {})
+    learning_rate = values.pop("learning_rate", config.learning_rate)
+    hp = {**LM_HYPERPARAMETERS[method], **values}
     hp.update(
         batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
+        learning_rate=learning_rate,
         sequence_length=dataset.sequence_length,
         limit=list(config.limit) if isinstance(config.limit, tuple) else config.limit,
         train_windows=dataset.num_windows("train"),
@@ -136,11 +142,11 @@ def _hyperparameters(config, method, dataset, teacher_key=None):
     return hp
 
 
-def _build_distiller(method, student, teacher, vocabulary_size):
+def _build_distiller(method, student, teacher, vocabulary_size, hp):
     from keras_tfkd import divergences, recipes
     from keras_tfkd.distiller import Distiller
 
-    hp = LM_HYPERPARAMETERS[method]
+    hp = {k: hp[k] for k in LM_HYPERPARAMETERS[method]}
     if method == "baseline":
         return recipes.baseline(student)
     if method == "lsr":
@@ -165,7 +171,17 @@ def _build_distiller(method, student, teacher, vocabulary_size):
 class _Run:
     """One training run of the study (a method, a seed), and its record."""
 
-    def __init__(self, config, dataset, method, seed, model, teacher=None, role=None):
+    def __init__(
+        self,
+        config,
+        dataset,
+        method,
+        seed,
+        model,
+        teacher=None,
+        role=None,
+        values=None,
+    ):
         from keras_tfkd import runs
 
         self.config, self.dataset = config, dataset
@@ -175,7 +191,7 @@ class _Run:
         factor = TEACHER_EPOCHS_FACTOR if self.role == "teacher" else 1
         self.epochs = config.epochs * factor
         teacher_key = None if teacher is None else teacher[0]
-        self.hp = _hyperparameters(config, method, dataset, teacher_key)
+        self.hp = _hyperparameters(config, method, dataset, teacher_key, values)
         teacher_name = None if teacher is None else teacher[1]
         self.key = runs.run_key(
             method, model, teacher_name, dataset.name, seed, self.epochs, self.hp
@@ -229,7 +245,9 @@ class _Run:
             teacher = self._cached_teacher(x, cache)
         runs.deterministic(self.seed)
         student = self._model(self.model_name)
-        distiller = _build_distiller(self.method, student, teacher, d.vocabulary_size)
+        distiller = _build_distiller(
+            self.method, student, teacher, d.vocabulary_size, self.hp
+        )
         bs = config.batch_size
         steps = len(x) // bs
         if steps < 1:
@@ -238,7 +256,7 @@ class _Run:
                 f"(batch_size={bs}): raise `limit` or lower `batch_size`."
             )
         schedule = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=steps * self.epochs
+            self.hp["learning_rate"], decay_steps=steps * self.epochs
         )
         distiller.compile(optimizer=keras.optimizers.Adam(schedule))
         history = {}
@@ -323,11 +341,12 @@ class _Run:
         return record
 
 
-def _execute(run, store, log, counter, teacher_logits):
+def _execute(run, store, log, counter, teacher_logits, label=None):
     """Train `run`, or reuse its record and checkpoint; return its record."""
     done = store.get(run.key)
-    counter[0] += 1
-    label = f"[{counter[0]}/{counter[1]}] {run.label}, seed {run.seed}"
+    if label is None:
+        counter[0] += 1
+        label = f"[{counter[0]}/{counter[1]}] {run.label}, seed {run.seed}"
     if done is not None and Path(run.checkpoint).exists():
         log(f"{label}: skipped (already in results.json)")
         return done
@@ -335,10 +354,14 @@ def _execute(run, store, log, counter, teacher_logits):
     before = time.perf_counter()
     record = run.train(log, teacher_logits)
     store.add(record)
+    took = f"[{time.perf_counter() - before:.1f} s]"
+    if label.startswith("[tune"):  # a trial: search_unit logs its validation score
+        log(f"{label}: done {took}")
+        return record
     ppl = record["selected_test_perplexity"]
     log(
         f"{label}: done; test ppl {ppl if ppl is None else round(ppl, 3)} at epoch "
-        f"{record['selected_epoch']} [{time.perf_counter() - before:.1f} s]"
+        f"{record['selected_epoch']} {took}"
     )
     return record
 
@@ -390,27 +413,43 @@ def run_lm_study(config, log=print, dataset=None):
         f"validation / {dataset.num_windows('test')} test windows), "
         f"{config.epochs} epochs, backend {keras.backend.backend()} -> {out}"
     )
-    jobs = _plan(config, dataset, needs)
-    counter = [0, len(jobs)]
-    records, teacher_logits = {}, {}
+    records, known, teacher_logits = {}, {}, {}
     with contextlib.ExitStack() as stack:
         if config.compilation_cache:
             stack.enter_context(runs.compilation_cache(out / ".jax_cache"))
-        for run in jobs:
-            if run.teacher is not None:
-                source = records[run.teacher[0]]
+
+        def execute(run, counter=None, label=None):
+            if run.teacher is not None:  # its source ran first: its checkpoint
+                source = known[run.teacher[0]]
                 run.teacher = (source["key"], run.teacher[1], source["checkpoint"])
-            records[run.key] = _execute(run, store, log, counter, teacher_logits)
+            known[run.key] = _execute(run, store, log, counter, teacher_logits, label)
+            return known[run.key]
+
+        teacher = _teacher_run(config, dataset, needs)
+        if teacher is not None:
+            records[teacher.key] = execute(teacher, label=f"[teacher] {teacher.label}")
+        tuning = _tune(config, dataset, teacher, execute, known, store, log)
+        jobs = _plan(config, dataset, teacher, tuning)
+        counter = [0, len(jobs)]
+        for run in jobs:
+            record = execute(run, counter)
+            result = tuning.get(run.method)
+            if result is not None:
+                mark = tune.annotation(result)
+                if record.get("tuned") != mark:
+                    record = store.add({**record, "tuned": mark})
+            records[run.key] = record
     rows = lm_report.summarize(list(records.values()))
     seconds = time.perf_counter() - start
     table = lm_report.format_table(rows)
-    text = lm_report.format_markdown(rows, config, dataset)
+    text = lm_report.format_markdown(rows, config, dataset, tuning)
     (out / "results.md").write_text(text)
     paths = {"results.json": out / runs.RESULTS_FILE, "results.md": out / "results.md"}
     log("")
     log(table)
     log(f"\nWrote {', '.join(str(p) for p in paths.values())} ({seconds:.0f} s)")
     return {
+        "tuning": tuning or None,
         "records": list(records.values()),
         "rows": rows,
         "table": table,
@@ -419,28 +458,121 @@ def run_lm_study(config, log=print, dataset=None):
     }
 
 
-def _plan(config, dataset, needs):
-    """The runs, in order: the teacher, then per seed the baseline and the rest."""
-    jobs = []
-    teacher = None
-    if needs:
-        teacher = _Run(
-            config, dataset, "baseline", config.seeds[0], config.teacher, role="teacher"
+def _teacher_run(config, dataset, needs):
+    """The LM teacher's run (trained first, once, at the study's settings), or
+    None when no method needs it."""
+    if not needs:
+        return None
+    return _Run(
+        config, dataset, "baseline", config.seeds[0], config.teacher, role="teacher"
+    )
+
+
+def _source(config, dataset, method, seed, teacher, values=None):
+    """The teacher a student run of `method` learns from: ``(key, model,
+    None)``, its checkpoint filled in once it ran; None for none. Tf-KD_self's
+    is the student's baseline of the same seed (at the baseline's `values`)."""
+    if method == "tfkd_self":
+        base = _Run(config, dataset, "baseline", seed, config.student, values=values)
+        return (base.key, config.student, None)
+    if method in LM_TEACHER_METHODS:
+        return (teacher.key, config.teacher, None)
+    return None
+
+
+def _tune(config, dataset, teacher, execute, known, store, log):
+    """Each method's setting among ``config.tune`` trials on the tuning seed,
+    by validation perplexity (`keras_tfkd.study.tune`); ``{method: result}``.
+
+    The baseline is tuned first, over its learning rate (`LM_SEARCH_SPACES`);
+    every later trial and run trains at the rate it chose, and Tf-KD_self's
+    teacher is that tuned baseline.
+    """
+    if not config.tune:
+        return {}
+    methods = [m for m in LM_METHODS if m in config.methods]  # baseline first
+    tuning, rate = {}, {}
+    for u, method in enumerate(methods, 1):
+        hp = LM_HYPERPARAMETERS[method]
+        default = {
+            f: config.learning_rate if f == "learning_rate" else hp[f]
+            for f in LM_SEARCH_SPACES[method]
+        }
+        settings = tune.trial_values(
+            method, default, config.tune, config.tune_seed, LM_SEARCH_SPACES
         )
-        jobs.append(teacher)
+        source = _source(config, dataset, method, config.tune_seed, teacher, rate)
+        if method == "tfkd_self" and source[0] not in known:
+            # No baseline trials ran (the study has no baseline): its teacher.
+            execute(
+                _Run(
+                    config,
+                    dataset,
+                    "baseline",
+                    config.tune_seed,
+                    config.student,
+                    values=rate,
+                ),
+                label=f"[tune] Tf-KD_self's teacher, seed {config.tune_seed}",
+            )
+
+        def run_trial(values, label, method=method, source=source, rate=rate):
+            run = _Run(
+                config,
+                dataset,
+                method,
+                config.tune_seed,
+                config.student,
+                teacher=source,
+                values={**rate, **values},
+            )
+            return execute(run, label=label)
+
+        tuning[method] = tune.search_unit(
+            method,
+            method,
+            config.student,
+            settings,
+            run_trial,
+            tune_seed=config.tune_seed,
+            objective=tune.PERPLEXITY,
+            store=store,
+            log=log,
+            title=f"{LM_METHOD_LABELS[method]} {config.student}",
+            position=f"{u}/{len(methods)}",
+        )
+        if method == "baseline":
+            rate = tune.train_values(tuning[method]["values"])
+    return tuning
+
+
+def _plan(config, dataset, teacher, tuning):
+    """The students' runs, in order: per seed the baseline and the rest, at
+    the settings `tuning` chose (``{}``: the untuned ones)."""
+    chosen = {m: dict(r["values"]) for m, r in tuning.items()}
+    rate = tune.train_values(chosen.get("baseline", {}))
+    jobs = []
     for seed in config.seeds:
-        base = _Run(config, dataset, "baseline", seed, config.student)
+        base_values = {**rate, **chosen.get("baseline", {})}
+        base = _Run(
+            config, dataset, "baseline", seed, config.student, values=base_values
+        )
         if "baseline" in config.methods or "tfkd_self" in config.methods:
             jobs.append(base)
         for method in config.methods:
             if method == "baseline":
                 continue
-            source = None
-            if method == "tfkd_self":
-                source = (base.key, config.student, None)
-            elif method in LM_TEACHER_METHODS:
-                source = (teacher.key, config.teacher, None)
+            source = _source(config, dataset, method, seed, teacher, base_values)
+            values = {**rate, **chosen.get(method, {})}
             jobs.append(
-                _Run(config, dataset, method, seed, config.student, teacher=source)
+                _Run(
+                    config,
+                    dataset,
+                    method,
+                    seed,
+                    config.student,
+                    teacher=source,
+                    values=values,
+                )
             )
     return jobs

@@ -23,6 +23,14 @@ Hyper-parameters (`LM_HYPERPARAMETERS`) and why:
   distribution is already soft (the model's own entropy is about 1.5-2
   nats), and the image rows' T = 20 would flatten a 258-way distribution
   into near-uniform, i.e. into another label smoothing.
+
+Search spaces (`LM_SEARCH_SPACES`, for ``tune=N``; `keras_tfkd.study.tune`):
+one or two knobs per method, each grid holding the untuned value above. The
+baseline's is Adam's learning rate around the preset's 3e-3; LSR's the
+smoothing; Tf-KD_reg's the mix and the multiplier, as in the image study;
+the teacher-term methods' the mix alpha and, for the KLs, T in (1, 2) (a
+byte-level distribution needs little softening, see above), for the
+generalized JSD its beta (0.1 is close to forward KL, 0.9 to reverse KL).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __all__ = [
     "LM_HYPERPARAMETERS",
     "LM_METHODS",
     "LM_METHOD_LABELS",
+    "LM_SEARCH_SPACES",
     "LM_TEACHER_METHODS",
     "TEXT_DATASETS",
     "check_lm_method",
@@ -88,6 +97,25 @@ LM_HYPERPARAMETERS = types.MappingProxyType(
         "kd": _TEACHER_TERM,
         "reverse_kl": _TEACHER_TERM,
         "generalized_jsd": types.MappingProxyType({**_TEACHER_TERM, "beta": 0.5}),
+    }
+)
+
+
+_TEACHER_SPACE = types.MappingProxyType(
+    {"alpha": (0.2, 0.5, 0.8), "temperature": (1.0, 2.0)}
+)
+
+#: method -> {field: values}: each method's search space (see the module
+#: docstring); ``learning_rate`` is Adam's initial rate.
+LM_SEARCH_SPACES = types.MappingProxyType(
+    {
+        "baseline": {"learning_rate": (0.001, 0.003, 0.01)},
+        "lsr": {"epsilon": (0.02, 0.05, 0.1, 0.2)},
+        "tfkd_reg": {"alpha": (0.5, 0.95), "multiplier": (0.01, 0.1, 1.0)},
+        "tfkd_self": _TEACHER_SPACE,
+        "kd": _TEACHER_SPACE,
+        "reverse_kl": _TEACHER_SPACE,
+        "generalized_jsd": {"alpha": (0.2, 0.5, 0.8), "beta": (0.1, 0.5, 0.9)},
     }
 )
 

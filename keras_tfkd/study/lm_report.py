@@ -78,6 +78,7 @@ def summarize(records):
             "seeds": [r["seed"] for r in group],
             "selected_epochs": [r.get("selected_epoch") for r in group],
             "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in group)),
+            "hyperparameters": _method_hp(method, first.get("hyperparameters")),
         }
         for field, name, scale in METRICS:
             values = [None if r.get(field) is None else scale * r[field] for r in group]
@@ -136,20 +137,38 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _hp_text(method):
-    hp = LM_HYPERPARAMETERS[method]
+def _method_hp(method, recorded):
+    """The method's hyper-parameters as its runs trained (a tuned setting's
+    values included), ``LM_HYPERPARAMETERS``'s when the record has none."""
+    recorded = recorded or {}
+    return {k: recorded.get(k, v) for k, v in LM_HYPERPARAMETERS[method].items()}
+
+
+def _hp_text(row):
+    hp = row.get("hyperparameters") or LM_HYPERPARAMETERS[row["method"]]
     return ", ".join(f"{k}={v:g}" for k, v in hp.items()) or "-"
 
 
-def format_markdown(rows, config, dataset):
-    """results.md: what ran, the table, the paired claims and calibration."""
+def format_markdown(rows, config, dataset, tuning=None):
+    """results.md: what ran, the table, the paired claims and calibration
+    (and, with `tuning`, `keras_tfkd.study.tune`'s section: each method's
+    trials and the setting chosen on validation perplexity)."""
     import keras
+
+    from keras_tfkd.study import tune
 
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     # From the records, not this call's time: a finished study rerun into its
     # folder trains nothing and rewrites this file.
     train_minutes = sum(r["train_seconds"] for r in rows) / 60
     preset = f" (preset `{config.preset}`)" if config.preset else ""
+    rate = config.learning_rate
+    for result in (tuning or {}).values():
+        if result["method"] == "baseline":
+            rate = result["values"].get("learning_rate", rate)
+    rate_text = f"{rate:g}"
+    if rate != config.learning_rate:
+        rate_text += f" (the tuned baseline's; untuned {config.learning_rate:g})"
     out = [
         f"# Language-modelling study{preset}",
         "",
@@ -165,7 +184,7 @@ def format_markdown(rows, config, dataset):
         "",
         f"Models: student `{config.student}`, teacher `{config.teacher}` (trained "
         f"first, seed {config.seeds[0]}). {config.epochs} epochs, batch "
-        f"{config.batch_size}, Adam at {config.learning_rate:g} decayed to 0 along "
+        f"{config.batch_size}, Adam at {rate_text} decayed to 0 along "
         f"a cosine; seeds {', '.join(map(str, config.seeds))}. Backend "
         f"{keras.backend.backend()}, {today}, {train_minutes:.1f} min of training "
         "(the sum of the runs' train_seconds, the teacher's included).",
@@ -190,7 +209,7 @@ def format_markdown(rows, config, dataset):
     ]
     for r in rows:
         name = r["label"] if r["role"] != "teacher" else f"Teacher `{r['model']}`"
-        hp = "-" if r["role"] == "teacher" else _hp_text(r["method"])
+        hp = "-" if r["role"] == "teacher" else _hp_text(r)
         out.append(
             f"| {name} | {hp} | {r['n']} | {_fmt3(r['perplexity'])} | "
             f"{_fmt_interval(r.get('delta_perplexity'), 3)} | "
@@ -226,4 +245,8 @@ def format_markdown(rows, config, dataset):
         + ".",
         "",
     ]
+    if tuning:
+        out.append(
+            tune.format_markdown(tuning, config, tune.PERPLEXITY, LM_METHOD_LABELS)
+        )
     return "\n".join(out)

@@ -11,8 +11,10 @@ accuracy at its validation-selected epoch; the best score wins (ties: the
 earliest trial, so the untuned setting unless another beats it). Nothing
 of a trial's test split is read. The chosen setting then runs on every
 study seed and is reported on test, paired with the baseline as without
-tuning. The baseline gets the same budget over its own knob, the learning
-rate (the methods train at the study's).
+tuning. The baseline is tuned first, with the same budget, over its own
+knob, the learning rate, and the rate it chooses is the study's from then
+on: every other method's trials and runs train at it (teachers included),
+so a method and the baseline of a seed differ only in the method.
 
 Every trial is a run like any other: a key in results.json (a rerun skips
 the finished trials and resumes an interrupted one from its last epoch),
@@ -41,21 +43,66 @@ from keras_tfkd import search_spaces
 from keras_tfkd.study.config import METHOD_LABELS
 
 __all__ = [
+    "ACCURACY",
     "NoValidationError",
+    "Objective",
+    "PERPLEXITY",
     "SCORE",
     "apply",
     "choose",
     "default_values",
     "format_markdown",
     "search",
+    "search_unit",
     "trial_values",
     "tuned_jobs",
     "reported",
 ]
 
-#: The one field of a trial's record that the choice reads: the validation
-#: accuracy at the run's validation-selected epoch.
-SCORE = "selected_val_accuracy"
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a trial is scored by: the one `field` of its run's record that
+    the choice reads (a validation metric at the run's validation-selected
+    epoch), the `name` it is kept under in a trial, whether larger is better
+    (`maximize`), and how results.md names (`label`, `description`) and
+    writes it (`percent`)."""
+
+    field: str
+    name: str
+    maximize: bool
+    label: str
+    description: str
+    percent: bool
+
+    def text(self, value, diverged=False):
+        """`value` as results.md writes it ("diverged" or "n/a" when unscored)."""
+        if value is None or not math.isfinite(value):
+            return "diverged" if diverged else "n/a"
+        text = f"{100 * value:.2f}%" if self.percent else f"{value:.3f}"
+        return text + (" (diverged)" if diverged else "")
+
+
+#: The image study's objective: the validation accuracy (higher is better).
+ACCURACY = Objective(
+    "selected_val_accuracy",
+    "val_accuracy",
+    True,
+    "Val. acc.",
+    "validation accuracy",
+    percent=True,
+)
+#: The language-modelling study's: the validation perplexity (lower is better).
+PERPLEXITY = Objective(
+    "selected_val_perplexity",
+    "val_perplexity",
+    False,
+    "Val. ppl.",
+    "validation perplexity",
+    percent=False,
+)
+#: The one field of an image trial's record that the choice reads.
+SCORE = ACCURACY.field
 
 
 class NoValidationError(ValueError):
@@ -85,23 +132,29 @@ def default_values(experiment, train_config):
     }
 
 
-def trial_values(method, default, n, seed):
+def trial_values(method, default, n, seed, spaces=None):
     """The settings of `n` trials of `method`: `default` first, then grid points.
 
     The others are drawn without replacement from the grid (less the
     default) by a generator seeded with ``(seed, method)``: the same seed
-    gives the same trials; at most the grid's size plus one.
+    gives the same trials; at most the grid's size plus one. `spaces` is the
+    table of search spaces (`search_spaces.SEARCH_SPACES` when None).
     """
-    points = [p for p in search_spaces.grid(method) if p != default]
+    points = [p for p in search_spaces.grid(method, spaces) if p != default]
     rng = np.random.default_rng([int(seed) % 2**32, zlib.crc32(method.encode())])
     order = rng.permutation(len(points))
     return [dict(default), *(points[i] for i in order[: max(int(n) - 1, 0)])]
 
 
+def train_values(values):
+    """The optimizer's fields of a setting (`search_spaces.TRAIN_FIELDS`)."""
+    return {k: v for k, v in values.items() if k in search_spaces.TRAIN_FIELDS}
+
+
 def apply(experiment, train_config, values):
     """The experiment and train config of one setting (`values`)."""
-    train = {k: v for k, v in values.items() if k in search_spaces.TRAIN_FIELDS}
-    fields = {k: v for k, v in values.items() if k not in search_spaces.TRAIN_FIELDS}
+    train = train_values(values)
+    fields = {k: v for k, v in values.items() if k not in train}
     if fields:
         experiment = experiment.replace(**fields)
     if train:
@@ -109,43 +162,113 @@ def apply(experiment, train_config, values):
     return experiment, train_config
 
 
-def choose(trials):
-    """The index of the best trial by ``val_accuracy`` (the earliest of ties).
+def choose(trials, objective=ACCURACY):
+    """The index of the best trial by `objective` (the earliest of ties).
 
     A diverged or unscored trial (None, NaN, ``diverged``) never wins; if
     none is scored, the first (the untuned setting) is kept.
     """
-    scores = [None if t.get("diverged") else t.get("val_accuracy") for t in trials]
-    finite = [s if s is not None and math.isfinite(s) else -math.inf for s in scores]
+    sign = 1.0 if objective.maximize else -1.0
+    scores = [None if t.get("diverged") else t.get(objective.name) for t in trials]
+    finite = [
+        sign * s if s is not None and math.isfinite(s) else -math.inf for s in scores
+    ]
     return int(np.argmax(finite)) if finite else 0
 
 
 def _units(config, jobs):
-    """The experiments to tune: each method of the jobs once (the baseline of
-    the study's student; another architecture's baseline is the KD teacher,
-    shared, and is not tuned)."""
+    """The experiments to tune: each method of the jobs once, the baseline of
+    the study's student first (its learning rate is then the study's);
+    another architecture's baseline is the KD teacher, shared, and is not
+    tuned."""
     units = {}
     for exp, _ in jobs:
         if exp.method == "baseline" and exp.student != config.student:
             continue
         units.setdefault(exp.id, exp)
-    return list(units.values())
+    return sorted(units.values(), key=lambda e: e.method != "baseline")
 
 
 def _values_text(values):
     return ", ".join(f"{k}={v:g}" for k, v in values.items())
 
 
+def search_unit(
+    unit,
+    method,
+    student,
+    settings,
+    run_trial,
+    *,
+    tune_seed,
+    objective=ACCURACY,
+    store=None,
+    log=print,
+    title="",
+    position="",
+):
+    """Run the trials of one tuned unit and choose; return its result.
+
+    `settings` are the trials' values (`trial_values`), and
+    ``run_trial(values, label)`` trains (or finds in results.json) one
+    trial on the tuning seed and returns its record, of which only
+    ``objective.field``, ``key``, ``selected_epoch`` and ``diverged`` are
+    read. The result holds ``method``, ``student``, ``values`` (the chosen
+    setting), ``trial`` (its number), ``trials`` (``[{trial, values,
+    <objective.name>, val_epoch, diverged, key}]``) and ``tune_seed``. With
+    a `store`, each trial's record is marked ``"tuning_trial"``. `title`
+    (the method and model) and `position` (``"u/n"``) label the log lines.
+    """
+    trials = []
+    for i, values in enumerate(settings, 1):
+        text = (
+            f"[tune {position} {title}, trial {i}/{len(settings)}] "
+            f"{_values_text(values)}, seed {tune_seed}"
+        )
+        record = run_trial(dict(values), text)
+        score = record.get(objective.field)
+        if score is None and not record.get("diverged"):
+            raise NoValidationError(
+                "Tuning scores each trial on the validation split, but this "
+                "run has none: give validation data or a validation_fraction "
+                "> 0."
+            )
+        trials.append(
+            {
+                "trial": i,
+                "values": dict(values),
+                objective.name: score,
+                "val_epoch": record.get("selected_epoch"),
+                "diverged": bool(record.get("diverged", False)),
+                "key": record["key"],
+            }
+        )
+        mark = {"unit": unit, "trial": i, "values": dict(values)}
+        if store is not None and record.get("tuning_trial") != mark:
+            store.add({**record, "tuning_trial": mark})
+        log(f"{text}: {objective.description} {objective.text(score)}")
+    best = choose(trials, objective)
+    log(
+        f"    {title}: chose trial {best + 1} ({_values_text(settings[best])}) "
+        "on validation"
+    )
+    return {
+        "method": method,
+        "student": student,
+        "values": dict(settings[best]),
+        "trial": best + 1,
+        "trials": trials,
+        "tune_seed": tune_seed,
+    }
+
+
 def search(config, jobs, *, run_one, train_config, store=None, log=print):
     """Tune every method of `jobs` on ``config.tune_seed``; ``{exp.id: result}``.
 
     `run_one(experiment, seed, train_config, label)` trains (or finds in
-    results.json) one run and returns its record; only its `SCORE`,
-    ``key``, ``selected_epoch`` and ``diverged`` are read. A result holds
-    ``method``, ``values`` (the chosen setting), ``trial`` (its number),
-    ``trials`` (``[{trial, values, val_accuracy, val_epoch, diverged, key}]``)
-    and ``tune_seed``. With a `store`, each trial's record is marked
-    ``"tuning_trial"``.
+    results.json) one run and returns its record (`search_unit` says what
+    is read and what a result holds). The baseline is tuned first; the
+    learning rate it chooses is every later trial's.
     """
     results = {}
     units = _units(config, jobs)
@@ -153,56 +276,44 @@ def search(config, jobs, *, run_one, train_config, store=None, log=print):
         name = METHOD_LABELS.get(exp.method, exp.method)
         default = default_values(exp, train_config)
         settings = trial_values(exp.method, default, config.tune, config.tune_seed)
-        trials = []
-        for i, values in enumerate(settings, 1):
-            t_exp, t_config = apply(exp, train_config, values)
-            label = (
-                f"[tune {u}/{len(units)} {name} {exp.student}, trial {i}/"
-                f"{len(settings)}] {_values_text(values)}, seed {config.tune_seed}"
-            )
-            record = run_one(t_exp, config.tune_seed, t_config, label)
-            score = record.get(SCORE)
-            if score is None and not record.get("diverged"):
-                raise NoValidationError(
-                    "Tuning scores each trial on the validation split, but this "
-                    "run has none: give validation data or a validation_fraction "
-                    "> 0."
-                )
-            trial = {
-                "trial": i,
-                "values": dict(values),
-                "val_accuracy": score,
-                "val_epoch": record.get("selected_epoch"),
-                "diverged": bool(record.get("diverged", False)),
-                "key": record["key"],
-            }
-            trials.append(trial)
-            mark = {"unit": exp.id, "trial": i, "values": dict(values)}
-            if store is not None and record.get("tuning_trial") != mark:
-                store.add({**record, "tuning_trial": mark})
-            val = "n/a" if score is None else f"{100 * score:.2f}%"
-            log(f"{label}: val acc {val}")
-        best = choose(trials)
-        results[exp.id] = {
-            "method": exp.method,
-            "student": exp.student,
-            "values": dict(settings[best]),
-            "trial": best + 1,
-            "trials": trials,
-            "tune_seed": config.tune_seed,
-        }
-        log(
-            f"    {name} {exp.student}: chose trial {best + 1} "
-            f"({_values_text(settings[best])}) on validation"
+
+        def run_trial(values, label, exp=exp, base=train_config):
+            t_exp, t_config = apply(exp, base, values)
+            return run_one(t_exp, config.tune_seed, t_config, label)
+
+        results[exp.id] = search_unit(
+            exp.id,
+            exp.method,
+            exp.student,
+            settings,
+            run_trial,
+            tune_seed=config.tune_seed,
+            store=store,
+            log=log,
+            title=f"{name} {exp.student}",
+            position=f"{u}/{len(units)}",
         )
+        train_config = study_train_config({exp.id: results[exp.id]}, train_config)
     return results
+
+
+def study_train_config(tuning, train_config):
+    """`train_config` at the learning rate the tuned baseline chose (if any)."""
+    for result in (tuning or {}).values():
+        train = train_values(result["values"])
+        if result["method"] == "baseline" and train:
+            train_config = dataclasses.replace(train_config, **train)
+    return train_config
 
 
 def tuned_jobs(jobs, tuning, train_config):
     """The jobs at the chosen settings: ``[(experiment, seed, config, unit)]``.
 
-    ``unit`` is the tuned experiment's id, None for one not tuned.
+    Every job trains at the tuned baseline's learning rate
+    (`study_train_config`); ``unit`` is the tuned experiment's id, None for
+    one not tuned.
     """
+    train_config = study_train_config(tuning, train_config)
     out = []
     for exp, seed in jobs:
         result = tuning.get(exp.id)
@@ -255,39 +366,40 @@ def annotation(result):
     }
 
 
-def format_markdown(tuning, config):
-    """The tuning section of results.md: each method's trials and its choice."""
+def format_markdown(tuning, config, objective=ACCURACY, labels=METHOD_LABELS):
+    """The tuning section of results.md: each method's trials and its choice.
+
+    `objective` is what the trials were scored by, `labels` the methods'
+    names (`METHOD_LABELS`, or the language-modelling study's).
+    """
     n = config.tune
     lines = [
         "## Tuning",
         "",
         f"Each method's setting was chosen among up to {n} trials of its search "
-        "space (keras_tfkd.search_spaces; trial 1 is the untuned setting) by the "
-        f"validation accuracy of one run on seed {config.tune_seed} (at its "
-        "validation-selected epoch); no test accuracy was read. The table above "
-        "reports the chosen setting on every seed; the baseline was tuned over "
-        "its learning rate with the same budget.",
+        "space (trial 1 is the untuned setting) by the "
+        f"{objective.description} of one run on seed {config.tune_seed} (at its "
+        "validation-selected epoch); no test metric was read. The baseline was "
+        "tuned first, over its learning rate with the same budget, and every "
+        "other run trained at the rate it chose. The table above reports the "
+        "chosen setting on every seed.",
         "",
-        "| Method | Chosen | Trial | Val. acc. | Trials (setting: val. acc.) |",
+        f"| Method | Chosen | Trial | {objective.label} | Trials (setting: "
+        f"{objective.label.lower()}) |",
         "|---|---|---:|---:|---|",
     ]
     for result in tuning.values():
         trials = result["trials"]
         chosen = trials[result["trial"] - 1]
         cells = "; ".join(
-            f"{_values_text(t['values'])}: {_pct(t['val_accuracy'], t['diverged'])}"
+            f"{_values_text(t['values'])}: "
+            f"{objective.text(t.get(objective.name), t['diverged'])}"
             for t in trials
         )
-        label = f"{METHOD_LABELS.get(result['method'], result['method'])}"
+        label = labels.get(result["method"], result["method"])
+        score = objective.text(chosen.get(objective.name), chosen["diverged"])
         lines.append(
             f"| {label} {result['student']} | {_values_text(result['values'])} | "
-            f"{result['trial']}/{len(trials)} | "
-            f"{_pct(chosen['val_accuracy'], chosen['diverged'])} | {cells} |"
+            f"{result['trial']}/{len(trials)} | {score} | {cells} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _pct(value, diverged=False):
-    if value is None or not math.isfinite(value):
-        return "diverged" if diverged else "n/a"
-    return f"{100 * value:.2f}%" + (" (diverged)" if diverged else "")
