@@ -39,10 +39,11 @@ soft-capped or quantised head, soft losses that are not per-token functions
 of the logits and labels (feature losses, Keras's own losses; DKD and the
 other label-aware losses are fused, each chunk with its labels), teachers
 that learn from the student's logits (PS-KD, OLS, CS-KD) or hand over
-another form than dense rows (the top-k cache's
-`keras_tfkd.topk.TopKTeacher`; a `keras.Model`, `CachedTeacher`,
-`VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher` and
-`TruncatedVocabulary` are fused), compiled metrics (they
+another form than rows of the batch (a `keras.Model`, `CachedTeacher`,
+`VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher`,
+`TruncatedVocabulary` and the top-k cache's `keras_tfkd.topk.TopKTeacher`
+with its `keras_tfkd.topk.TopKLoss` are fused: each chunk of rows meets its
+own rows of the targets, ``V`` wide or, top-k, ``2k + 2``), compiled metrics (they
 would see the hidden states), a hard loss other than the sparse
 cross-entropy on logits, and a student with several outputs.
 """
@@ -170,13 +171,24 @@ def projection_of(student, fused_projection):
     return layer, lambda x, training: hidden_model(x, training=training)
 
 
+def _is_topk(loss):
+    """Whether `loss` takes a `TopKTeacher`'s packed rows (a `TopKLoss`)."""
+    return getattr(loss, "targets", None) == "topk" and hasattr(loss, "compress")
+
+
+def _per_token(loss):
+    """The per-token loss whose chunking applies: a `TopKLoss`'s wrapped one."""
+    return loss.loss if _is_topk(loss) else loss
+
+
 def loss_rows(loss, argument):
     """``fn(z_t, z_s, labels) -> (rows,)``: a soft loss's per-row value (a
-    label-aware loss, such as DKD, reads the chunk's labels), or an error."""
+    label-aware loss, such as DKD, reads the chunk's labels; a `TopKLoss`
+    the chunk's packed top-k rows), or an error."""
     why = None
     if getattr(loss, "uses_features", False):
         why = "compares layers, not logits"
-    elif not hasattr(loss, "chunk_size"):
+    elif not hasattr(_per_token(loss), "chunk_size"):
         why = "is not a per-token loss of keras_tfkd.losses or .divergences"
     elif loss.reduction != "sum_over_batch_size":
         why = f"has reduction={loss.reduction!r} (the fused path sums over tokens)"
@@ -193,6 +205,7 @@ def loss_rows(loss, argument):
 @contextlib.contextmanager
 def _unchunked(losses):
     """The losses' own chunking off: the fused path calls them on one chunk."""
+    losses = [_per_token(loss) for loss in losses]
     saved = [loss.chunk_size for loss in losses]
     try:
         for loss in losses:
@@ -204,7 +217,8 @@ def _unchunked(losses):
 
 
 def _rows_per_chunk(chunk_size, losses, vocabulary):
-    sizes = [check_chunk_size(chunk_size)] + [loss.chunk_size for loss in losses]
+    sizes = [check_chunk_size(chunk_size)]
+    sizes += [_per_token(loss).chunk_size for loss in losses]
     ints = [s for s in sizes if isinstance(s, int)]
     return min(ints) if ints else max(1, AUTO_CHUNK_ELEMENTS // vocabulary)
 
@@ -312,13 +326,16 @@ def linear_losses(
     teachers = []
     for loss, z_t in soft:
         z_t = ops.convert_to_tensor(z_t)
-        want = tuple(hidden.shape[:-1]) + (vocabulary,)
+        # A top-k loss's rows are packed (2k + 2 wide); its own check reads them.
+        width = z_t.shape[-1] if _is_topk(loss) else vocabulary
+        want = tuple(hidden.shape[:-1]) + (width,)
         if tuple(z_t.shape) != want:
             raise ValueError(
-                f"{argument}: the teacher logits of {loss.name!r} have the shape "
-                f"{tuple(z_t.shape)}; the student's logits would be {want}."
+                f"{argument}: the teacher targets of {loss.name!r} have the shape "
+                f"{tuple(z_t.shape)}; the student's logits would be "
+                f"{tuple(hidden.shape[:-1]) + (vocabulary,)}."
             )
-        teachers.append(ops.reshape(ops.cast(z_t, "float32"), (-1, vocabulary)))
+        teachers.append(ops.reshape(ops.cast(z_t, "float32"), (-1, width)))
     weights = tokens.token_weights(sample_weight, hidden)
     ones = ops.ones(ops.shape(hidden)[:-1], "float32")
     weights = ones if weights is None else ops.cast(weights, "float32") * ones
@@ -360,18 +377,26 @@ def _unfusable_teacher(teacher):
     """Why a term's teacher cannot feed the fused losses, or None.
 
     A `keras.Model`, or a `keras_tfkd.teachers.Teacher` whose targets are
-    dense rows made from the inputs and labels alone (`CachedTeacher`,
-    `VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher`,
-    `TruncatedVocabulary`): each chunk of its ``(N x L, V)`` targets meets
-    the same chunk of the student's logits.
+    rows made from the inputs and labels alone: dense ``(N x L, V)`` rows
+    (`CachedTeacher`, `VirtualTeacher`, `UniformTeacher`, `EnsembleTeacher`,
+    `TruncatedVocabulary`) or a `keras_tfkd.topk.TopKTeacher`'s packed
+    ``(N x L, 2k + 2)`` rows: each chunk of them meets the same chunk of
+    the student's logits.
     """
     if teacher is None or isinstance(teacher, keras.Model):
         return None
     if getattr(teacher, "learns_from_student", False):
         return "learns from the student's logits, which are never built in training"
-    if getattr(teacher, "targets", "logits") not in ("logits", "probabilities"):
-        return f"hands the loss {teacher.targets!r} targets, not dense (N, L, V) rows"
+    if getattr(teacher, "targets", "logits") not in FUSABLE_TARGETS:
+        return (
+            f"hands the loss {teacher.targets!r} targets, not rows of the batch "
+            f"(fused: {', '.join(FUSABLE_TARGETS)})"
+        )
     return None
+
+
+#: The forms of teacher targets the fused losses take, a chunk of rows at a time.
+FUSABLE_TARGETS = ("logits", "probabilities", "topk")
 
 
 class FusedPlan:

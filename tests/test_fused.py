@@ -264,6 +264,32 @@ def test_dkd_fuses_each_chunk_with_its_labels(teacher):
         np.testing.assert_allclose(g, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("tail", ["bucket", "renormalise"])
+def test_a_topk_cache_fuses_to_the_same_step(teacher, tail, tmp_path):
+    """A TopKTeacher's packed rows (k ids, log-probabilities, tail, T) meet
+    each chunk's logits: the step is the unfused one, both tail choices."""
+    from keras_tfkd import topk
+
+    x, y, mask = _lm_batch()
+    cache = topk.write_topk_cache(tmp_path, teacher, x, k=4, temperature=2.0)
+    cached = topk.TopKTeacher(cache)
+    packed = cached.batches(x, y, mask, batch_size=len(y), shuffle=False)[0][0]
+
+    def step(fused_projection):
+        soft = [
+            topk.TopKLoss(losses.SoftTargetKL(temperature=2.0, chunk_size=5), tail),
+            topk.TopKLoss(losses.ReverseKL(temperature=2.0, chunk_size=5), tail),
+        ]
+        return _step(_gpt2(0), cached, fused_projection, soft_loss=soft, x=packed)
+
+    (logs, grads, _), (fused_logs, fused_grads, _) = step(None), step(True)
+    for name in ("loss", "hard_loss", "soft_loss"):
+        np.testing.assert_allclose(fused_logs[name], logs[name], rtol=1e-5)
+    assert fused_logs["soft_loss"] > 1e-4  # two near-uniform models: small
+    for g, want in zip(fused_grads, grads):
+        np.testing.assert_allclose(g, want, atol=1e-5)
+
+
 # ------------------------------------------------------------------ refusals
 def test_what_cannot_be_fused_is_refused_naming_the_argument(teacher):
     student = _gpt2(0)
@@ -293,13 +319,27 @@ def test_what_cannot_be_fused_is_refused_naming_the_argument(teacher):
             fused_projection=True,
         )
 
-    class Packed(teachers.Teacher):  # a form the chunks cannot split, as top-k's
-        targets = "topk"
+    class Packed(teachers.Teacher):  # a form the chunks cannot split
+        targets = "pairs"
 
-    with pytest.raises(ValueError, match=r"Packed hands the loss 'topk' targets"):
+    class OnPairs(keras.losses.Loss):
+        targets = "pairs"
+
+        def call(self, y_true, y_pred):
+            return ops.zeros(ops.shape(y_pred)[:-1])
+
+    with pytest.raises(ValueError, match=r"Packed hands the loss 'pairs' targets"):
         Distiller(
             student=student,
             teacher=Packed(LM_V),
+            soft_loss=OnPairs(),
+            fused_projection=True,
+        )
+    # A top-k loss with a teacher of dense logits: the loss names the fix.
+    with pytest.raises(ValueError, match=r"TopKLoss"):
+        Distiller(
+            student=student,
+            teacher=teacher,
             soft_loss=TopKLoss(losses.SoftTargetKL()),
             fused_projection=True,
         )
