@@ -171,6 +171,19 @@ def test_the_baseline_is_tuned_first_and_its_rate_is_every_later_run_s(tmp_path)
     assert len(jobs_at) == len(jobs)
 
 
+def test_the_settings_line_states_the_rate_the_runs_trained_at():
+    from keras_tfkd.data import from_arrays
+    from keras_tfkd.study.report import _header
+
+    x, y = _toy()
+    dataset = from_arrays((x, y), (x, y))
+    config = StudyConfig(learning_rate=0.01)
+    assert "Adam lr 0.01 (cosine)" in _header(config, dataset)
+    assert "Adam lr 0.01 (cosine)" in _header(config, dataset, 0.01)
+    tuned = _header(config, dataset, 0.03)
+    assert "Adam lr 0.03 (the tuned baseline's; untuned 0.01)" in tuned
+
+
 def test_the_perplexity_objective_chooses_the_lowest():
     trials = [
         {"val_perplexity": 9.0},

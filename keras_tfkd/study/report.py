@@ -296,7 +296,7 @@ def _table_cells(rows):
     return head, body
 
 
-def _header(config, dataset):
+def _header(config, dataset, learning_rate=None):
     import keras
 
     epochs = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''}"
@@ -307,12 +307,15 @@ def _header(config, dataset):
         )
     augment = config.augment or data_lib.reference_augmentation(dataset)
     preset = "" if config.preset is None else f"preset {config.preset}: "
+    lr = f"{config.learning_rate:g}"
+    if learning_rate is not None and learning_rate != config.learning_rate:
+        lr = f"{learning_rate:g} (the tuned baseline's; untuned {lr})"
     return (
         f"{preset}{dataset.name} (K={dataset.num_classes}, "
         f"{dataset.num_examples('train')} train / {dataset.num_examples('test')} "
         f"test), {config.student}"
         f"{'' if config.teacher is None else ' <- ' + config.teacher}, {epochs}, "
-        f"seeds {' '.join(map(str, config.seeds))}, Adam lr {config.learning_rate:g} "
+        f"seeds {' '.join(map(str, config.seeds))}, Adam lr {lr} "
         "(cosine), "
         f"batch {config.batch_size}, augmentation {augment}, backend "
         f"{keras.backend.backend()}"

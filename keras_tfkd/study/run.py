@@ -174,7 +174,8 @@ def _run_jobs(config, dataset, out, start, log):
     by_key = {r["key"]: r for r in store.records}
     records = [by_key[k] for k in dict.fromkeys(keys) if k in by_key]
     rows = summarize(tune_lib.reported(records) if tuning else records)
-    header = _header(config, dataset)
+    rate = tune_lib.study_train_config(tuning, train_config).learning_rate
+    header = _header(config, dataset, rate)
     table = format_table(rows, header)
     markdown = format_markdown(rows, header, config)
     if tuning:
