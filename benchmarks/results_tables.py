@@ -56,6 +56,13 @@ COMMANDS = {
         "keras-tfkd study --preset fortunes_lm --backend {backend} "
         "--output-dir {folder}"
     ),
+    "digits_tuned": (
+        "keras-tfkd study --tune 4 --backend {backend} --output-dir {folder}"
+    ),
+    "fortunes_lm_tuned": (
+        "keras-tfkd study --preset fortunes_lm --tune 3 --backend {backend} "
+        "--output-dir {folder}"
+    ),
 }
 
 #: The title of a language-modelling study's results.md (`keras_tfkd.study.lm`).
@@ -136,6 +143,7 @@ def read_study(folder):
         "dataset": dataset.group(1) if dataset else None,
     }
     study["records"] = [r for r in records if _of_study(r, study)]
+    study["trials"] = _trials(records)
     tables = _tables(lines)
     study["baselines"] = [
         row for row in tables.get("", []) if row.get("method") == "Baseline"
@@ -155,10 +163,13 @@ def _read_lm_study(markdown, lines, json_path):
     if not isinstance(records, list):
         raise ValueError(f"{json_path} is not a keras-tfkd results file.")
     records = [r for r in records if isinstance(r, dict) and r.get("study") == "lm"]
+    trials = _trials(records)
+    records = [r for r in records if "tuning_trial" not in r]
     rows = _tables(lines).get("", [])
     students = [r for r in records if r.get("role") == "student"]
     return {
         "lm": True,
+        "trials": trials,
         "markdown": markdown,
         "header": header.rstrip("."),
         "preset": preset.group(1) if preset else None,
@@ -177,6 +188,12 @@ def _read_lm_study(markdown, lines, json_path):
             or r.get("method", "").startswith("Teacher")
         ],
     }
+
+
+def _trials(records):
+    """The tuning trials of a folder (`keras_tfkd.study.tune`): runs on the
+    tuning seed, part of a tuned study's cost but not of its rows."""
+    return [r for r in records if isinstance(r, dict) and "tuning_trial" in r]
 
 
 def _of_study(record, study):
@@ -271,6 +288,10 @@ def _parse_time(text):
     return when
 
 
+def _as_tuple(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
 def preset_differences(study):
     """The settings in which the study differs from its preset: the names
     among models and epochs, seeds, learning rate, batch (read from
@@ -294,10 +315,17 @@ def preset_differences(study):
     expected = {
         "models and epochs": f", {models}, {config.epochs} epoch",
         "seeds": f", seeds {' '.join(map(str, config.seeds))},",
-        "learning rate": f", Adam lr {config.learning_rate:g} ",
+        "learning rate": (
+            f", Adam lr {config.learning_rate:g} ",  # or, tuned, the rate it chose
+            f"; untuned {config.learning_rate:g}) ",
+        ),
         "batch": f", batch {config.batch_size},",
     }
-    differ = [what for what, text in expected.items() if text not in study["header"]]
+    differ = [
+        what
+        for what, texts in expected.items()
+        if not any(t in study["header"] for t in _as_tuple(texts))
+    ]
     if config.limit is not None:
         train, test = config.limit
         for r in study["records"]:
@@ -314,16 +342,21 @@ def _values(records, field):
     return sorted({str(r[field]) for r in records if r.get(field) is not None})
 
 
-def provenance(study, folder, command=None, host=None, today=None, code=None):
+def provenance(study, folder, command=None, host=None, today=None, code=None,
+               name=None):  # fmt: skip
     """The facts the tables are stated with, as a dict of strings.
 
-    `command` defaults to `COMMANDS`' entry for the study's preset (with
-    the recorded backend and `folder`); `host` to `machine()`; `today` to
-    today's UTC date; `code` to `code_state()`.
+    `command` defaults to `COMMANDS`' entry for `name` (the block's; the
+    study's preset when None), with the recorded backend and `folder`;
+    `host` to `machine()`; `today` to today's UTC date; `code` to
+    `code_state()`. The runs' count and training time include a tuned
+    study's trials: they are part of its cost.
     """
-    records = study["records"]
+    trials = study.get("trials") or []
+    records = study["records"] + trials
     backends = _values(records, "backend")
-    name = study["preset"]
+    name = name or study["preset"]
+    tuned = any("tuned" in r for r in study["records"])
     if command is None:
         if name not in COMMANDS:
             raise ValueError(
@@ -338,6 +371,12 @@ def provenance(study, folder, command=None, host=None, today=None, code=None):
                 "it: give --command (the command that wrote the folder)."
             )
         template = COMMANDS[name]
+        if tuned != ("--tune" in template):
+            raise ValueError(
+                f"the study in {folder} was {'' if tuned else 'not '}tuned and "
+                f"the command of {name!r} says otherwise: give --study with a "
+                "tuned block's name (e.g. digits_tuned) or --command."
+            )
         command = template.format(
             backend=backends[0] if len(backends) == 1 else "BACKEND",
             folder=Path(folder).as_posix(),
@@ -369,7 +408,9 @@ def provenance(study, folder, command=None, host=None, today=None, code=None):
         or datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
         "code": code_text,
         "runs": (
-            f"{len(records)} runs finished {span}, backend "
+            f"{len(records)} runs"
+            + (f" ({len(trials)} of them tuning trials)" if trials else "")
+            + f" finished {span}, backend "
             f"{', '.join(backends) or 'unknown'}, Keras "
             f"{', '.join(_values(records, 'keras_version')) or 'unknown'}, "
             f"{seconds / 60:.1f} min of training (sum of the runs' train_seconds)"
@@ -413,19 +454,23 @@ def _lm_short_section(study, prov, folder, doc_link):
     perplexity and its paired differences from the baseline, with the
     study's own verdicts."""
     lines = [*_source_lines(prov, folder), "", f"{study['header']}."]
+    # A tuned study's rows are at the settings chosen on validation: shown.
+    head = ("method", "setting (tuned)") if study["trials"] else ("method",)
+    head += ("test perplexity",)
+    fields = ["hyper-parameters" if h.startswith("setting") else h for h in head]
     lines += [
         "",
-        "| method | test perplexity | Δ perplexity [95% CI] | verdict "
+        "| " + " | ".join(head) + " | Δ perplexity [95% CI] | verdict "
         f"| {LEAVE_ONE_OUT} | {SEEDS_NEEDED} "
         "| Δ next-token acc. points [95% CI] | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|" + "---|" * len(head[1:]),
     ]
     for row in study["baselines"]:
-        cells = [row.get(k, "") for k in ("method", "test perplexity")]
+        cells = [row.get(k, "") for k in fields]
         ref = "ref" if row.get("method") == "Baseline" else "-"
         lines.append("| " + " | ".join(cells) + f" | {ref} | | | | {ref} | |")
     for row in study["claims"] or []:
-        cells = [row.get(k, "") for k in ("method", "test perplexity")]
+        cells = [row.get(k, "") for k in fields]
         cells += [row.get("Δ perplexity [95% CI]", "")]
         cells += [_bold(row.get("verdict (perplexity)", ""))]
         cells += [row.get(LEAVE_ONE_OUT, ""), row.get(SEEDS_NEEDED, "")]
@@ -489,6 +534,8 @@ def _anchor(name):
         "digits": "docs/results.md#digits-make-demo",
         "fashion_mnist_regime": "docs/results.md#fashion-mnist-in-the-papers-regime",
         "fortunes_lm": "docs/results.md#language-modelling-on-fortunes",
+        "digits_tuned": "docs/results.md#digits-tuned-on-validation",
+        "fortunes_lm_tuned": "docs/results.md#language-modelling-tuned-on-validation",
     }.get(name, "docs/results.md")
 
 
@@ -496,9 +543,10 @@ def write(folder, *, study_name=None, command=None, readme=None, results_doc=Non
           host=None, today=None, code=None):  # fmt: skip
     """Read the study in `folder` and replace its blocks in `readme` and
     `results_doc` (default: this repository's README.md and
-    docs/results.md). Returns the study's name. Both files are checked
-    for their markers before either is written."""
-    readme = Path(readme or ROOT / "README.md")
+    docs/results.md; ``readme=False``: docs/results.md only). Returns the
+    study's name. Both files are checked for their markers before either
+    is written."""
+    readme = readme if readme is False else Path(readme or ROOT / "README.md")
     results_doc = Path(results_doc or ROOT / "docs" / "results.md")
     study = read_study(folder)
     name = study_name or study["preset"]
@@ -508,21 +556,25 @@ def write(folder, *, study_name=None, command=None, readme=None, results_doc=Non
             "name in the markers)."
         )
     study["preset"] = study["preset"] or name
-    prov = provenance(study, folder, command=command, host=host, today=today, code=code)
-    new = {
+    prov = provenance(
+        study, folder, command=command, host=host, today=today, code=code, name=name
+    )
+    new = {} if readme is False else {
         readme: replace_marked(
             readme.read_text(encoding="utf-8"),
             name,
             short_section(study, prov, folder, _anchor(name)),
             where=str(readme),
         ),
+    }  # fmt: skip
+    new.update({
         results_doc: replace_marked(
             results_doc.read_text(encoding="utf-8"),
             name,
             full_section(study, prov, folder),
             where=str(results_doc),
         ),
-    }
+    })  # fmt: skip
     for path, text in new.items():
         path.write_text(text, encoding="utf-8")
     return name
@@ -541,6 +593,11 @@ def main(argv=None):
         "with the recorded backend and this folder)",
     )
     parser.add_argument("--readme", help="default: README.md of this repository")
+    parser.add_argument(
+        "--docs-only",
+        action="store_true",
+        help="write the docs/results.md block only (the README has none for it)",
+    )
     parser.add_argument("--results-doc", help="default: docs/results.md")
     parser.add_argument(
         "--machine", help="the machine in words (default: this one's CPUs and OS)"
@@ -551,7 +608,7 @@ def main(argv=None):
             args.folder,
             study_name=args.study,
             command=args.command,
-            readme=args.readme,
+            readme=False if args.docs_only else args.readme,
             results_doc=args.results_doc,
             host=args.machine,
         )

@@ -267,14 +267,13 @@ def _lm_record(method, seed, role="student", model="lm_tiny"):
     }
 
 
-def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
+def _lm_folder(tmp_path, records, tuning=None, trials=(), name="fortunes_lm"):
+    """An LM study's folder written by its own report writer, and the pages."""
     import types
 
     from keras_tfkd.study import lm_report
 
-    records = [_lm_record("baseline", 0, "teacher", "lm_small")]
-    records += [_lm_record(m, s) for s in range(3) for m in PERPLEXITY]
-    config = StudyConfig.from_preset("fortunes_lm")
+    config = StudyConfig.from_preset("fortunes_lm", tune=3 if tuning else 0)
     dataset = types.SimpleNamespace(
         name="fortunes",
         vocabulary_size=258,
@@ -285,15 +284,23 @@ def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
     )
     folder = tmp_path / "lm"
     folder.mkdir()
-    markdown = lm_report.format_markdown(lm_report.summarize(records), config, dataset)
+    rows = lm_report.summarize(records)
+    markdown = lm_report.format_markdown(rows, config, dataset, tuning)
     (folder / "results.md").write_text(markdown)
-    (folder / "results.json").write_text(json.dumps(records))
+    (folder / "results.json").write_text(json.dumps([*records, *trials]))
     readme, doc = tmp_path / "README.md", tmp_path / "results.md"
     for page in (readme, doc):
         page.write_text(
-            "head\n<!-- results:fortunes_lm:begin -->\nold\n"
-            "<!-- results:fortunes_lm:end -->\ntail\n"
+            f"head\n<!-- results:{name}:begin -->\nold\n"
+            f"<!-- results:{name}:end -->\ntail\n"
         )
+    return folder, readme, doc
+
+
+def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
+    records = [_lm_record("baseline", 0, "teacher", "lm_small")]
+    records += [_lm_record(m, s) for s in range(3) for m in PERPLEXITY]
+    folder, readme, doc = _lm_folder(tmp_path, records)
     assert _write(tmp_path, folder, readme, doc) == "fortunes_lm"
     short = readme.read_text()
     assert short.startswith("head\n") and short.endswith("tail\n")
@@ -314,3 +321,47 @@ def test_a_language_modelling_study_gets_its_own_tables(tmp_path):
     (folder / "results.json").write_text(json.dumps(records))
     with pytest.raises(ValueError, match="seeds"):
         _write(tmp_path, folder, readme, doc)
+
+
+def test_a_tuned_study_states_its_settings_trials_and_command(tmp_path):
+    """A tuned LM study's block shows each method's chosen setting, counts
+    the tuning trials in its cost, and is not stated as the untuned command."""
+    chosen = {"baseline": {"learning_rate": 0.01}, "kd": {"alpha": 0.8}}
+    chosen["lsr"] = {"epsilon": 0.05}
+    records = [_lm_record("baseline", 0, "teacher", "lm_small")]
+    for seed in range(3):
+        for method in PERPLEXITY:
+            r = _lm_record(method, seed)
+            r["hyperparameters"].update(chosen[method])
+            r["tuned"] = {"values": chosen[method], "trial": 2}
+            records.append(r)
+    trials = []
+    for method in PERPLEXITY:
+        r = _lm_record(method, 0)
+        trials.append({**r, "seed": 100, "key": f"trial/{method}"})
+        trials[-1]["tuning_trial"] = {"unit": method, "trial": 1}
+    tuning = {
+        m: {
+            "method": m,
+            "student": "lm_tiny",
+            "values": v,
+            "trial": 1,
+            "trials": [{"values": v, "val_perplexity": 9.0, "diverged": False}],
+            "tune_seed": 100,
+        }
+        for m, v in chosen.items()
+    }
+    folder, readme, doc = _lm_folder(
+        tmp_path, records, tuning, trials, name="fortunes_lm_tuned"
+    )
+    with pytest.raises(ValueError, match="was tuned"):
+        _write(tmp_path, folder, readme, doc)  # the untuned preset's command
+    assert _write(tmp_path, folder, readme, doc, study_name="fortunes_lm_tuned")
+    short = readme.read_text()
+    assert "--preset fortunes_lm --tune 3 --backend jax" in short
+    assert "13 runs (3 of them tuning trials)" in short
+    assert "| setting (tuned) |" in short
+    kd = next(line for line in short.splitlines() if line.startswith("| KD"))
+    assert "alpha=0.8" in kd
+    assert "Adam at 0.01 (the tuned baseline's; untuned 0.003)" in short
+    assert "#### Tuning" in doc.read_text()

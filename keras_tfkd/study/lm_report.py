@@ -161,6 +161,14 @@ def format_markdown(rows, config, dataset, tuning=None):
     # From the records, not this call's time: a finished study rerun into its
     # folder trains nothing and rewrites this file.
     train_minutes = sum(r["train_seconds"] for r in rows) / 60
+    trials = [t for r in (tuning or {}).values() for t in r["trials"]]
+    trial_minutes = sum(t.get("train_seconds") or 0.0 for t in trials) / 60
+    cost = f"{train_minutes:.1f} min of training"
+    if trials:
+        cost = (
+            f"{train_minutes + trial_minutes:.1f} min of training, "
+            f"{trial_minutes:.1f} of it the {len(trials)} tuning trials"
+        )
     preset = f" (preset `{config.preset}`)" if config.preset else ""
     rate = config.learning_rate
     for result in (tuning or {}).values():
@@ -186,7 +194,7 @@ def format_markdown(rows, config, dataset, tuning=None):
         f"first, seed {config.seeds[0]}). {config.epochs} epochs, batch "
         f"{config.batch_size}, Adam at {rate_text} decayed to 0 along "
         f"a cosine; seeds {', '.join(map(str, config.seeds))}. Backend "
-        f"{keras.backend.backend()}, {today}, {train_minutes:.1f} min of training "
+        f"{keras.backend.backend()}, {today}, {cost} "
         "(the sum of the runs' train_seconds, the teacher's included).",
         "",
         "Every metric is on the unmasked test tokens, at each run's epoch of "

@@ -215,7 +215,8 @@ def search_unit(
     ``objective.field``, ``key``, ``selected_epoch`` and ``diverged`` are
     read. The result holds ``method``, ``student``, ``values`` (the chosen
     setting), ``trial`` (its number), ``trials`` (``[{trial, values,
-    <objective.name>, val_epoch, diverged, key}]``) and ``tune_seed``. With
+    <objective.name>, val_epoch, diverged, key, train_seconds}]``) and
+    ``tune_seed``. With
     a `store`, each trial's record is marked ``"tuning_trial"``. `title`
     (the method and model) and `position` (``"u/n"``) label the log lines.
     """
@@ -241,6 +242,7 @@ def search_unit(
                 "val_epoch": record.get("selected_epoch"),
                 "diverged": bool(record.get("diverged", False)),
                 "key": record["key"],
+                "train_seconds": record.get("train_seconds"),
             }
         )
         mark = {"unit": unit, "trial": i, "values": dict(values)}
