@@ -615,7 +615,8 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         print(f"results_tables.py: {e}", file=sys.stderr)
         return 1
-    print(f"wrote the {name!r} blocks of README.md and docs/results.md")
+    pages = "docs/results.md" if args.docs_only else "README.md and docs/results.md"
+    print(f"wrote the {name!r} blocks of {pages}")
     return 0
 
 
