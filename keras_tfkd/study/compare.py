@@ -103,7 +103,8 @@ def compare(
             of its search space (`keras_tfkd.search_spaces`; trial 1 is the
             untuned setting) by the validation accuracy of one run on
             `tune_seed`, then run the chosen setting on every seed; the
-            baseline is tuned over `learning_rate` with the same budget
+            baseline is tuned first, over `learning_rate` with the same
+            budget, and every later run trains at the rate it chose
             (`keras_tfkd.study.tune`). Needs a validation split.
         tune_seed: the seed of the tuning runs.
         log: called with each progress line.

@@ -330,12 +330,13 @@ def tuned_jobs(jobs, tuning, train_config):
 def reported(records):
     """`records` without the untuned baselines that only served as teachers.
 
-    Tf-KD_self's and Re-KD's teacher is a student's baseline at the untuned
-    setting (trained once, as in a study without tuning). With tuning the
-    baseline *row* is the tuned baseline (``"tuned"``): its untuned twin of
-    the same student, epochs and seed is left out of the rows and of the
-    pairing, which would otherwise hold both (n doubled, and the deltas
-    paired with either).
+    Tf-KD_self's and Re-KD's teacher is the student's baseline of the same
+    seed. Since the baseline's tuned rate is every run's, that teacher is
+    the tuned baseline itself; in results written before (the teacher at
+    the untuned rate) the baseline *row* is the tuned baseline
+    (``"tuned"``), and its untuned twin of the same student, epochs and
+    seed is left out of the rows and of the pairing, which would otherwise
+    hold both (n doubled, and the deltas paired with either).
     """
 
     def twin(r):
