@@ -20,6 +20,15 @@ gradients: ``(rows, n, d)`` for ``h`` and ``n`` copies of the kernel, ``n``
 the number of outputs, none of the size ``rows x V``. The backward pass
 contracts the stored gradients with the outputs' cotangents.
 
+With `coefficients` (the `Distiller`'s loss weights, ``c``, one per output)
+a chunk takes one gradient instead of ``n``: that of ``sum_k c_k sums_k``,
+the only combination a training step differentiates. The backward pass then
+reads the cotangent ``g`` by its coordinate along ``c``, ``(g . c) / (c .
+c)``: exact for ``g`` parallel to ``c`` (the `Distiller`'s total, loss
+scaling included), the projection onto ``c`` otherwise. The projection's
+backward matmuls then run once per chunk, not once per output, and the
+stored gradients are ``n`` times smaller.
+
 Each backend runs its own loop and custom gradient, as `keras_tfkd._chunked`
 does: JAX a `jax.custom_vjp` around a `jax.lax.fori_loop`, TensorFlow a
 `tf.custom_gradient` around a `tf.while_loop` (a persistent
@@ -66,25 +75,48 @@ def project(h, kernel, bias, transposed):
     return ops.cast(z, "float32") + ops.cast(bias, "float32")
 
 
-def fused_sums(h, kernel, bias, labels, weights, soft, chunk, transposed):
+def fused_sums(
+    h, kernel, bias, labels, weights, soft, chunk, transposed, coefficients=None
+):
     """``(n,)`` float32: the hard CE's and each soft term's weighted sum.
 
     `h` ``(rows, d)``, `kernel` ``(d, V)`` (``(V, d)`` if `transposed`),
     `bias` ``(V,)``, `labels` ``(rows,)`` ints, `weights` ``(rows,)``,
     `soft` ``[(fn, z_t), ...]`` with ``z_t`` ``(rows, V)`` and ``fn(z_t_rows,
-    z_rows) -> (rows,)``, `chunk` rows per chunk (>= 1). Gradients reach
-    `h`, `kernel` and `bias` only.
+    z_rows) -> (rows,)``, `chunk` rows per chunk (>= 1), `coefficients`
+    None (every output's own gradient) or ``(n,)``: the weights the caller
+    sums the outputs with (one gradient per chunk; the module docstring).
+    Gradients reach `h`, `kernel` and `bias` only.
     """
     fns = tuple(fn for fn, _ in soft)
     z_ts = tuple(ops.convert_to_tensor(z_t) for _, z_t in soft)
     labels = ops.cast(labels, "int32")
     weights = ops.cast(weights, "float32")
+    n = 1 + len(fns)
+    if coefficients is None:
+        directions = ops.eye(n, dtype="float32")
+    else:
+        directions = ops.reshape(ops.cast(coefficients, "float32"), (1, n))
     run = _RUNNERS[keras.backend.backend()]
-    return run(h, kernel, bias, labels, weights, fns, z_ts, int(chunk), transposed)
+    return run(
+        h, kernel, bias, labels, weights, fns, z_ts, int(chunk), transposed, directions
+    )
 
 
-def _contract(cotangent, gh, gk, gb):
-    """The input gradients from the stored per-output ones and the cotangent."""
+def _coordinates(cotangent, directions):
+    """The cotangent's coordinates ``(m,)`` along the stored directions: itself
+    for the identity, else its projection onto the one row ``c``."""
+    if directions.shape[0] != 1:  # the identity: every output's own gradient
+        return cotangent
+    c = directions[0]
+    norm = ops.sum(c * c)
+    safe = ops.where(norm > 0, norm, 1.0)
+    return ops.reshape(ops.where(norm > 0, ops.sum(cotangent * c) / safe, 0.0), (1,))
+
+
+def _contract(cotangent, gh, gk, gb, directions):
+    """The input gradients from the stored per-direction ones and the cotangent."""
+    cotangent = _coordinates(ops.cast(cotangent, "float32"), directions)
     c = ops.cast(cotangent, gh.dtype)
     dh = ops.einsum("rnd,n->rd", gh, c)
     dk = ops.tensordot(ops.cast(cotangent, gk.dtype), gk, axes=1)
@@ -93,7 +125,9 @@ def _contract(cotangent, gh, gk, gb):
 
 
 # ------------------------------------------------------------------------ JAX
-def _jax_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
+def _jax_sums(
+    h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed, directions
+):
     import jax
     import jax.numpy as jnp
 
@@ -101,8 +135,9 @@ def _jax_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
     chunk = min(chunk, rows)
     count = -(-rows // chunk)
     n = 1 + len(fns)
+    m = directions.shape[0]
 
-    def forward(h, kernel, bias, labels, weights, z_ts):
+    def forward(h, kernel, bias, labels, weights, z_ts, directions):
         def body(i, carry):
             sums, gh, gk, gb = carry
             start = jnp.minimum(i * chunk, rows - chunk)
@@ -120,7 +155,7 @@ def _jax_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
                 return chunk_sums(z, y_c, w_c, tuple(zip(fns, t_c)))
 
             s, pull = jax.vjp(sums_of, cut(h), kernel, bias)
-            gh_c, gk_c, gb_c = jax.vmap(pull)(jnp.eye(n, dtype=s.dtype))
+            gh_c, gk_c, gb_c = jax.vmap(pull)(directions.astype(s.dtype))
             old = jax.lax.dynamic_slice_in_dim(gh, start, chunk, axis=0)
             gh = jax.lax.dynamic_update_slice_in_dim(
                 gh, old + jnp.swapaxes(gh_c, 0, 1), start, axis=0
@@ -129,30 +164,35 @@ def _jax_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
 
         init = (
             jnp.zeros((n,), "float32"),
-            jnp.zeros((rows, n) + h.shape[1:], h.dtype),
-            jnp.zeros((n,) + kernel.shape, kernel.dtype),
-            jnp.zeros((n,) + bias.shape, bias.dtype),
+            jnp.zeros((rows, m) + h.shape[1:], h.dtype),
+            jnp.zeros((m,) + kernel.shape, kernel.dtype),
+            jnp.zeros((m,) + bias.shape, bias.dtype),
         )
         sums, gh, gk, gb = jax.lax.fori_loop(0, count, body, init)
-        return sums, (gh, gk, gb)
+        return sums, (gh, gk, gb, directions)
 
     @jax.custom_vjp
-    def sums_fn(h, kernel, bias, labels, weights, z_ts):
-        return forward(h, kernel, bias, labels, weights, z_ts)[0]
+    def sums_fn(h, kernel, bias, labels, weights, z_ts, directions):
+        return forward(h, kernel, bias, labels, weights, z_ts, directions)[0]
 
     def bwd(stored, cotangent):
-        return (*_contract(cotangent, *stored), None, None, None)
+        return (*_contract(cotangent, *stored), None, None, None, None)
 
     sums_fn.defvjp(forward, bwd)
     z_ts = tuple(jax.lax.stop_gradient(z) for z in z_ts)
-    return sums_fn(h, kernel, bias, labels, weights, z_ts)
+    directions = jax.lax.stop_gradient(directions)
+    return sums_fn(h, kernel, bias, labels, weights, z_ts, directions)
 
 
 # ----------------------------------------------------------------- TensorFlow
-def _tf_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
+def _tf_sums(
+    h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed, directions
+):
     import tensorflow as tf
 
     n = 1 + len(fns)
+    m = directions.shape[0]
+    directions = tf.stop_gradient(directions)
     static_rows = h.shape[0]
     # Nothing outside watches the loop (see keras_tfkd._chunked): the only
     # tapes inside are each chunk's own.
@@ -164,7 +204,7 @@ def _tf_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
             tape.watch([h_c, kernel, bias])
             z = project(h_c, kernel, bias, transposed)
             s = chunk_sums(z, y_c, w_c, tuple(zip(fns, t_c)))
-            parts = [s[k] for k in range(n)]
+            parts = [tf.tensordot(directions[k], s, 1) for k in range(m)]
         grads = [tape.gradient(p, [h_c, kernel, bias]) for p in parts]
         del tape
         gh_c, gk_c, gb_c = (
@@ -201,9 +241,9 @@ def _tf_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
         init = (
             tf.constant(0),
             tf.zeros((n,), "float32"),
-            tf.zeros(tf.concat([[rows, n], tf.shape(h)[1:]], 0), h.dtype),
-            tf.zeros((n,) + tuple(kernel.shape), kernel.dtype),
-            tf.zeros((n,) + tuple(bias.shape), bias.dtype),
+            tf.zeros(tf.concat([[rows, m], tf.shape(h)[1:]], 0), h.dtype),
+            tf.zeros((m,) + tuple(kernel.shape), kernel.dtype),
+            tf.zeros((m,) + tuple(bias.shape), bias.dtype),
         )
         _, sums, gh, gk, gb = tf.while_loop(
             lambda i, *_: i < count, body, init, parallel_iterations=1
@@ -217,7 +257,7 @@ def _tf_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
         )
 
         def grad_fn(cotangent):
-            return _contract(cotangent, *stored)
+            return _contract(cotangent, *stored, directions)
 
         return sums, grad_fn
 
@@ -225,10 +265,14 @@ def _tf_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
 
 
 # -------------------------------------------------------------------- PyTorch
-def _torch_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
+def _torch_sums(
+    h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed, directions
+):
     import torch
 
     n = 1 + len(fns)
+    m = directions.shape[0]
+    directions = directions.detach()
     z_ts = tuple(z.detach() for z in z_ts)
     labels, weights = labels.detach(), weights.detach()
 
@@ -238,13 +282,13 @@ def _torch_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
             rows = h.shape[0]
             sums = torch.zeros(n, dtype=torch.float32, device=h.device)
             gh = torch.zeros(
-                (rows, n) + tuple(h.shape[1:]), dtype=h.dtype, device=h.device
+                (rows, m) + tuple(h.shape[1:]), dtype=h.dtype, device=h.device
             )
             gk = torch.zeros(
-                (n,) + tuple(kernel.shape), dtype=kernel.dtype, device=h.device
+                (m,) + tuple(kernel.shape), dtype=kernel.dtype, device=h.device
             )
             gb = torch.zeros(
-                (n,) + tuple(bias.shape), dtype=bias.dtype, device=h.device
+                (m,) + tuple(bias.shape), dtype=bias.dtype, device=h.device
             )
             kernel_, bias_ = kernel.detach(), bias.detach()
             for start in range(0, rows, chunk):
@@ -260,9 +304,9 @@ def _torch_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
                     s = chunk_sums(
                         z, labels[start:stop], weights[start:stop], tuple(zip(fns, t_c))
                     )
-                    for k in range(n):
+                    for k in range(m):
                         g_h, g_k, g_b = torch.autograd.grad(
-                            s[k], inputs, retain_graph=k < n - 1
+                            (directions[k] * s).sum(), inputs, retain_graph=k < m - 1
                         )
                         gh[start:stop, k] = g_h
                         gk[k] += g_k
@@ -279,7 +323,7 @@ def _torch_sums(h, kernel, bias, labels, weights, fns, z_ts, chunk, transposed):
                     "A fused projection loss's gradient was already taken once: "
                     "its stored gradients are consumed by the first backward pass."
                 )
-            return _contract(cotangent, *stored)
+            return _contract(cotangent, *stored, directions)
 
     return Sums.apply(h, kernel, bias)
 

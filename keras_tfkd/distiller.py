@@ -337,11 +337,13 @@ class Distiller(keras.Model):
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
         logits = select_output(y_pred, self.output_name, "student")
         labels = select_output(y, self.output_name, "labels")
-        hard, values = _hard_and_terms(self, x, y, y_pred, sample_weight, training)
+        hard_weight, term_weights = self.loss_weighting.tensors()
+        hard, values = _hard_and_terms(
+            self, x, y, y_pred, sample_weight, training, (hard_weight, term_weights)
+        )
         if training:
             teacher_hooks.update_after_step(self.hooked_teachers, x, labels, logits)
         heads = self._heads.values(y, y_pred, sample_weight)
-        hard_weight, term_weights = self.loss_weighting.tensors()
         if training:  # the per-step warm-ups count the steps taken
             self.loss_weighting.advance()
         total = hard_weight * hard
@@ -451,8 +453,10 @@ class Distiller(keras.Model):
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)
 
 
-def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training):
-    """The hard term and each term's value, before weighting.
+def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training, loss_weights):
+    """The hard term and each term's value, before weighting (`loss_weights`,
+    the step's ``(hard weight, [term weights])``, tell the fused projection
+    which sum the step differentiates).
 
     For sequence logits ``(N, L, V)`` each is a mean over the weighted
     (unmasked) tokens, classifier logits keep Keras's reduction
@@ -466,7 +470,9 @@ def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training):
     plan, fused = distiller._plan, distiller._fused
     hidden = fused.take(y_pred) if fused is not None else None
     if hidden is not None:
-        return fused.values(plan, distiller.hard_loss, x, y, hidden, weights, training)
+        return fused.values(
+            plan, distiller.hard_loss, x, y, hidden, weights, training, loss_weights
+        )
     hard = hard_value(distiller.hard_loss, labels, logits, weights)
     capture = plan.student_capture(distiller, x, y_pred, training)
     return hard, plan.values(x, y, y_pred, weights, training, capture)

@@ -224,7 +224,13 @@ def _rows_per_chunk(chunk_size, losses, vocabulary):
 
 
 def projection_losses(
-    hidden, layer, labels, soft=(), sample_weight=None, chunk_size="auto"
+    hidden,
+    layer,
+    labels,
+    soft=(),
+    sample_weight=None,
+    chunk_size="auto",
+    coefficients=None,
 ):
     """`linear_losses` of ``layer(hidden)``: the layer's weights read for it.
 
@@ -260,6 +266,7 @@ def projection_losses(
         sample_weight=sample_weight,
         chunk_size=chunk_size,
         tied=tied,
+        coefficients=coefficients,
     )
 
 
@@ -272,6 +279,7 @@ def linear_losses(
     sample_weight=None,
     chunk_size="auto",
     tied=False,
+    coefficients=None,
 ):
     """The hard cross-entropy and soft losses of ``hidden @ kernel + bias``, fused.
 
@@ -295,7 +303,12 @@ def linear_losses(
     are computed `chunk_size` rows at a time (``"auto"``: the smallest int
     ``chunk_size`` of the losses, else ``2**21 // V``) together with the
     gradient with respect to `hidden`, `kernel` and `bias`; the teachers'
-    logits get none.
+    logits get none. `coefficients` (``[c_hard, c_1, ...]``, None by
+    default) are the weights a training step sums the outputs with, as
+    ``c_hard * hard + sum_i c_i * soft_i``: each chunk then takes one
+    gradient, of that sum, instead of one per output (faster, less memory),
+    and only that weighted sum's gradient is exact (the `Distiller` passes
+    its loss weights).
 
     Example:
 
@@ -344,7 +357,17 @@ def linear_losses(
     chunk = _rows_per_chunk(chunk_size, losses, vocabulary)
     with _unchunked(losses):
         sums = _fused.fused_sums(
-            h, kernel, bias, labels, weights, list(zip(fns, teachers)), chunk, tied
+            h,
+            kernel,
+            bias,
+            labels,
+            weights,
+            list(zip(fns, teachers)),
+            chunk,
+            tied,
+            coefficients=None
+            if coefficients is None
+            else ops.stop_gradient(ops.stack(list(coefficients))),
         )
     sums = sums / ops.cast(rows, "float32")
     return sums[0], [sums[i + 1] for i in range(len(losses))]
@@ -452,8 +475,12 @@ class FusedPlan:
         stash, self.stash = self.stash, None
         return stash if stash is not None and y_pred is stash else None
 
-    def values(self, term_plan, hard_loss, x, y, hidden, weights, training):
-        """``(hard, [term values])`` of a training step, fused."""
+    def values(
+        self, term_plan, hard_loss, x, y, hidden, weights, training, loss_weights
+    ):
+        """``(hard, [term values])`` of a training step, fused; `loss_weights`
+        ``(hard weight, [term weights])`` are the weights the step sums them
+        with (each chunk takes the gradient of that sum only)."""
         self.check_hard_loss(hard_loss)
         passes = {
             id(t): term_plan.teacher_pass(t, x, y, training)[0]
@@ -466,6 +493,9 @@ class FusedPlan:
             z_t = select_output(passes[id(term.teacher)], term.output_name, "teacher")
             soft += [(loss, z_t) for loss in term.losses]
             owners += [index] * len(term.losses)
+        hard_weight, term_weights = loss_weights
+        coefficients = [ops.cast(hard_weight, "float32")]
+        coefficients += [ops.cast(term_weights[i], "float32") for i in owners]
         labels = select_output(y, None, "labels")
         if len(labels.shape) == len(hidden.shape):  # (N, L, 1) or one-hot
             labels = (
@@ -474,7 +504,12 @@ class FusedPlan:
                 else ops.argmax(labels, axis=-1)
             )
         hard, parts = projection_losses(
-            hidden, self.layer, labels, soft, sample_weight=weights
+            hidden,
+            self.layer,
+            labels,
+            soft,
+            sample_weight=weights,
+            coefficients=coefficients,
         )
         values = [ops.zeros((), "float32") for _ in term_plan.terms]
         for index, part in zip(owners, parts):

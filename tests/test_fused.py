@@ -77,11 +77,13 @@ def _whole(hidden, kernel, bias, labels, z_t, weights, tied):
 
 
 @pytest.mark.parametrize(
-    "tied, chunk",
-    [(False, 4), (True, 4), (False, 64)],
-    ids=["dense_with_bias_ragged", "tied_ragged", "one_chunk"],
+    "tied, chunk, coefficients",
+    [(False, 4, None), (True, 4, None), (False, 64, None), (False, 4, ALPHAS)],
+    ids=["dense_with_bias_ragged", "tied_ragged", "one_chunk", "one_gradient"],
 )
-def test_linear_losses_equal_the_losses_on_the_whole_logits(tied, chunk):
+def test_linear_losses_equal_the_losses_on_the_whole_logits(tied, chunk, coefficients):
+    """Every output's own gradient, or (``coefficients``, as the Distiller
+    passes its loss weights) one gradient per chunk, of the weighted sum."""
     hidden, z_t, labels, weights = _case()
     r = np.random.default_rng(1)
     kernel = r.normal(size=(V, D) if tied else (D, V)).astype("float32")
@@ -97,6 +99,7 @@ def test_linear_losses_equal_the_losses_on_the_whole_logits(tied, chunk):
             sample_weight=weights,
             chunk_size=chunk,
             tied=tied,
+            coefficients=coefficients,
         )
         return ALPHAS[0] * hard + ALPHAS[1] * soft[0] + ALPHAS[2] * soft[1]
 
@@ -109,6 +112,30 @@ def test_linear_losses_equal_the_losses_on_the_whole_logits(tied, chunk):
     np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_coefficients_give_a_zero_gradient_and_the_values():
+    """A warm-up's first step weighs every term 0: no NaN from c / |c|^2."""
+    hidden, z_t, labels, weights = _case(4)
+    kernel = np.random.default_rng(5).normal(size=(D, V)).astype("float32")
+    zero = (0.0, 0.0, 0.0)
+
+    def loss(h, k):
+        hard, soft = fused.linear_losses(
+            h,
+            k,
+            labels,
+            soft=[(make(4), z_t) for make in SOFT],
+            sample_weight=weights,
+            chunk_size=4,
+            coefficients=zero,
+        )
+        return 0.0 * hard + 0.0 * soft[0] + 0.0 * soft[1] + ops.stop_gradient(hard)
+
+    value, grads = _grads(loss, hidden, kernel)
+    assert value > 0.1  # the hard value is there
+    for g in grads:
+        assert np.all(g == 0.0)
 
 
 def test_each_output_keeps_its_own_value():
