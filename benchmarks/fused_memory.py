@@ -11,8 +11,13 @@ W``, the token mean over a padding mask, three ways:
   path without any option;
 * ``logits+chunked``: the logits built whole, the soft loss chunked
   (``chunk_size="auto"``, `keras_tfkd._chunked`);
-* ``fused``: `keras_tfkd.fused.linear_losses`: the projection, the CE and
-  the soft loss chunk by chunk (``2**21 // V`` rows), the logits never whole.
+* ``fused``: `keras_tfkd.fused.linear_losses` with the loss weights
+  (``coefficients=(0.5, 0.5)``, as the `Distiller` passes them): the
+  projection, the CE and the soft loss chunk by chunk (``2**21 // V``
+  rows), the logits never whole, one gradient per chunk;
+* ``fused per output``: the same without ``coefficients``: each output's
+  own gradient in every chunk (what a training loop of one's own gets
+  when it does not pass its weights).
 
 Memory: each (backend, way) runs in its own process, measured as
 benchmarks/chunked_memory.py measures (its `HostMemory`: ``VmHWM`` after a
@@ -46,7 +51,7 @@ from chunked_memory import MB, DeviceMemory, HostMemory, _fmt
 from run import limit_threads  # benchmarks/run.py: this script's folder
 
 BACKENDS = ("tensorflow", "jax", "torch")
-WAYS = ("logits", "logits+chunked", "fused")
+WAYS = ("logits", "logits+chunked", "fused", "fused per output")
 TEMPERATURE = 2.0
 
 
@@ -73,12 +78,18 @@ def loss_fn(way):
     def token_mean(mask):  # keras_tfkd.tokens' weights: a mean over the unmasked
         return mask * ops.cast(ops.shape(mask)[0], "float32") / ops.sum(mask)
 
-    if way == "fused":
+    if way.startswith("fused"):
         kl = losses.SoftTargetKL(temperature=TEMPERATURE)
+        coefficients = (0.5, 0.5) if way == "fused" else None
 
         def fused_loss(h, w, z_t, labels, mask):
             hard, (soft,) = fused.linear_losses(
-                h, w, labels, soft=[(kl, z_t)], sample_weight=token_mean(mask)
+                h,
+                w,
+                labels,
+                soft=[(kl, z_t)],
+                sample_weight=token_mean(mask),
+                coefficients=coefficients,
             )
             return 0.5 * hard + 0.5 * soft
 
@@ -221,9 +232,10 @@ def _child(args, backend, mode, way=None):
 
 def table(args, results):
     lines = [
-        "| backend | logits | logits+chunked | fused | fused / logits "
-        "| fused / logits+chunked | time fused / logits |",
-        "|" + "---|" * 7,
+        "| backend | logits | logits+chunked | fused | fused per output "
+        "| fused / logits | fused / logits+chunked | time fused / logits "
+        "| time fused per output / logits |",
+        "|" + "---|" * 9,
     ]
     for backend, r in results.items():
         mem = {way: r[way].get("peak_mb") for way in WAYS}
@@ -234,9 +246,11 @@ def table(args, results):
 
         lines.append(
             f"| {backend} | {_fmt(mem['logits'])} MB | {_fmt(mem['logits+chunked'])}"
-            f" MB | {_fmt(mem['fused'])} MB | {ratio(mem['fused'], mem['logits'])}"
+            f" MB | {_fmt(mem['fused'])} MB | {_fmt(mem['fused per output'])} MB"
+            f" | {ratio(mem['fused'], mem['logits'])}"
             f" | {ratio(mem['fused'], mem['logits+chunked'])}"
-            f" | {ratio(t.get('fused'), t.get('logits'))} |"
+            f" | {ratio(t.get('fused'), t.get('logits'))}"
+            f" | {ratio(t.get('fused per output'), t.get('logits'))} |"
         )
     return "\n".join(lines)
 
