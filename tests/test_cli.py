@@ -413,6 +413,25 @@ def test_study_command_defaults_are_the_study_defaults(monkeypatch, tmp_path):
     assert config.seeds == (0, 1, 2, 3, 4) and config.methods == experiments.METHODS
 
 
+@pytest.mark.parametrize(
+    "given",
+    [["kd,lsr"], ["kd", "lsr"], ["kd,", "lsr"]],
+    ids=["commas", "spaces", "both"],
+)
+def test_study_methods_by_spaces_or_commas(given, monkeypatch, tmp_path):
+    """`--methods kd,lsr` (as `--seeds 0,1`) is `--methods kd lsr`."""
+    from keras_tfkd import cli, study
+
+    seen = {}
+    monkeypatch.setattr(
+        study, "run_study", lambda config, **_: seen.update(c=config) or {"table": ""}
+    )
+    out = str(tmp_path / "out")
+    argv = ["study", "--methods", *given, "--output-dir", out]
+    assert cli.main([*argv, "--backend", keras.backend.backend()]) == 0
+    assert seen["c"].methods == ("kd", "lsr")
+
+
 def _flag(field):
     return "--" + field.replace("_", "-")
 

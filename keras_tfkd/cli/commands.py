@@ -63,6 +63,8 @@ def _study(args, log):
     given = {f: getattr(args, f) for f in _PRESET_FLAGS if getattr(args, f) is not None}
     # A preset may name its methods (a language-modelling study has its own).
     methods = tuple(args.methods or chosen.settings.get("methods", METHODS))
+    # "--methods kd,lsr" (as --seeds 0,1) means "--methods kd lsr".
+    methods = tuple(m for given in methods for m in given.split(",") if m)
     dataset = given.get("dataset", chosen.settings.get("dataset", "digits"))
     text = lm_config.is_text_dataset(dataset)
     valid = lm_config.LM_METHODS if text else METHODS

@@ -252,7 +252,7 @@ def _add_study(sub):
         "--methods",
         nargs="+",
         metavar="METHOD",
-        help=f"subset of: {' '.join(METHODS)} (default: all)",
+        help=f"subset of: {' '.join(METHODS)}, by spaces or commas (default: all)",
     )
     study.add_argument(
         "--student",
