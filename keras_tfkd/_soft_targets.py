@@ -65,18 +65,21 @@ def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t):
     close, where the textbook form subtracts two log-partition functions of
     size ``log K`` and loses every digit (it even goes negative). Each term is
     ``p_t * series(x)`` for small ``|x|`` and ``exp(log p_t + x) - p_t (1 + x)``
-    otherwise, both scaled by ``exp(-s)`` so that nothing overflows and a
-    class whose ``p_t`` underflows still counts through ``exp(log p_t + x)``.
-    One exponential per element besides the softmaxes (`p_t` is shared with
-    the gradient's textbook form).
+    otherwise (a class whose ``p_t`` underflows still counts through
+    ``exp(log p_t + x)``). One exponential per element besides the softmaxes
+    (`p_t` is shared with the gradient's textbook form).
 
-    ``s`` is the row's largest ``log p_t + x`` (at least 0). Taking the
-    textbook KL (computed anyway for the gradient) as ``s`` instead saves
-    that pass, and is exact in exact arithmetic (``log p_t + x = log p_s +
-    KL``), but in float32 it moved a two-class KL (DKD's TCKD at K = 2, on
-    JAX) by 1.4e-5 relative, more than the 1e-5 the tests hold: not used.
+    Two passes over the classes: the centring ``E_pt[d]``, then ``S`` and
+    the centring's float32 residue ``r = E_pt[x]`` together, with ``KL =
+    log1p(S + r) - r`` (exact for any ``r``: ``E_pt[exp(x)] = 1 + S + r``;
+    no digit lost while ``|r|`` is far below 1, and a residue of 1e-4, from
+    logits of 1e4, would otherwise cost 1% of a KL of 1e-5). Unscaled, a
+    term is at most ``exp(KL)`` (``log p_t + x = log p_s + KL``), so only a
+    KL above about 88 overflows float32; such a batch is recomputed with
+    every term scaled by ``exp(-s)``, ``s`` the row's largest ``log p_t +
+    x`` (`_kl_value_scaled`, two passes more).
 
-    About 30 elementwise operations and four reductions: a backend that runs
+    About 20 elementwise operations and three reductions: a backend that runs
     them one pass over memory each (TensorFlow's graph executor, PyTorch's
     eager mode) pays about twice the textbook form for them, so
     `keras_tfkd._backend.fused` compiles them into fused loops where it can
@@ -86,22 +89,42 @@ def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t):
     return kernel(z_t, z_s, t_t, t_s, log_p_t, p_t)
 
 
+def _series(x):
+    """``exp(x) - 1 - x = x^2 (1/2 + x/6 + x^2/24 + x^3/120 + ...)``: no
+    cancellation for small ``|x|`` (``x * x``, not ops.square: PyTorch's
+    square is its slow general `pow`)."""
+    return (x * x) * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0))))
+
+
 def _kl_value_kernel(z_t, z_s, t_t, t_s, log_p_t, p_t):
     # (z_s - z_t) is exact for close logits; with T_s == T_t the ratio is 1.
     d = (z_s - z_t * (t_s / t_t)) / t_s
     x = d - ops.sum(p_t * d, axis=-1, keepdims=True)
-    # Centre again: a mean left at 1e-4 (logits of 1e4) costs 1% of a KL of 1e-5.
+    small = ops.abs(x) < _SERIES_BOUND
+    # (Where |x| is large the series may overflow, where it is small the
+    # direct difference cancels; `where` discards either.)
+    direct = ops.exp(log_p_t + x) - p_t * (1.0 + x)
+    terms = ops.where(small, p_t * _series(x), ops.maximum(direct, 0.0))
+    total = ops.sum(terms, axis=-1)
+    residue = ops.sum(p_t * x, axis=-1)
+    value = ops.maximum(ops.log1p(total + residue) - residue, 0.0)
+    return ops.cond(
+        ops.all(ops.isfinite(total)),
+        lambda: value,
+        lambda: _kl_value_scaled(x, log_p_t, p_t),
+    )
+
+
+def _kl_value_scaled(x, log_p_t, p_t):
+    """`_kl_value_kernel` with every term scaled by ``exp(-s)``: a KL above 88."""
+    # Centre again: the residue is then negligible.
     x = x - ops.sum(p_t * x, axis=-1, keepdims=True)
     a = log_p_t + x
     shift = ops.maximum(ops.max(a, axis=-1, keepdims=True), 0.0)
     q = p_t * ops.exp(-shift)
     small = ops.abs(x) < _SERIES_BOUND
-    # exp(x) - 1 - x = x^2 (1/2 + x/6 + x^2/24 + x^3/120 + ...): no cancellation.
-    # (Where |x| is large this may overflow; `where` discards it.)
-    # (x * x, not ops.square: PyTorch's square is its slow general `pow`.)
-    series = (x * x) * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0))))
     direct = ops.exp(a - shift) - q * (1.0 + x)
-    terms = ops.where(small, q * series, ops.maximum(direct, 0.0))
+    terms = ops.where(small, q * _series(x), ops.maximum(direct, 0.0))
     total = ops.sum(terms, axis=-1)
     # log S = shift + log(total); log1p(S) = softplus(log S); 0 for identical rows.
     positive = total > 0
