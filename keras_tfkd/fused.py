@@ -26,8 +26,10 @@ Two ways in:
   ``backbone.token_embedding``) or ``fused_projection="layer name"`` (the
   last layer of a functional student, a linear ``Dense`` or a
   ``ReversibleEmbedding``); in training the Distiller's forward pass returns
-  the hidden states and `compute_loss` fuses (`FusedPlan`); `evaluate`,
-  `predict` and ``__call__`` compute the logits as usual.
+  the hidden states and `compute_loss` fuses (`FusedPlan`), handing the
+  fused loss its loss weights so that each chunk takes one gradient, of the
+  weighted sum; `evaluate`, `predict` and ``__call__`` compute the logits
+  as usual.
 * `projection_losses` (hidden states and a layer) and `linear_losses`
   (hidden states and the weights), the same computation for a training loop
   of one's own.
