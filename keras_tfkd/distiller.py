@@ -337,13 +337,11 @@ class Distiller(keras.Model):
         y = keras.tree.map_structure(ops.convert_to_tensor, y)
         logits = select_output(y_pred, self.output_name, "student")
         labels = select_output(y, self.output_name, "labels")
-        hard_weight, term_weights = self.loss_weighting.tensors()
-        hard, values = _hard_and_terms(
-            self, x, y, y_pred, sample_weight, training, (hard_weight, term_weights)
-        )
+        hard, values = _hard_and_terms(self, x, y, y_pred, sample_weight, training)
         if training:
             teacher_hooks.update_after_step(self.hooked_teachers, x, labels, logits)
         heads = self._heads.values(y, y_pred, sample_weight)
+        hard_weight, term_weights = self.loss_weighting.tensors()
         if training:  # the per-step warm-ups count the steps taken
             self.loss_weighting.advance()
         total = hard_weight * hard
@@ -453,10 +451,9 @@ class Distiller(keras.Model):
         return cls(student=student, teacher=teacher, soft_loss=soft or None, **config)
 
 
-def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training, loss_weights):
-    """The hard term and each term's value, before weighting (`loss_weights`,
-    the step's ``(hard weight, [term weights])``, tell the fused projection
-    which sum the step differentiates).
+def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training):
+    """The hard term and each term's value, before weighting (the fused
+    projection reads the step's weights: the sum it differentiates).
 
     For sequence logits ``(N, L, V)`` each is a mean over the weighted
     (unmasked) tokens, classifier logits keep Keras's reduction
@@ -470,6 +467,7 @@ def _hard_and_terms(distiller, x, y, y_pred, sample_weight, training, loss_weigh
     plan, fused = distiller._plan, distiller._fused
     hidden = fused.take(y_pred) if fused is not None else None
     if hidden is not None:
+        loss_weights = distiller.loss_weighting.tensors()  # this step's, as below
         return fused.values(
             plan, distiller.hard_loss, x, y, hidden, weights, training, loss_weights
         )

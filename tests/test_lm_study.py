@@ -240,13 +240,13 @@ def _main(argv):
     return code, out.getvalue()
 
 
-@pytest.mark.one_backend  # the study's plumbing; the LM losses: test_sequences
-def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
-    out = tmp_path / "study"
-    argv = [
+def _small_study(fortunes_dir, out, *flags):
+    """The preset's command on a few windows, one epoch, one seed."""
+    return [
         "study",
         "--preset",
         "fortunes_lm",
+        *flags,
         "--epochs",
         "1",
         "--seeds",
@@ -262,6 +262,12 @@ def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
         "--backend",
         keras.backend.backend(),
     ]
+
+
+@pytest.mark.one_backend  # the study's plumbing; the LM losses: test_sequences
+def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
+    out = tmp_path / "study"
+    argv = _small_study(fortunes_dir, out)
     code, output = _main(argv)
     assert code == 0, output
     records = json.loads((out / "results.json").read_text())
@@ -365,31 +371,9 @@ def test_a_tuned_lm_study_trains_every_run_at_the_baseline_s_rate(
     fortunes_dir, tmp_path
 ):
     out = tmp_path / "tuned"
-    argv = [
-        "study",
-        "--preset",
-        "fortunes_lm",
-        "--methods",
-        "baseline",
-        "tfkd_self",
-        "kd",
-        "--tune",
-        "2",
-        "--epochs",
-        "1",
-        "--seeds",
-        "0",
-        "--limit",
-        "64,32",
-        "--batch-size",
-        "32",
-        "--data-dir",
-        str(fortunes_dir),
-        "--output-dir",
-        str(out),
-        "--backend",
-        keras.backend.backend(),
-    ]
+    argv = _small_study(
+        fortunes_dir, out, "--methods", "baseline", "tfkd_self", "kd", "--tune", "2"
+    )
     code, output = _main(argv)
     assert code == 0, output
     records = json.loads((out / "results.json").read_text())
