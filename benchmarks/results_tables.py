@@ -165,6 +165,8 @@ def _read_lm_study(markdown, lines, json_path):
     records = [r for r in records if isinstance(r, dict) and r.get("study") == "lm"]
     trials = _trials(records)
     records = [r for r in records if "tuning_trial" not in r]
+    if any("tuned" in r for r in records):  # a tuned study: its own runs only
+        records = [r for r in records if "tuned" in r or r.get("role") == "teacher"]
     rows = _tables(lines).get("", [])
     students = [r for r in records if r.get("role") == "student"]
     return {

@@ -351,6 +351,8 @@ def test_a_tuned_study_states_its_settings_trials_and_command(tmp_path):
         }
         for m, v in chosen.items()
     }
+    # The folder also holds an untuned run of another study (seed 0).
+    trials.append({**_lm_record("kd", 0), "key": "untuned/kd/0"})
     folder, readme, doc = _lm_folder(
         tmp_path, records, tuning, trials, name="fortunes_lm_tuned"
     )
