@@ -92,7 +92,8 @@ def replace_marked(text, name, body, where="text"):
         if count != 1:
             raise ValueError(
                 f"{where} has {count} copies of {tag!r}; it needs exactly one "
-                f"{begin} ... {end} block for study {name!r}."
+                f"{begin} ... {end} block for study {name!r} (a study that only "
+                "docs/results.md shows: --docs-only)."
             )
     start = text.index(begin) + len(begin)
     stop = text.index(end)
