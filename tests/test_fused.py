@@ -291,10 +291,10 @@ def test_dkd_fuses_each_chunk_with_its_labels(teacher):
         np.testing.assert_allclose(g, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("tail", ["bucket", "renormalise"])
-def test_a_topk_cache_fuses_to_the_same_step(teacher, tail, tmp_path):
+def test_a_topk_cache_fuses_to_the_same_step(teacher, tmp_path):
     """A TopKTeacher's packed rows (k ids, log-probabilities, tail, T) meet
-    each chunk's logits: the step is the unfused one, both tail choices."""
+    each chunk's logits: the step is the unfused one, both tail choices (one
+    loss each, in one step)."""
     from keras_tfkd import topk
 
     x, y, mask = _lm_batch()
@@ -304,8 +304,10 @@ def test_a_topk_cache_fuses_to_the_same_step(teacher, tail, tmp_path):
 
     def step(fused_projection):
         soft = [
-            topk.TopKLoss(losses.SoftTargetKL(temperature=2.0, chunk_size=5), tail),
-            topk.TopKLoss(losses.ReverseKL(temperature=2.0, chunk_size=5), tail),
+            topk.TopKLoss(losses.SoftTargetKL(temperature=2.0, chunk_size=5)),
+            topk.TopKLoss(
+                losses.ReverseKL(temperature=2.0, chunk_size=5), "renormalise"
+            ),
         ]
         return _step(_gpt2(0), cached, fused_projection, soft_loss=soft, x=packed)
 

@@ -295,6 +295,7 @@ def test_the_preset_runs_every_method_end_to_end(fortunes_dir, tmp_path):
     assert again.count("skipped") == len(records)
 
 
+@pytest.mark.one_backend  # the recipes check their values in Python
 def test_the_search_spaces_hold_the_untuned_values_and_build():
     """Every LM method has a space; each grid holds its untuned value (the
     preset's learning rate for the baseline) and every point builds."""
