@@ -542,7 +542,7 @@ def _tune(config, dataset, teacher, execute, known, store, log):
             position=f"{u}/{len(methods)}",
         )
         if method == "baseline":
-            rate = tune.train_values(tuning[method]["values"])
+            rate = tune.chosen_train_values(tuning)
     return tuning
 
 
@@ -550,10 +550,10 @@ def _plan(config, dataset, teacher, tuning):
     """The students' runs, in order: per seed the baseline and the rest, at
     the settings `tuning` chose (``{}``: the untuned ones)."""
     chosen = {m: dict(r["values"]) for m, r in tuning.items()}
-    rate = tune.train_values(chosen.get("baseline", {}))
+    rate = tune.chosen_train_values(tuning)
     jobs = []
     for seed in config.seeds:
-        base_values = {**rate, **chosen.get("baseline", {})}
+        base_values = chosen.get("baseline", {})  # its rate is the study's
         base = _Run(
             config, dataset, "baseline", seed, config.student, values=base_values
         )

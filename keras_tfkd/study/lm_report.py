@@ -170,10 +170,7 @@ def format_markdown(rows, config, dataset, tuning=None):
             f"{trial_minutes:.1f} of it the {len(trials)} tuning trials"
         )
     preset = f" (preset `{config.preset}`)" if config.preset else ""
-    rate = config.learning_rate
-    for result in (tuning or {}).values():
-        if result["method"] == "baseline":
-            rate = result["values"].get("learning_rate", rate)
+    rate = tune.chosen_train_values(tuning).get("learning_rate", config.learning_rate)
     rate_text = f"{rate:g}"
     if rate != config.learning_rate:
         rate_text += f" (the tuned baseline's; untuned {config.learning_rate:g})"

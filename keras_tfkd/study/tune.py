@@ -299,13 +299,19 @@ def search(config, jobs, *, run_one, train_config, store=None, log=print):
     return results
 
 
+def chosen_train_values(tuning):
+    """The optimizer's fields the tuned baseline chose (``{}`` untuned): every
+    run of a tuned study trains at them."""
+    for result in (tuning or {}).values():
+        if result["method"] == "baseline":
+            return train_values(result["values"])
+    return {}
+
+
 def study_train_config(tuning, train_config):
     """`train_config` at the learning rate the tuned baseline chose (if any)."""
-    for result in (tuning or {}).values():
-        train = train_values(result["values"])
-        if result["method"] == "baseline" and train:
-            train_config = dataclasses.replace(train_config, **train)
-    return train_config
+    train = chosen_train_values(tuning)
+    return dataclasses.replace(train_config, **train) if train else train_config
 
 
 def tuned_jobs(jobs, tuning, train_config):
