@@ -149,7 +149,11 @@ def test_chunked_equals_unchunked_without_weights_and_reduced_none():
             loss = losses.ReverseKL(reduction=reduction, chunk_size=c)
             got[c] = _student_grad(lambda v, loss=loss: (ops.sum(loss(z_t, v)), v), z_s)
         np.testing.assert_allclose(got[5][0], got[None][0], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(got[5][1], got[None][1], rtol=1e-6, atol=1e-6)
+        # Gradients of size up to 2.2 here: float32 rounds them to about 2e-7,
+        # and the reverse KL's (through the first argument's log p - log q)
+        # is 1.6e-6 from float64 in either form (TensorFlow's chunks run
+        # under XLA, the unchunked form op by op).
+        np.testing.assert_allclose(got[5][1], got[None][1], rtol=1e-6, atol=2e-6)
 
 
 def test_chunked_loss_in_a_compiled_function():
