@@ -113,17 +113,20 @@ def fused(fn, eager=None):
 def log_softmax(a):
     """``(log_softmax(a), logsumexp(a))`` over the last axis, or ``(.., None)``.
 
-    Under XLA (TensorFlow, JAX) both come from one shared computation: ``a -
-    max`` (exact near the maximum, so ``log p`` is accurate to its own size,
-    not the logits'), the log of its exponentials' sum, and ``max`` plus that
-    log; XLA fuses them as it fuses a ``log_softmax``. PyTorch runs its own
-    fused ``log_softmax`` kernel, about a third of that formula's passes, and
-    returns no ``logsumexp``: the cancellation-free KL value (its one use)
-    centres itself there in one pass (`kl_sums_eager`), cheaper than the
-    passes of a ``logsumexp``.
+    On JAX, where the whole training step is one XLA program, both come from
+    one shared computation: ``a - max`` (exact near the maximum, so ``log p``
+    is accurate to its own size, not the logits'), the log of its
+    exponentials' sum, and ``max`` plus that log; XLA fuses them as it fuses
+    a ``log_softmax``, and the cancellation-free KL value (its one use) then
+    takes the centre the ``logsumexp`` gives and one pass instead of two.
+    TensorFlow (whose Keras step runs op by op, without XLA, on a CPU) and
+    PyTorch run their own fused ``log_softmax`` kernel, a third of that
+    formula's passes, and return no ``logsumexp``: there the KL value centres
+    itself, in its own compiled kernel (TensorFlow) or in one pass
+    (`kl_sums_eager`), for less than a ``logsumexp`` costs.
     """
     ops = keras.ops
-    if keras.backend.backend() == "torch":
+    if keras.backend.backend() != "jax":
         return ops.log_softmax(a, axis=-1), None
     m = ops.stop_gradient(ops.max(a, axis=-1, keepdims=True))
     shifted = a - m

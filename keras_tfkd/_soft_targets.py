@@ -92,13 +92,14 @@ def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t, centre=None, textbook=None):
 
     `centre` (``(..., 1)``) and `textbook` (``(...,)``), when given, are the
     textbook form's ``E_pt[d] = (lse_s - lse_t) - KL_textbook`` and its KL,
-    which `kl_divergence_with_logits` computes anyway for the gradient: the
-    value then takes one pass over the classes (`_kl_value_centred`). The
-    textbook's error becomes the residue ``r`` (float32's precision times the
-    log-partition functions' size, about 1e-6 for logits of size 10), which
-    costs the value float32's precision of ``r^2 / 2``; a batch in which that
-    is more than a few ulps of some row's value (a KL below about 1e-12, or
-    logits of size 1e4 and a KL below about 1e-6) is centred again at
+    which `kl_divergence_with_logits` computes anyway for the gradient (on
+    JAX, where `keras_tfkd._backend.log_softmax` gives the ``logsumexp``):
+    the value then takes one pass over the classes (`_kl_value_centred`).
+    The textbook's error becomes the residue ``r`` (float32's precision times
+    the log-partition functions' size, about 1e-6 for logits of size 10),
+    which costs the value float32's precision of ``r^2 / 2``; a batch in
+    which that is more than a few ulps of some row's value (a KL far below
+    ``r^2``: logits of size 1e4 and a KL near 1e-9) is centred again at
     ``E_pt[d]`` itself, one pass more, as is every call without them
     (`_kl_value_kernel`, two passes).
 
