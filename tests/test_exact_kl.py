@@ -1,7 +1,7 @@
 """The cancellation-free KL value's paths, each against float64.
 
 `kl_divergence_with_logits` takes its value in one pass, centred at the
-textbook value's ``E_pt[d]`` (on JAX), and falls back to centring at
+textbook value's ``E_pt[d]`` (TensorFlow, JAX), and falls back to centring at
 ``E_pt[d]`` itself when that centre's error would show in the value, and
 to the textbook value above a KL of about 88 (where the unscaled terms
 overflow). PyTorch runs its own eager form of the two-pass value
@@ -112,8 +112,8 @@ def test_value_matches_float64_on_every_path(name, z_t, z_s, t_t, t_s):
 def test_centred_paths_agree_with_the_two_pass_value(name, z_t, z_s, t_t, t_s):
     """The one-pass value, its fallback and the two-pass value, side by side."""
     z_t, z_s = ops.convert_to_tensor(z_t), ops.convert_to_tensor(z_s)
-    # Both sides' log-softmax and logsumexp the way JAX takes them
-    # (`_backend.log_softmax`; the other backends take no logsumexp there,
+    # Both sides' log-softmax and logsumexp the way TensorFlow and JAX take
+    # them (`_backend.log_softmax`; PyTorch takes no logsumexp there,
     # but the formula runs anywhere).
     log_p_t, lse_t = _log_softmax(z_t / t_t)
     log_p_s, lse_s = _log_softmax(z_s / t_s)
