@@ -156,10 +156,12 @@ def kl_sums_eager(z_t, z_s, t_t, t_s, log_p_t, p_t, bound, direct_only=False):
     t_s = torch.as_tensor(t_s, dtype=z_s.dtype, device=z_s.device)
     x = (z_t * (t_s / t_t)).sub_(z_s).neg_().div_(t_s)  # d
     x.sub_((p_t * x).sum(-1, keepdim=True))
-    magnitude = x.abs()
-    lowest, highest = torch.aminmax(magnitude)
-    direct_only = direct_only or bool(lowest >= bound)
-    series_only = not direct_only and bool(highest < bound)
+    series_only = False
+    if not direct_only:
+        magnitude = x.abs()
+        lowest, highest = torch.aminmax(magnitude)
+        direct_only = bool(lowest >= bound)
+        series_only = not direct_only and bool(highest < bound)
     if not series_only:
         terms = torch.add(log_p_t, x).exp_()
         terms.sub_(torch.addcmul(p_t, p_t, x)).clamp_(min=0.0)
