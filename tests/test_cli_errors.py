@@ -224,6 +224,7 @@ def test_check_backend_reads_keras_json(monkeypatch, tmp_path):
     assert cli.check_backend() is None and "keras" not in sys.modules
 
 
+@pytest.mark.one_backend  # imports no Keras: no backend is involved
 def test_cli_module_does_not_import_keras():
     code = (
         "import os, sys, keras_tfkd.cli\n"

@@ -387,6 +387,8 @@ def test_pipeline_throughput(digits):
 
 
 # ------------------------------------------------------- the package's layout
+# A fresh process that imports no Keras: no backend is involved.
+@pytest.mark.one_backend
 def test_data_package_imports_no_framework():
     """`keras_tfkd.data` (the names, not the engines) imports no Keras."""
     code = (

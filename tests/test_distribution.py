@@ -6,9 +6,11 @@ when the runtime starts: JAX gets ``XLA_FLAGS=--xla_force_host_platform_device_c
 The subprocess is this file run as a script (``python test_distribution.py
 OUT``); it trains the same student from the same initial weights, once on the
 default device and once data-parallel over both CPUs with the global batch
-split, for a model teacher, a virtual teacher and a cached teacher, with sample
-weights and an L2 regulariser, and saves everything to ``OUT``. The tests
-compare the two runs with each other and the logged values with NumPy.
+split, for a model teacher, a virtual teacher and a cached teacher (and the
+online teachers, and a feature term), with sample weights and an L2
+regulariser, and saves everything to ``OUT``; one process, one distribution of
+each name for all of them. The tests compare the two runs with each other and
+the logged values with NumPy.
 """
 
 import json
@@ -27,16 +29,7 @@ TEACHERS = ("model", "virtual", "cached")
 ONLINE_TEACHERS = ("pskd", "ols")
 #: A feature-distillation term with a trained adapter beside the KD term.
 FEATURE_KINDS = ("features",)
-KIND_GROUPS = {"plain": TEACHERS, "online": ONLINE_TEACHERS, "features": FEATURE_KINDS}
-#: The groups run by one process each. TensorFlow keys its collectives by a
-#: counter that restarts with each strategy, so steps whose all-reduces
-#: differ (the online teachers' gathers, the adapter's extra gradients) run
-#: in their own process there; JAX runs them all in one.
-PROCESSES = (
-    ("plain", "online", "features")
-    if BACKEND == "tensorflow"
-    else ("plain,online,features",)
-)
+KINDS = TEACHERS + ONLINE_TEACHERS + FEATURE_KINDS
 NUM_CLASSES = 5
 ALPHA = 0.7
 TEMPERATURE = 4.0
@@ -151,18 +144,19 @@ def _worker(out_path):
         "init": [v.tolist() for v in student_init],
         "teacher": [v.tolist() for v in teacher_init],
     }
-    # TensorFlow keys its collectives by a counter that restarts with each
-    # strategy: steps with other collectives (the online teachers' gathers)
-    # must run in their own process (see keras_tfkd._backend.all_replicas).
-    kinds = [
-        kind
-        for group in os.environ["TFKD_KIND_GROUPS"].split(",")
-        for kind in KIND_GROUPS[group]
-    ]
-    for kind in kinds:
-        for name in ("single", "data_parallel"):
+    # One distribution of each name trains every kind. TensorFlow keys its
+    # collectives by a counter that restarts with each new MirroredStrategy:
+    # under a second strategy, steps with other collectives (the online
+    # teachers' gathers, the adapter's gradients) would meet the first one's
+    # keys, a collective-instance mismatch (see keras_tfkd._backend.
+    # all_replicas); one strategy goes on counting, so one process runs all.
+    dists = {
+        name: distribution.get_distribution(name, devices=devices)
+        for name in ("single", "data_parallel")
+    }
+    for kind in KINDS:
+        for name, dist in dists.items():
             keras.utils.set_random_seed(1)  # the same adapter initial weights
-            dist = distribution.get_distribution(name, devices=devices)
             results[f"{kind}/{name}"] = _run(
                 kind, dist, student_init, teacher_init, x, y, w
             )
@@ -186,19 +180,16 @@ def runs(tmp_path_factory):
     ).strip()
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["JAX_PLATFORMS"] = "cpu"
-    results = {}
-    for groups in PROCESSES:
-        proc = subprocess.run(
-            [sys.executable, __file__, str(out)],
-            env=dict(env, TFKD_KIND_GROUPS=groups),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        with open(out) as f:
-            results.update(json.load(f))
-    return results
+    proc = subprocess.run(
+        [sys.executable, __file__, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out) as f:
+        return json.load(f)
 
 
 def _log_softmax(z):

@@ -26,6 +26,11 @@ import ast
 import textwrap
 from pathlib import Path
 
+import pytest
+
+# Reads the source only: the same on every backend (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
+
 # The source next to the tests (nothing of the package is imported).
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "keras_tfkd"
 

@@ -343,6 +343,9 @@ def _modules():
         yield path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text())
 
 
+# The two source scans below read keras_tfkd's files with `ast` and import
+# nothing: the same on every backend, so they run in one session.
+@pytest.mark.one_backend
 def test_private_keras_only_in_keras_compat():
     found = []
     for name, tree in _modules():
@@ -384,6 +387,7 @@ def _is_backend_call(node):
     )
 
 
+@pytest.mark.one_backend
 def test_backend_code_only_in_the_fences():
     found = []
     for name, tree in _modules():

@@ -140,6 +140,10 @@ def test_logits_are_not_normalised():
     assert not np.allclose(logits.sum(axis=-1), 1.0)
 
 
+# Parameter counts only, no forward pass: the same Keras layers, so the same
+# count on every backend; run in one session (tests/conftest.py). On JAX each
+# build compiles every weight initializer (9 s of CPU for these two tests).
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     "name, kwargs, lo, hi",
     [
@@ -153,6 +157,7 @@ def test_small_model_sizes(name, kwargs, lo, hi):
     assert lo <= models.count_parameters(model) <= hi
 
 
+@pytest.mark.one_backend  # parameter counts: see test_small_model_sizes
 @pytest.mark.parametrize("name", ["cnn_tiny", "cnn_small", "mlp"])
 def test_width_kwarg_changes_size(name):
     narrow = models.get_model(name, 10, input_shape=(8, 8, 1), width=4)
