@@ -326,10 +326,19 @@ def _child(args, backend, size, mode, way=None):
         argv += ["--way", way]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
+    return run_worker(argv, args)
+
+
+def run_worker(argv, args):
+    """Run one worker process (`argv`) and return its last line's JSON.
+
+    The process gets glibc's ``MALLOC_MMAP_THRESHOLD_`` (`args.mmap_threshold`,
+    0: glibc's default): freed large blocks go back to the system, so the
+    warm-up's buffers are neither counted as resident nor reused unseen.
+    Used by this script and ``benchmarks/fused_memory.py``.
+    """
     env = dict(os.environ)
     if args.mmap_threshold:
-        # Freed large blocks go back to the system, so the warm-up's (and the
-        # inputs' temporaries) are not counted as resident nor reused unseen.
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=args.timeout, env=env
@@ -337,6 +346,18 @@ def _child(args, backend, size, mode, way=None):
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def add_mmap_threshold(parser):
+    """The ``--mmap-threshold`` option of `run_worker`."""
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=131072,
+        help="glibc's MALLOC_MMAP_THRESHOLD_ in each process (0: glibc's "
+        "default, whose retained blocks make the high-water mark miss or count "
+        "memory the computation did not allocate)",
+    )
 
 
 def _fmt(x, digits=0):
@@ -388,14 +409,7 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per process")
-    p.add_argument(
-        "--mmap-threshold",
-        type=int,
-        default=131072,
-        help="glibc's MALLOC_MMAP_THRESHOLD_ in each process (0: glibc's "
-        "default, whose retained blocks make the high-water mark miss or count "
-        "memory the computation did not allocate)",
-    )
+    add_mmap_threshold(p)
     p.add_argument("--output", default=None, help="also write the table here")
     p.add_argument("--worker", choices=("memory", "time"), help=argparse.SUPPRESS)
     p.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)

@@ -43,11 +43,17 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
-from chunked_memory import MB, DeviceMemory, HostMemory, _fmt
+from chunked_memory import (
+    MB,
+    DeviceMemory,
+    HostMemory,
+    _fmt,
+    add_mmap_threshold,
+    run_worker,
+)
 from run import limit_threads  # benchmarks/run.py: this script's folder
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -219,15 +225,7 @@ def _child(args, backend, mode, way=None):
         argv += ["--way", way]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
-    env = dict(os.environ)
-    if args.mmap_threshold:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=args.timeout, env=env
-    )
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(argv, args)
 
 
 def table(args, results):
@@ -266,13 +264,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--timeout", type=int, default=900, help="seconds per process")
-    p.add_argument(
-        "--mmap-threshold",
-        type=int,
-        default=131072,
-        help="glibc's MALLOC_MMAP_THRESHOLD_ in each process (0: glibc's "
-        "default, which keeps freed blocks of a warm-up resident)",
-    )
+    add_mmap_threshold(p)
     p.add_argument("--output", default=None, help="also write the table here")
     p.add_argument("--worker", choices=("memory", "time"), help=argparse.SUPPRESS)
     p.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)

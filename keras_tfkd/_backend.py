@@ -254,7 +254,9 @@ def all_replicas(*tensors):
     (TensorFlow keys its collective operations by a counter that restarts
     with each new strategy, so one process that trains under two
     `MirroredStrategy` scopes whose steps run different collectives fails
-    with a collective-instance mismatch; run them in separate processes.)
+    with a collective-instance mismatch; create one strategy per process
+    and train every model under it, as tests/test_distribution.py does, or
+    run them in separate processes.)
     """
     if keras.backend.backend() != "tensorflow":
         return tensors

@@ -94,8 +94,8 @@ def _kl_value(z_t, z_s, t_t, t_s, log_p_t, p_t, centre=None, textbook=None):
     textbook form's ``E_pt[d] = (lse_s - lse_t) - KL_textbook`` and its KL,
     which `kl_divergence_with_logits` computes anyway for the gradient (on
     TensorFlow and JAX, where `keras_tfkd._backend.log_softmax` gives the
-    ``logsumexp``):
-    the value then takes one pass over the classes (`_kl_value_centred`).
+    ``logsumexp``): the value then takes one pass over the classes
+    (`_kl_value_centred`).
     The textbook's error becomes the residue ``r`` (float32's precision times
     the log-partition functions' size, about 1e-6 for logits of size 10),
     which costs the value float32's precision of ``r^2 / 2``; a batch in
